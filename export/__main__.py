@@ -1,0 +1,5 @@
+import sys
+
+from ltcompress.edge.runtime import main
+
+sys.exit(main())

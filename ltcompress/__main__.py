@@ -1,0 +1,4 @@
+"""``python -m ltcompress`` (and ``torchrun -m ltcompress``)."""
+from ltcompress.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""compress(): resolve the config, then call the stages in pipeline order. Nothing else lives here."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ltcompress import config as config_mod
+from ltcompress.config import CompressConfig
+
+log = logging.getLogger("ltcompress")
+
+# compress() keywords -> dotted config keys (the CLI's options map onto the same keys)
+KEYWORDS = {
+    "teacher": "teacher.arch", "student": "student.arch", "method": "method.name", "dataset": "data.dataset",
+    "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
+    "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
+    "device": "run.device",
+}
+
+
+@dataclass
+class CompressResult:
+    """What a run produced. `passed` is False when a gate failed; errors raise instead."""
+
+    run_dir: Path
+    passed: bool
+    gates: list[dict[str, Any]]
+    failed_gates: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]  # stage key (teacher, student, fp32) -> metrics
+    report: dict[str, Any] = field(repr=False)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.run_dir / "student.onnx"
+
+    @property
+    def bundle_dir(self) -> Path | None:
+        return self.run_dir / "bundle" if self.passed else None
+
+
+def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 **keywords: Any) -> CompressConfig:
+    """Resolve preset < overrides (dotted keys) < keywords; unknown keys or bad values raise UsageError."""
+    flat = dict(overrides or {})
+    for key, value in keywords.items():
+        if key not in KEYWORDS:
+            raise TypeError(f"compress() got an unexpected keyword argument {key!r}")
+        if value is not None:
+            flat[KEYWORDS[key]] = tuple(value) if key == "gates" else value
+    return config_mod.resolve(preset, flat)
+
+
+def compress(teacher: str | None = None, student: str | None = None, method: str | None = None,
+             dataset: str | None = None, *, gates: Sequence[str] | None = None, preset: str | None = None,
+             overrides: Mapping[str, Any] | None = None, config: CompressConfig | None = None,
+             progress: bool = True, **keywords: Any) -> CompressResult:
+    """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
+    and evaluate the gates.
+
+    Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
+    ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init, data_dir,
+    method_args, seed, device. Raises an LTCompressError subclass for errors; a failed gate is not an error.
+    """
+    import torch
+
+    from ltcompress import data as data_stage
+    from ltcompress import distill, gates as gate_mod, models, onnx_export, report, rundir
+    from ltcompress import teacher as teacher_stage
+    from ltcompress import verify
+    from ltcompress.errors import VerificationError
+    from ltcompress.methods import METHODS, method_info
+    from ltcompress.methods.base import MethodContext
+
+    cfg = config or build_config(preset, overrides, teacher=teacher, student=student, method=method,
+                                 dataset=dataset, gates=gates, **keywords)
+    # --- everything a user can get wrong is checked before any work starts
+    method_cls = METHODS.get(cfg.method.name)
+    params = method_cls.make_params(cfg.method.args)
+    student_arch = models.resolve_name(cfg.student.arch)
+    teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
+    parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
+    cache = teacher_stage.cache_root(cfg.run.cache_dir)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    data = data_stage.load(cfg.data, cache)
+    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
+    stage_keys = (("teacher",) if teacher_arch else ()) + ("student", "fp32")
+    gate_mod.check_applicable(parsed_gates, groups, stage_keys)
+    timings["data"] = _since(t)
+    log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
+             len(data.test), data.class_counts.tolist())
+
+    run = rundir.create(cfg.run.runs_dir, cfg.run.name,
+                        rundir.default_name(cfg.method.name, student_arch))
+    handler = _log_to(run.file("run.log"))
+    try:
+        resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
+                                                  "method_params": dataclasses.asdict(params)}}
+        run.write_config(resolved)
+        log.info("run directory: %s", run.path)
+        device = distill.pick_device(cfg.run.device)
+        torch.manual_seed(cfg.run.seed)
+
+        t = time.perf_counter()
+        teacher_obj = None
+        if teacher_arch:
+            teacher_obj = teacher_stage.obtain(cfg, data, method_cls.teacher_method, device, run, progress)
+        timings["teacher"] = _since(t)
+
+        t = time.perf_counter()
+        torch.manual_seed(cfg.run.seed)
+        student_model = models.create(student_arch, data.num_classes)
+        ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
+        loss = method_cls(params, ctx)
+
+        def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
+            run.log_metrics(record)
+            rundir.atomic_torch_save(run.file("checkpoints") / "student-last.pt", state)
+
+        distill.train(student_model, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
+                      teacher=teacher_obj.module if teacher_obj else None, on_epoch=on_epoch, progress=progress)
+        distill.save_weights(student_model, run.file("student.safetensors"))
+        timings["distill"] = _since(t)
+
+        t = time.perf_counter()
+        onnx_path = onnx_export.export(student_model, data.spec, run.file("student.onnx"), cfg.export.opset)
+        timings["export"] = _since(t)
+
+        t = time.perf_counter()
+        result = verify.run(data, groups, student_model, onnx_path, cfg.export, device, cfg.run.eval_batch_size,
+                            teacher=teacher_obj.module if teacher_obj else None)
+        gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages)]
+        timings["verify"] = _since(t)
+
+        info = method_info(cfg.method.name)
+        rep = report.build(
+            run=run, config=resolved, gates=gate_results, stages=result.stages, parity=result.parity,
+            teacher=teacher_obj.provenance if teacher_obj else None,
+            method={**info.to_dict(), "params": dataclasses.asdict(params)},
+            data_info=_data_info(data, groups, cfg), timings=timings, device=str(device),
+            artifacts={"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
+                       "onnx_sha256": teacher_stage.sha256_file(onnx_path),
+                       "onnx_bytes": onnx_path.stat().st_size, "opset": cfg.export.opset})
+        report.write(run, rep)
+        if not result.parity_ok:
+            p = result.parity
+            raise VerificationError(
+                f"the ONNX export does not reproduce the torch student: max logit difference "
+                f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
+                f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
+        if rep["passed"]:
+            report.write_bundle(run, onnx_path, data.class_names, _preprocess(data, onnx_export.INPUT_NAME))
+            log.info("all gates passed; edge bundle: %s", run.file("bundle"))
+        else:
+            for g in rep["failed_gates"]:
+                log.warning("gate failed: %s.%s = %.4f, required %s %g ('%s')", g["stage"], g["metric"],
+                            g["value"] if g["value"] is not None else float("nan"), g["op"], g["threshold"],
+                            g["gate"])
+        return CompressResult(run.path, rep["passed"], gate_results, rep["failed_gates"], result.stages, rep)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        run.close()
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def _log_to(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def _data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> dict[str, Any]:
+    return {
+        "dataset": cfg.data.dataset, "num_classes": data.num_classes, "class_names": list(data.class_names),
+        "class_counts": data.class_counts.tolist(), "train_size": len(data.train), "test_size": len(data.test),
+        "shot_groups": {k: [data.class_names[c] for c in v] for k, v in groups.items()},
+        "shot_thresholds": {"many_above": cfg.data.many_threshold, "few_below": cfg.data.few_threshold},
+        "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
+    }
+
+
+def _preprocess(data: Any, input_name: str) -> dict[str, Any]:
+    s = data.spec
+    return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,
+            "source_size": s.source_size, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}

@@ -1,0 +1,190 @@
+"""The command line: converts options into the same config compress() takes, calls the API, maps errors to
+exit codes. Heavy imports (torch, timm) happen inside command bodies so ``--help`` is instant."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+import yaml
+
+from ltcompress.errors import GATE_FAILED_EXIT, INTERRUPTED_EXIT, LTCompressError, UsageError
+from ltcompress.methods import METHODS, list_methods
+
+log = logging.getLogger("ltcompress")
+STAGE_ORDER = ("teacher", "student", "fp32")
+COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
+
+
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are parsed as YAML scalars (numbers, true/false, null, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="ltcompress")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and the final summary.")
+def cli(debug: bool, quiet: bool) -> None:
+    """Distill a large timm classifier into a small edge model without losing the rare classes.
+
+    \b
+      ltcompress run --teacher resnet50 --student mobilenetv3 --method bkd
+      ltcompress run --method kd --gate "few >= 0.5"
+      ltcompress list-methods
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ltcompress: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
+
+
+@cli.command()
+@click.option("--preset", help="Built-in preset name or a .yaml file (default: fmnist-lt). See list-presets.")
+@click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
+@click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
+@click.option("--method", help=f"Distillation method or baseline: {', '.join(METHODS.names())}.")
+@click.option("--dataset", help="Dataset (default from the preset: fmnist-lt).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--gate", "gates", multiple=True, metavar="EXPR",
+              help="Gate on the ONNX results, e.g. 'few >= 0.5' or 'student.worst > 0.3'; repeatable.")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False),
+              help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).")
+@click.option("--teacher-init", type=click.Choice(["auto", "pretrained", "scratch"]),
+              help="Where a teacher trained here starts (auto: pretrained when the hub answers, else scratch).")
+@click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE",
+              help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).")
+@click.option("--epochs", type=int, help="Student (distillation) epochs.")
+@click.option("--teacher-epochs", type=int, help="Teacher training epochs.")
+@click.option("--seed", type=int, help="Training seed.")
+@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--name", help="Run name (folder under --runs-dir); must not exist yet.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(preset: str | None, teacher: str | None, student: str | None, method: str | None, dataset: str | None,
+        data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
+        method_args: tuple[str, ...], epochs: int | None, teacher_epochs: int | None, seed: int | None,
+        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...], as_json: bool,
+        no_progress: bool) -> None:
+    """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
+
+    Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
+    """
+    from ltcompress.api import compress
+
+    overrides = _key_values(settings, "--set")
+    if epochs is not None:
+        overrides["student.train.epochs"] = epochs
+    if teacher_epochs is not None:
+        overrides["teacher.train.epochs"] = teacher_epochs
+    result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
+                      gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
+                      runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
+                      data_dir=data_dir, method_args=_key_values(method_args, "--method-arg") or None, seed=seed,
+                      device=device)
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed,
+                               "gates": result.gates, "metrics": result.metrics}, indent=2))
+    else:
+        click.echo(summary_table(result.metrics))
+        for g in result.gates:
+            shown = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+            click.echo(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<28} {g['stage']}.{g['metric']} = "
+                       f"{shown} (required {g['op']} {g['threshold']:g})")
+        click.echo(f"report: {result.run_dir / 'report.json'}")
+        click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
+    if not result.passed:
+        failed = ", ".join(f"'{g['gate']}'" for g in result.failed_gates)
+        click.echo(f"ltcompress: gate failed: {failed}; see {result.run_dir / 'report.json'}", err=True)
+        sys.exit(GATE_FAILED_EXIT)
+
+
+def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
+    head = f"{'stage':<9}" + "".join(f"{c:>10}" for c in COLUMNS) + "  worst class"
+    lines = [head, "-" * len(head)]
+    for stage in STAGE_ORDER:
+        if stage in metrics:
+            m = metrics[stage]
+            cells = "".join(f"{'absent' if m[c] is None else format(m[c], '.4f'):>10}" for c in COLUMNS)
+            lines.append(f"{stage:<9}{cells}  {m['worst_class']}")
+    return "\n".join(lines)
+
+
+@cli.command("list-methods")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--params", is_flag=True, help="Also show each method's hyper-parameters and defaults.")
+def list_methods_cmd(as_json: bool, params: bool) -> None:
+    """Distillation methods and baselines: name, what it does, source, exact or reading."""
+    infos = list_methods()
+    rows = []
+    for info in infos:
+        row = info.to_dict()
+        if params:
+            import dataclasses
+
+            row["params"] = dataclasses.asdict(METHODS.get(info.name).Params())
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(i.name) for i in infos)
+    for row in rows:
+        kind = "distill" if row["distills"] else "plain"
+        click.echo(f"{row['name']:<{width}}  {kind:<7}  {row['status']:<7}  {row['summary']}")
+        click.echo(f"{'':<{width}}  source: {row['source']}")
+        if params:
+            click.echo(f"{'':<{width}}  params: {', '.join(f'{k}={v}' for k, v in row['params'].items()) or '-'}")
+
+
+@cli.command("list-presets")
+def list_presets_cmd() -> None:
+    """Built-in presets (YAML files installed with the package)."""
+    from ltcompress.config import list_presets, load_preset
+
+    for name in list_presets():
+        click.echo(f"{name:<18} {load_preset(name).get('description', '')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line per error and the documented exit code; tracebacks with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("LTCOMPRESS_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="ltcompress", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("ltcompress: interrupted", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except LTCompressError as exc:
+        _fail(exc, exc.exit_code, debug, str(exc))
+    except Exception as exc:  # an internal error: one line, the traceback only with --debug
+        _fail(exc, 1, debug, f"internal error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback "
+                             f"and report it")
+
+
+def _fail(exc: BaseException, code: int, debug: bool, message: str) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    click.echo(f"ltcompress: error: {message}", err=True)
+    sys.exit(code)

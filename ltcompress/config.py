@@ -1,0 +1,267 @@
+"""Frozen per-stage configuration, resolved as: dataclass defaults < preset YAML < user values.
+
+Unknown keys and values of the wrong type are UsageError (exit 2) before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ltcompress.errors import UsageError
+from ltcompress.registry import did_you_mean
+
+DEFAULT_PRESET = "fmnist-lt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One supervised or distillation training recipe (SGD + one-cycle)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fmnist-lt"
+    data_dir: str | None = None
+    n_max: int = 1000
+    imbalance: float = 100.0
+    profile: str = "exp"
+    seed: int = 0
+    input_size: int = 32
+    many_threshold: int = 100
+    few_threshold: int = 20
+    test_per_class: int | None = None  # None: the full balanced test split
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    arch: str = "resnet50"
+    weights: str | None = None
+    init: str = "auto"  # auto | pretrained | scratch
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: str = "mobilenetv3_small_100"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "bkd"
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    logits_atol: float = 1e-3  # max |torch - ORT| logit difference, plus logits_rtol * max |logit|
+    logits_rtol: float = 1e-3
+    agreement_tol: float = 0.001  # top-1 agreement must be >= 1 - agreement_tol
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str | None = None
+    runs_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str | None = None
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    gates: tuple[str, ...] = ()
+    preset: str | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- presets
+def bundled_dir(subpackage: str, repo_folder: str) -> Path:
+    """Where installed data packages live: ``ltcompress.<subpackage>`` once installed (presets/ and export/
+    are mapped into the package namespace), or ``<repo>/<repo_folder>`` when running from a source checkout."""
+    try:
+        return Path(str(resources.files(f"ltcompress.{subpackage}")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / repo_folder
+
+
+def _preset_dir() -> Path:
+    return bundled_dir("presets", "presets")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset is a built-in name or a path to a YAML file (data only, yaml.safe_load)."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = _preset_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UsageError(
+                f"unknown preset {name_or_path!r}.{did_you_mean(name_or_path, list_presets())} "
+                f"Built-in presets: {', '.join(list_presets())}; or pass a path to a .yaml file."
+            )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"preset {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"preset {path} must be a YAML mapping of sections (data:, teacher:, ...)")
+    return data
+
+
+# ---------------------------------------------------------------- building and validation
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "args":
+            out[key] = _deep_merge(dict(out[key]), value)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}  # method args: user keys added over the preset's
+        else:
+            out[key] = value
+    return out
+
+
+def dotted_to_nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"student.train.epochs": 3}`` -> ``{"student": {"train": {"epochs": 3}}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"config key {key!r} conflicts with another value for {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and where lossless, convert) a value against a field annotation; UsageError otherwise."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, where)
+            except UsageError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif origin in (Mapping, dict) or hint is Mapping:
+        if isinstance(value, Mapping):
+            return dict(value)
+    else:
+        return value
+    want = getattr(hint, "__name__", str(hint))
+    raise UsageError(f"config value {where}={value!r} should be of type {want}")
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise UsageError(f"config section {where or 'top level'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            raise UsageError(
+                f"unknown config key {full!r}.{did_you_mean(key, names)} "
+                f"Valid keys{' in ' + where if where else ''}: {', '.join(names)}."
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, full)
+        else:
+            kwargs[key] = coerce(value, hint, full)
+    return cls(**kwargs)
+
+
+def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
+    """Merge the preset (default ``fmnist-lt``) under dotted-key user overrides and validate the result."""
+    name = preset or DEFAULT_PRESET
+    merged = _deep_merge(load_preset(name), dotted_to_nested(overrides))
+    merged["preset"] = name
+    cfg = _build(CompressConfig, merged, "")
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: CompressConfig) -> None:
+    checks = [
+        (cfg.teacher.init in ("auto", "pretrained", "scratch"), "teacher.init must be auto, pretrained or scratch"),
+        (cfg.data.profile in ("exp", "step"), "data.profile must be exp or step"),
+        (cfg.data.n_max >= 1, "data.n_max must be at least 1"),
+        (cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),
+        (cfg.data.few_threshold <= cfg.data.many_threshold, "data.few_threshold must not exceed many_threshold"),
+        (cfg.data.test_per_class is None or cfg.data.test_per_class >= 1, "data.test_per_class must be >= 1"),
+        (cfg.data.input_size >= 16, "data.input_size must be at least 16"),
+    ]
+    for section in (cfg.teacher.train, cfg.student.train):
+        checks += [
+            (section.epochs >= 1, "train.epochs must be at least 1"),
+            (section.batch_size >= 2, "train.batch_size must be at least 2"),
+            (section.lr > 0, "train.lr must be positive"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)

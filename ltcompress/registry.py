@@ -1,0 +1,79 @@
+"""One generic name -> object registry, used for methods, datasets and model aliases.
+
+Entries may be registered lazily as ``"module:attr"`` strings so that listing names and descriptions
+never imports torch or timm (``ltcompress --help`` and ``list-methods`` stay instant).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterator, TypeVar
+
+from ltcompress.errors import UsageError
+
+T = TypeVar("T")
+
+
+def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Names a user probably meant: difflib matches, then prefix/substring matches."""
+    hits = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
+    low = name.lower()
+    for c in candidates:
+        if len(hits) >= n:
+            break
+        if c not in hits and (c.startswith(low) or low in c):
+            hits.append(c)
+    return hits
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    hits = closest(name, candidates)
+    return f" Did you mean: {', '.join(hits)}?" if hits else ""
+
+
+@dataclass
+class Entry(Generic[T]):
+    name: str
+    target: Any  # the object, or "module:attr" until first use
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> T:
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            self.target = getattr(importlib.import_module(module), attr)
+        return self.target
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; unknown names raise UsageError (exit 2) naming the closest valid ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, target: Any, **meta: Any) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = Entry(name, target, dict(meta))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+                f"Valid: {', '.join(self.names())}."
+            ) from None
+
+    def get(self, name: str) -> T:
+        return self.entry(name).load()

@@ -1,0 +1,85 @@
+"""Stage 6: report.json (stable keys; always written) and the edge bundle (only when every gate passed)."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ltcompress.config import bundled_dir
+from ltcompress.rundir import RunDir, atomic_write_text, io_errors, write_json
+
+REPORT_SCHEMA = 1
+_EDGE_FILES = ("runtime.py",)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("ltcompress", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def environment(device: str) -> dict[str, Any]:
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "sse4", "vnni")))
+                break
+    except OSError:
+        pass
+    return {"versions": versions(), "device": device, "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cpu_flags": flags}
+
+
+def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
+          method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
+          artifacts: dict[str, Any], timings: dict[str, float], device: str) -> dict[str, Any]:
+    """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "run": {"name": run.path.name, "dir": str(run.path.resolve()),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": timings},
+        "passed": all(g["passed"] for g in gates) and bool(parity.get("ok")),
+        "gates": gates,
+        "failed_gates": [g for g in gates if not g["passed"]],
+        "stages": stages,
+        "parity": {"fp32": parity},
+        "data": data_info,
+        "teacher": teacher,
+        "method": method,
+        "artifacts": artifacts,
+        "config": config,
+        "environment": environment(device),
+        "command": sys.argv if Path(sys.argv[0]).name in ("ltcompress", "__main__.py") else None,
+    }
+
+
+def write(run: RunDir, report: dict[str, Any]) -> Path:
+    path = run.file("report.json")
+    write_json(path, report)
+    return path
+
+
+def write_bundle(run: RunDir, onnx_path: Path, class_names: tuple[str, ...], preprocess: dict[str, Any]) -> Path:
+    """bundle/: the model, labels, preprocessing, report and the torch-free runtime, ready for a device."""
+    edge_dir = bundled_dir("edge", "export")
+    bundle = run.file("bundle")
+    with io_errors(bundle):
+        (bundle / "export").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(onnx_path, bundle / "model.onnx")
+        for name in _EDGE_FILES:
+            shutil.copy2(edge_dir / name, bundle / "export" / name)
+        shutil.copy2(edge_dir / "BUNDLE_README.md", bundle / "README.md")
+        shutil.copy2(run.file("report.json"), bundle / "report.json")
+    atomic_write_text(bundle / "labels.json", json.dumps(list(class_names), indent=2) + "\n")
+    write_json(bundle / "preprocess.json", preprocess)
+    return bundle

@@ -1,0 +1,200 @@
+"""Stage 2: a frozen teacher for the dataset's classes, with its provenance.
+
+Sources: a local weights file (safetensors, or torch files loaded with ``weights_only=True``), or training here
+on the long-tailed data with the method's teacher loss. Trained teachers are cached by a hash of the resolved
+teacher-stage config and the data fingerprint, so the next run with the same settings reuses them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ltcompress import models
+from ltcompress.config import CompressConfig
+from ltcompress.data import LTData
+from ltcompress.distill import freeze, save_weights, train
+from ltcompress.errors import UsageError
+from ltcompress.methods import METHODS
+from ltcompress.methods.base import MethodContext
+from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, write_json
+
+log = logging.getLogger("ltcompress")
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Teacher:
+    module: nn.Module
+    provenance: dict[str, Any]
+
+
+def cache_root(configured: str | None) -> Path:
+    """``run.cache_dir``, else ``$LTCOMPRESS_CACHE``, else ``$XDG_CACHE_HOME/ltcompress`` (~/.cache/ltcompress)."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("LTCOMPRESS_CACHE"):
+        return Path(os.environ["LTCOMPRESS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ltcompress"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- weights from a file
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UsageError(f"--teacher-weights {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise UsageError(f"--teacher-weights {path} is not a readable safetensors file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--teacher-weights {path} cannot be loaded safely (weights_only=True): {reason}. "
+                         f"Save a plain state_dict (torch.save(model.state_dict(), ...)) or .safetensors") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"--teacher-weights {path} does not hold a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights_file(arch: str, path: Path, num_classes: int) -> nn.Module:
+    """Exit 2 for a file made for another class count or another architecture."""
+    state = _read_state_dict(path)
+    model = models.create(arch, num_classes)
+    head = model.get_classifier()
+    head_keys = [n for n, p in model.named_parameters() if any(p is q for q in head.parameters())]
+    for key in head_keys:
+        if key in state and key.endswith("weight") and state[key].shape[0] != num_classes:
+            raise UsageError(f"--teacher-weights {path} is for {state[key].shape[0]} classes but the dataset has "
+                             f"{num_classes}; pass weights trained on this dataset or leave the option out to "
+                             f"train the teacher here")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        example = (missing or unexpected or shapes)[0]
+        raise UsageError(f"--teacher-weights {path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} "
+                         f"unexpected, {len(shapes)} mis-shaped tensors (e.g. {example!r}); check --teacher")
+    model.load_state_dict(state)
+    return model
+
+
+# ---------------------------------------------------------------- trained here, cached
+def resolve_init(requested: str, arch: str) -> tuple[str, str]:
+    """auto: pretrained when the hub answers (checked in well under a second), else scratch; logged."""
+    if requested == "scratch":
+        return "scratch", "requested"
+    reachable = models.hub_reachable()
+    if requested == "pretrained" and not reachable:
+        raise UsageError(f"--teacher-init pretrained needs the Hugging Face hub, which is offline or unreachable "
+                         f"(HF_HUB_OFFLINE or no network). Pass --teacher-weights FILE, or --teacher-init scratch to "
+                         f"train {arch} here from scratch")
+    if reachable:
+        return "pretrained", "hub reachable"
+    return "scratch", "hub offline or unreachable"
+
+
+def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData) -> str:
+    spec = {
+        "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss,
+        "recipe": dataclasses.asdict(cfg.teacher.train), "input_size": cfg.data.input_size,
+        "sampler": "instance", "seed": cfg.run.seed, "data": data.fingerprint,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _build_untrained(arch: str, init: str, data: LTData) -> tuple[nn.Module, str]:
+    """Returns the model to train and how init really happened (auto may fall back to scratch)."""
+    if init == "pretrained":
+        try:
+            model = models.create(arch, data.num_classes, pretrained=True)
+        except Exception as exc:  # no weights for this arch, hub error mid-way, ...
+            raise UsageError(f"could not load pretrained weights for {arch}: {str(exc).splitlines()[0]}. "
+                             f"Use --teacher-init scratch or --teacher-weights FILE") from None
+        mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
+        if mean and std and (tuple(mean) != data.spec.mean or tuple(std) != data.spec.std):
+            model = models.Renormalize(model, data.spec.mean, data.spec.std, mean, std)
+        return model, "pretrained"
+    return models.create(arch, data.num_classes), "scratch"
+
+
+def obtain(cfg: CompressConfig, data: LTData, teacher_loss: str, device: torch.device, run: RunDir,
+           progress: bool) -> Teacher:
+    arch = models.resolve_name(cfg.teacher.arch)
+    if cfg.teacher.weights:
+        path = Path(cfg.teacher.weights).expanduser()
+        model = load_weights_file(arch, path, data.num_classes)
+        digest = sha256_file(path)
+        log.info("teacher: %s from %s (sha256 %s)", arch, path, digest[:12])
+        return Teacher(freeze(model), {"arch": arch, "source": "file", "path": str(path.resolve()),
+                                       "weights_sha256": digest, "trained_here": False})
+    init, reason = resolve_init(cfg.teacher.init, arch)
+    log.info("teacher init: %s (%s, --teacher-init %s)", init, reason, cfg.teacher.init)
+    key = cache_key(cfg, arch, init, teacher_loss, data)
+    entry = cache_root(cfg.run.cache_dir) / "teachers" / key[:24]
+    weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
+    if meta_path.is_file() and weights.is_file():
+        meta = json.loads(meta_path.read_text())
+        model = _wrap_like(models.create(arch, data.num_classes), meta, data)
+        model.load_state_dict(load_file(str(weights)))
+        log.info("teacher: reusing cached %s (key %s)", arch, key[:12])
+        source = "cache"
+    else:
+        model, init = _build_untrained(arch, init, data)
+        torch.manual_seed(cfg.run.seed)
+        method_cls = METHODS.get(teacher_loss)
+        ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.teacher.train.epochs)
+        method = method_cls(method_cls.make_params({}), ctx)
+        log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", arch, init, teacher_loss,
+                 cfg.teacher.train.epochs, key[:12])
+
+        def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
+            run.log_metrics(record)
+            atomic_torch_save(run.file("checkpoints") / "teacher-last.pt", state)
+
+        result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.run.seed,
+                       on_epoch=on_epoch, progress=progress)
+        meta = {"arch": arch, "init": init, "init_reason": reason, "loss": teacher_loss,
+                "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
+                "cache_key": key, "train_seconds": round(result.seconds, 1),
+                "renormalize": isinstance(model, models.Renormalize)}
+        save_weights(model, weights)
+        write_json(meta_path, meta)  # written last: marks the cache entry complete
+        source = "trained"
+    link_or_copy(weights, run.file("teacher.safetensors"))
+    provenance = {**meta, "source": source, "trained_here": True, "weights_sha256": sha256_file(weights),
+                  "cache_path": str(entry)}
+    write_json(run.file("teacher.json"), provenance)
+    return Teacher(freeze(model), provenance)
+
+
+def _wrap_like(model: nn.Module, meta: dict[str, Any], data: LTData) -> nn.Module:
+    """Rebuild the Renormalize wrapper a cached pretrained teacher was trained inside."""
+    if not meta.get("renormalize"):
+        return model
+    cfg = model.pretrained_cfg
+    return models.Renormalize(model, data.spec.mean, data.spec.std, cfg["mean"], cfg["std"])
