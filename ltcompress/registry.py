@@ -35,13 +35,15 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
 @dataclass
 class Entry(Generic[T]):
     name: str
-    target: Any  # the object, or "module:attr" until first use
+    target: Any  # the object, or a "module:attr" string while `lazy`
     meta: dict[str, Any] = field(default_factory=dict)
+    lazy: bool = False
 
     def load(self) -> T:
-        if isinstance(self.target, str):
+        if self.lazy:
             module, _, attr = self.target.partition(":")
             self.target = getattr(importlib.import_module(module), attr)
+            self.lazy = False
         return self.target
 
 
@@ -52,10 +54,11 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, target: Any, **meta: Any) -> None:
+    def register(self, name: str, target: Any, *, lazy: bool = False, **meta: Any) -> None:
+        """`lazy`: `target` is a ``"module:attr"`` string imported on first use."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = Entry(name, target, dict(meta))
+        self._entries[name] = Entry(name, target, dict(meta), lazy)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

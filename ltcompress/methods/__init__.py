@@ -33,7 +33,8 @@ def register_method(name: str, target: Any, *, summary: str, source: str, status
     """Register a method class (or a lazy ``"module:Class"`` string) under `name`."""
     if status not in ("exact", "reading"):
         raise ValueError("status must be 'exact' or 'reading'")
-    METHODS.register(name, target, info=MethodInfo(name, summary, source, status, distills))
+    METHODS.register(name, target, lazy=isinstance(target, str),
+                     info=MethodInfo(name, summary, source, status, distills))
 
 
 def method_info(name: str) -> MethodInfo:
