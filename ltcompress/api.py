@@ -91,6 +91,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     stage_keys = (("teacher",) if teacher_arch else ()) + ("student", "fp32")
     gate_mod.check_applicable(parsed_gates, groups, stage_keys)
+    teacher_plan = teacher_stage.plan(cfg, data, method_cls.teacher_method) if teacher_arch else None
     timings["data"] = _since(t)
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
              len(data.test), data.class_counts.tolist())
@@ -108,8 +109,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
         t = time.perf_counter()
         teacher_obj = None
-        if teacher_arch:
-            teacher_obj = teacher_stage.obtain(cfg, data, method_cls.teacher_method, device, run, progress)
+        if teacher_plan:
+            teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress)
         timings["teacher"] = _since(t)
 
         t = time.perf_counter()
@@ -135,6 +136,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         result = verify.run(data, groups, student_model, onnx_path, cfg.export, device, cfg.run.eval_batch_size,
                             teacher=teacher_obj.module if teacher_obj else None)
         gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages)]
+        report.write_predictions(run, data.test.labels, result.predictions)
         timings["verify"] = _since(t)
 
         info = method_info(cfg.method.name)

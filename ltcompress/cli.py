@@ -45,8 +45,11 @@ def cli(debug: bool, quiet: bool) -> None:
       ltcompress run --method kd --gate "few >= 0.5"
       ltcompress list-methods
     """
+    for old in [h for h in log.handlers if getattr(h, "ltcompress_cli", False)]:
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ltcompress: %(message)s"))
+    handler.ltcompress_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO)
 

@@ -69,6 +69,16 @@ def write(run: RunDir, report: dict[str, Any]) -> Path:
     return path
 
 
+def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any]) -> Path:
+    """predictions.npz: test labels and each stage's top-1 prediction per test image, for error analysis."""
+    import numpy as np
+
+    path = run.file("predictions.npz")
+    with io_errors(path):
+        np.savez_compressed(path, labels=labels, **predictions)
+    return path
+
+
 def write_bundle(run: RunDir, onnx_path: Path, class_names: tuple[str, ...], preprocess: dict[str, Any]) -> Path:
     """bundle/: the model, labels, preprocessing, report and the torch-free runtime, ready for a device."""
     edge_dir = bundled_dir("edge", "export")

@@ -18,6 +18,7 @@ import yaml
 
 from ltcompress.errors import StorageError, UsageError
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOTDIR}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -28,8 +29,7 @@ def io_errors(path: Path | str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, (FileNotFoundError,)) or exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EPERM,
-                                                                        errno.EROFS, errno.EDQUOT, errno.EIO):
+        if exc.errno not in _STORAGE_ERRNOS:
             raise
         raise StorageError(f"cannot write {path}: {exc.strerror}. Free space or fix permissions, "
                            f"or choose another place with --runs-dir") from None

@@ -142,35 +142,54 @@ def _build_untrained(arch: str, init: str, data: LTData) -> tuple[nn.Module, str
     return models.create(arch, data.num_classes), "scratch"
 
 
-def obtain(cfg: CompressConfig, data: LTData, teacher_loss: str, device: torch.device, run: RunDir,
-           progress: bool) -> Teacher:
+@dataclass(frozen=True)
+class TeacherPlan:
+    """Everything decided before the run directory exists, so a bad weights file leaves nothing on disk."""
+
+    arch: str
+    loss: str
+    init: str = "file"
+    reason: str = ""
+    key: str = ""
+    loaded: nn.Module | None = None
+    provenance: dict[str, Any] | None = None
+
+
+def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     arch = models.resolve_name(cfg.teacher.arch)
     if cfg.teacher.weights:
         path = Path(cfg.teacher.weights).expanduser()
         model = load_weights_file(arch, path, data.num_classes)
-        digest = sha256_file(path)
-        log.info("teacher: %s from %s (sha256 %s)", arch, path, digest[:12])
-        return Teacher(freeze(model), {"arch": arch, "source": "file", "path": str(path.resolve()),
-                                       "weights_sha256": digest, "trained_here": False})
+        provenance = {"arch": arch, "source": "file", "path": str(path.resolve()),
+                      "weights_sha256": sha256_file(path), "trained_here": False}
+        return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance)
     init, reason = resolve_init(cfg.teacher.init, arch)
-    log.info("teacher init: %s (%s, --teacher-init %s)", init, reason, cfg.teacher.init)
-    key = cache_key(cfg, arch, init, teacher_loss, data)
-    entry = cache_root(cfg.run.cache_dir) / "teachers" / key[:24]
+    return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data))
+
+
+def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir,
+           progress: bool) -> Teacher:
+    if p.loaded is not None:
+        log.info("teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12])
+        write_json(run.file("teacher.json"), p.provenance)
+        return Teacher(freeze(p.loaded), p.provenance)
+    log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
+    entry = cache_root(cfg.run.cache_dir) / "teachers" / p.key[:24]
     weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
     if meta_path.is_file() and weights.is_file():
         meta = json.loads(meta_path.read_text())
-        model = _wrap_like(models.create(arch, data.num_classes), meta, data)
+        model = _wrap_like(models.create(p.arch, data.num_classes), meta, data)
         model.load_state_dict(load_file(str(weights)))
-        log.info("teacher: reusing cached %s (key %s)", arch, key[:12])
+        log.info("teacher: reusing cached %s (key %s, %s)", p.arch, p.key[:12], entry)
         source = "cache"
     else:
-        model, init = _build_untrained(arch, init, data)
+        model, init = _build_untrained(p.arch, p.init, data)
         torch.manual_seed(cfg.run.seed)
-        method_cls = METHODS.get(teacher_loss)
+        method_cls = METHODS.get(p.loss)
         ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.teacher.train.epochs)
         method = method_cls(method_cls.make_params({}), ctx)
-        log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", arch, init, teacher_loss,
-                 cfg.teacher.train.epochs, key[:12])
+        log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", p.arch, init, p.loss,
+                 cfg.teacher.train.epochs, p.key[:12])
 
         def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
             run.log_metrics(record)
@@ -178,9 +197,9 @@ def obtain(cfg: CompressConfig, data: LTData, teacher_loss: str, device: torch.d
 
         result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.run.seed,
                        on_epoch=on_epoch, progress=progress)
-        meta = {"arch": arch, "init": init, "init_reason": reason, "loss": teacher_loss,
+        meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
                 "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
-                "cache_key": key, "train_seconds": round(result.seconds, 1),
+                "cache_key": p.key, "train_seconds": round(result.seconds, 1),
                 "renormalize": isinstance(model, models.Renormalize)}
         save_weights(model, weights)
         write_json(meta_path, meta)  # written last: marks the cache entry complete

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up everything ltcompress needs, idempotently: the Fashion-MNIST data (Debian package), a virtual
+# environment in .venv (or $LTCOMPRESS_VENV), PyTorch, and ltcompress itself (editable, with test extras).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${LTCOMPRESS_VENV:-.venv}
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+    echo "setup: installing the Fashion-MNIST data (Debian package dataset-fashion-mnist)"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: no apt-get here; get Fashion-MNIST yourself and pass --data-dir (see README, Data)" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+  echo "setup: installing PyTorch (a few minutes the first time)"
+  case "$(uname -m)" in
+    x86_64) "${PIP[@]}" torch==2.14.1 torchvision==0.29.1 ;;
+    aarch64) "${PIP[@]}" torch==2.9.1 torchvision==0.24.1 ;;
+    *) "${PIP[@]}" torch torchvision ;;
+  esac
+fi
+
+echo "setup: installing ltcompress into $VENV"
+"${PIP[@]}" -e ".[dev]"
+echo "setup: done ($("$VENV/bin/ltcompress" --version))"

@@ -1,0 +1,91 @@
+"""The CLI's contract without training: instant help, registry-generated listings, exit codes for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ltcompress import api, cli
+from ltcompress.methods import METHODS
+
+
+def run_cli(args, capsys):
+    try:
+        cli.main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, ltcompress.cli as c\n"
+            "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules or 'timm' in sys.modules else 'CLEAN')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--method" in out and "--gate" in out and out.strip().endswith("CLEAN")
+    assert all(name in out for name in METHODS.names())  # method names in the help come from the registry
+
+
+def test_list_methods_comes_from_registry(capsys):
+    code, out, _ = run_cli(["list-methods", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == METHODS.names()
+    assert all(r["status"] in ("exact", "reading") and r["source"] for r in rows)
+    code, out, _ = run_cli(["list-methods"], capsys)
+    assert all(name in out for name in METHODS.names())
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--method", "bkdd"], 2, "unknown method 'bkdd'. Did you mean: bkd"),
+    (["--student", "mobilenetv4_smal"], 2, "unknown model 'mobilenetv4_smal'"),
+    (["--gate", "few => 0.5"], 2, "malformed gate"),
+    (["--gate", "few >= 50"], 2, "did you mean 0.5"),
+    (["--set", "student.train.epoch=3"], 2, "Did you mean: epochs"),
+    (["--set", "nonsense"], 2, "expects KEY=VALUE"),
+    (["--method-arg", "temperature=2"], 2, "method argument 'temperature' does not exist"),
+    (["--preset", "nope"], 2, "unknown preset"),
+])
+def test_usage_errors_exit_2_before_any_work(tmp_path, capsys, args, code, message):
+    runs = tmp_path / "runs"
+    got, _, err = run_cli(["run", "--runs-dir", str(runs), *args], capsys)
+    assert got == code
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not runs.exists()  # nothing written
+
+
+def test_gate_on_a_group_the_data_lacks_is_exit_2(tmp_path, capsys, fmnist):
+    # n_max 100 with default thresholds: no class has more than 100 images, so there is no Many group
+    got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--set", "data.n_max=100",
+                           "--gate", "many >= 0.5"], capsys)
+    assert got == 2 and "no Many-shot class" in err and not (tmp_path / "r").exists()
+
+
+def test_missing_data_is_exit_3_with_the_command_that_gets_it(tmp_path, capsys):
+    got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path)], capsys)
+    assert got == 3 and "apt-get install -y dataset-fashion-mnist" in err
+
+
+def test_unwritable_runs_dir_is_exit_7_naming_the_path(tmp_path, capsys, fmnist):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    got, _, err = run_cli(["run", "--method", "ce", "--runs-dir", str(blocker / "runs")], capsys)
+    assert got == 7 and str(blocker / "runs") in err
+
+
+def test_interrupt_is_130_and_internal_error_is_1_with_traceback_only_in_debug(monkeypatch, capsys):
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "compress", interrupted)
+    assert run_cli(["run"], capsys)[0] == 130
+
+    def broken(**_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api, "compress", broken)
+    code, _, err = run_cli(["run"], capsys)
+    assert code == 1 and "internal error: RuntimeError: boom" in err and "Traceback" not in err
+    code, _, err = run_cli(["--debug", "run"], capsys)
+    assert code == 1 and "Traceback" in err

@@ -1,0 +1,84 @@
+import pytest
+
+from ltcompress.api import build_config
+from ltcompress.config import list_presets, load_preset, resolve
+from ltcompress.errors import UsageError
+from ltcompress.registry import Registry
+
+
+def test_builtin_presets_resolve():
+    assert {"fmnist-lt", "fmnist-lt-bench"} <= set(list_presets())
+    default = resolve(None, {})
+    assert default.preset == "fmnist-lt" and default.data.dataset == "fmnist-lt"
+    assert (default.data.n_max, default.data.imbalance) == (1000, 100.0)
+    bench = resolve("fmnist-lt-bench", {})
+    assert bench.teacher.train.epochs == 30 and bench.student.train.epochs == 30
+    assert bench.student.train.lr == 0.05 and bench.student.train.batch_size == 64
+
+
+def test_precedence_preset_then_overrides_then_keywords():
+    cfg = build_config("fmnist-lt", {"student.train.epochs": 3, "method.name": "kd"}, method="ce",
+                       gates=["few >= 0.5"])
+    assert cfg.student.train.epochs == 3 and cfg.method.name == "ce" and cfg.gates == ("few >= 0.5",)
+    assert cfg.teacher.train.epochs == load_preset("fmnist-lt")["teacher"]["train"]["epochs"]
+
+
+def test_method_args_merge_over_preset(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: {name: kd, args: {T: 3}}\n")
+    cfg = resolve(str(preset), {"method.args": {"a_kd": 0.5}})
+    assert dict(cfg.method.args) == {"T": 3, "a_kd": 0.5}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"student.train.epoch": 3}, "unknown config key 'student.train.epoch'. Did you mean: epochs"),
+    ({"stduent.arch": "x"}, "Did you mean: student"),
+    ({"student.train.epochs": "many"}, "should be of type int"),
+    ({"student.train.lr": True}, "should be of type float"),
+    ({"teacher.init": "imagenet"}, "teacher.init must be"),
+    ({"student.train.epochs": 0}, "epochs must be at least 1"),
+])
+def test_bad_config_is_usage_error(overrides, message):
+    with pytest.raises(UsageError, match=message) as info:
+        resolve(None, overrides)
+    assert info.value.exit_code == 2
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(UsageError, match="unknown preset 'fmnist'.*fmnist-lt"):
+        resolve("fmnist", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        resolve(str(bad), {})
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("data: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(UsageError):
+        resolve(str(unsafe), {})
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = resolve(None, {"gates": ["few >= 0.1"]})
+    d = cfg.to_dict()
+    d.pop("preset")
+    assert resolve(None, _flatten(d)) == cfg
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "args":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_registry_names_closest_valid_names():
+    reg: Registry[int] = Registry("widget")
+    for name in ("alpha", "beta", "gamma"):
+        reg.register(name, 1)
+    with pytest.raises(UsageError, match="unknown widget 'alpah'. Did you mean: alpha"):
+        reg.get("alpah")
+    with pytest.raises(ValueError):
+        reg.register("alpha", 2)

@@ -1,0 +1,191 @@
+"""The real pipeline end to end on real Fashion-MNIST images with tiny timm models (test_resnet teacher,
+test_efficientnet student), through the installed console script and the Python API."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import TINY, TINY_MODELS, tiny_cli_args
+from ltcompress import compress, verify
+from ltcompress.cli import main
+from ltcompress.config import resolve
+from ltcompress.data import shot_groups
+from ltcompress.metrics import SUMMARY_KEYS
+from ltcompress.teacher import sha256_file
+
+pytestmark = pytest.mark.slow
+LTCOMPRESS = Path(sys.executable).parent / "ltcompress"
+REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "method",
+               "artifacts", "config", "environment", "command"}
+COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def passed_run(workdir):
+    """One real run through the console script, gates that pass: exit 0."""
+    env = {**os.environ, "LTCOMPRESS_CACHE": str(workdir / "cache")}
+    args = [str(LTCOMPRESS), "run", *tiny_cli_args(method="bkd", name="ok", runs_dir=str(workdir / "runs")),
+            "--gate", "few >= 0.0", "--gate", "student.balanced >= 0.0"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    return workdir / "runs" / "ok", proc
+
+
+def test_exit_0_writes_the_run_directory(passed_run):
+    run, proc = passed_run
+    for name in ("config.yaml", "metrics.jsonl", "student.safetensors", "student.onnx", "report.json",
+                 "teacher.safetensors", "teacher.json", "predictions.npz", "run.log", "bundle/model.onnx"):
+        assert (run / name).is_file(), name
+    assert "fp32" in proc.stdout and "gate PASS" in proc.stdout
+
+
+def test_onnx_file_is_single_checked_and_has_a_dynamic_batch(passed_run):
+    run, _ = passed_run
+    model = onnx.load(str(run / "student.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    assert not [p for p in os.listdir(run) if p.endswith(".data")]  # no external data file
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    session = ort.InferenceSession(str(run / "student.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        assert session.run(None, {"input": np.zeros((n, 3, 32, 32), np.float32)})[0].shape == (n, 10)
+
+
+def test_report_keys_and_values(passed_run):
+    run, _ = passed_run
+    rep = json.loads((run / "report.json").read_text())
+    assert set(rep) == REPORT_KEYS and rep["schema"] == 1 and rep["passed"] is True
+    assert rep["data"]["class_counts"] == COUNTS and rep["data"]["test_size"] == 300
+    names = rep["data"]["class_names"]
+    groups = shot_groups(np.array(COUNTS), TINY["data.many_threshold"], TINY["data.few_threshold"])
+    assert {k: [names[c] for c in v] for k, v in groups.items()} == rep["data"]["shot_groups"]
+    assert all(rep["data"]["shot_groups"].values())  # Many, Medium and Few all present
+    pred = np.load(run / "predictions.npz")
+    labels = pred["labels"]
+    for stage in ("teacher", "student", "fp32"):
+        m = rep["stages"][stage]
+        assert set(SUMMARY_KEYS) <= set(m) and all(0.0 <= m[k] <= 1.0 for k in SUMMARY_KEYS)
+        per_class = [m["per_class"][n] for n in names]
+        assert m["overall"] == pytest.approx(float((pred[stage] == labels).mean()))
+        assert m["balanced"] == pytest.approx(np.mean(per_class))
+        for group, members in rep["data"]["shot_groups"].items():
+            assert m[group] == pytest.approx(np.mean([m["per_class"][n] for n in members]))
+        assert m["worst"] == min(per_class) and m["per_class"][m["worst_class"]] == m["worst"]
+    parity = rep["parity"]["fp32"]
+    assert parity["ok"] and parity["top1_agreement"] >= 0.999
+    assert parity["max_abs_logit_diff"] <= parity["allowed_logit_diff"]
+    assert [g["passed"] for g in rep["gates"]] == [True, True] and rep["failed_gates"] == []
+    assert rep["teacher"]["source"] == "trained" and rep["teacher"]["arch"] == TINY_MODELS["teacher"]
+    assert rep["teacher"]["weights_sha256"] == sha256_file(run / "teacher.safetensors")
+    assert rep["method"]["name"] == "bkd" and rep["method"]["status"] == "exact"
+    assert rep["artifacts"]["onnx_sha256"] == sha256_file(run / "student.onnx")
+
+
+def test_config_and_metrics_log(passed_run):
+    run, _ = passed_run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["resolved"]["student_arch"] == TINY_MODELS["student"]
+    saved.pop("resolved")
+    preset = saved.pop("preset")
+    flat = {f"{section}.{k}": v for section, values in saved.items() if isinstance(values, dict)
+            for k, v in values.items()}
+    assert resolve(preset, flat).student.train.epochs == TINY["student.train.epochs"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in records] == [("teacher", 1), ("teacher", 2), ("student", 1),
+                                                          ("student", 2)]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["train_acc"] <= 1 for r in records)
+
+
+def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
+    run, _ = passed_run
+    from ltcompress.config import DataConfig
+    from ltcompress.data import load_fmnist_lt
+
+    cfg = DataConfig(n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"],
+                     test_per_class=TINY["data.test_per_class"])
+    test = load_fmnist_lt(cfg, tmp_path).test
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):  # the original 28x28 gray image is the centre of the padded input
+        Image.fromarray(test.images[i, 0, 2:30, 2:30]).save(images / f"{i:03d}.png")
+    blocker = tmp_path / "no_torch"
+    (blocker / "torch").mkdir(parents=True)
+    (blocker / "torch" / "__init__.py").write_text("raise ImportError('torch is not on this device')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    out = tmp_path / "pred.json"
+    proc = subprocess.run([sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images),
+                           "--json", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = [r["class_index"] for r in json.loads(out.read_text())]
+    assert got == np.load(run / "predictions.npz")["fp32"][:40].tolist()
+
+
+def _cli(args):
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passed_run, workdir, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    runs = workdir / "runs"
+    code = _cli(["run", *tiny_cli_args(method="kd", name="gated", runs_dir=str(runs)), "--gate", "worst >= 1.0",
+                 "--gate", "few >= 0.0"])
+    assert code == 5
+    assert "gate failed: 'worst >= 1.0'" in capsys.readouterr().err
+    rep = json.loads((runs / "gated" / "report.json").read_text())
+    assert rep["passed"] is False and not (runs / "gated" / "bundle").exists()
+    [failed] = rep["failed_gates"]
+    assert failed["gate"] == "worst >= 1.0" and failed["threshold"] == 1.0
+    assert failed["value"] == rep["stages"]["fp32"]["worst"] < 1.0
+    first = json.loads((runs / "ok" / "report.json").read_text())["teacher"]
+    assert rep["teacher"]["source"] == "cache" and rep["teacher"]["weights_sha256"] == first["weights_sha256"]
+
+
+def test_existing_run_name_is_exit_2_and_nothing_is_overwritten(passed_run, workdir, capsys):
+    run, _ = passed_run
+    before = (run / "report.json").read_bytes()
+    code = _cli(["run", *tiny_cli_args(name="ok", runs_dir=str(workdir / "runs"))])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert (run / "report.json").read_bytes() == before
+
+
+def test_onnx_mismatch_is_exit_4_with_report(passed_run, workdir, monkeypatch, capsys):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    real = verify.ort_logits
+
+    def corrupted(*args, **kwargs):  # what a broken exporter would produce
+        return real(*args, **kwargs)[:, ::-1].copy()
+
+    monkeypatch.setattr(verify, "ort_logits", corrupted)
+    code = _cli(["run", *tiny_cli_args(method="ce", name="mismatch", runs_dir=str(workdir / "runs"))])
+    assert code == 4 and "does not reproduce the torch student" in capsys.readouterr().err
+    rep = json.loads((workdir / "runs" / "mismatch" / "report.json").read_text())
+    assert rep["parity"]["fp32"]["ok"] is False and rep["passed"] is False
+    assert not (workdir / "runs" / "mismatch" / "bundle").exists()
+
+
+def test_python_api(workdir, monkeypatch):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="ce",
+                      overrides=TINY, runs_dir=str(workdir / "api"), gates=["balanced >= 0.0"], progress=False)
+    assert result.passed and result.bundle_dir.is_dir() and "teacher" not in result.metrics  # ce needs none
+    assert set(result.metrics) == {"student", "fp32"}
+    assert result.metrics["fp32"]["per_class"].keys() == set(result.report["data"]["class_names"])

@@ -1,0 +1,80 @@
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ltcompress import models
+from ltcompress.errors import UsageError
+from ltcompress.teacher import load_weights_file, resolve_init, sha256_file
+
+
+def _state(num_classes):
+    return {k: v.contiguous() for k, v in models.create("test_resnet", num_classes).state_dict().items()}
+
+
+def test_safetensors_and_weights_only_torch_files_load(tmp_path):
+    state = _state(10)
+    save_file(state, str(tmp_path / "t.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "t.pt")
+    for name in ("t.safetensors", "t.pt"):
+        model = load_weights_file("test_resnet", tmp_path / name, 10)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k])
+    assert len(sha256_file(tmp_path / "t.pt")) == 64
+
+
+def test_weights_for_another_class_count_is_exit_2(tmp_path):
+    save_file(_state(7), str(tmp_path / "t7.safetensors"))
+    with pytest.raises(UsageError, match="is for 7 classes but the dataset has 10") as info:
+        load_weights_file("test_resnet", tmp_path / "t7.safetensors", 10)
+    assert info.value.exit_code == 2
+
+
+def test_weights_for_another_architecture_is_exit_2(tmp_path):
+    save_file(_state(10), str(tmp_path / "r.safetensors"))
+    with pytest.raises(UsageError, match="does not fit test_efficientnet"):
+        load_weights_file("test_efficientnet", tmp_path / "r.safetensors", 10)
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused_never_unpickled(tmp_path):
+    torch.save({"state_dict": _state(10), "evil": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(UsageError, match="cannot be loaded safely"):
+        load_weights_file("test_resnet", tmp_path / "evil.pt", 10)
+
+
+def test_missing_file_is_exit_2(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_weights_file("test_resnet", tmp_path / "nope.safetensors", 10)
+
+
+def test_offline_hub_never_waits(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_reachable() is False
+    assert resolve_init("auto", "resnet50") == ("scratch", "hub offline or unreachable")
+    assert resolve_init("scratch", "resnet50")[0] == "scratch"
+    with pytest.raises(UsageError, match="--teacher-weights"):
+        resolve_init("pretrained", "resnet50")
+
+
+def test_model_aliases_and_unknown_names():
+    assert models.resolve_name("mobilenetv3") == "mobilenetv3_small_100"
+    assert models.resolve_name("resnet18") == "resnet18"
+    with pytest.raises(UsageError, match="Did you mean: .*resnet50") as info:
+        models.resolve_name("resnet5O")
+    assert info.value.exit_code == 2
+
+
+def test_renormalize_maps_run_normalisation_to_model_normalisation():
+    inner = torch.nn.Identity()
+    wrap = models.Renormalize(inner, (0.3,) * 3, (0.4,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    raw = torch.rand(2, 3, 4, 4)
+    run_norm = (raw - 0.3) / 0.4
+    imagenet_norm = (raw - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(wrap(run_norm), imagenet_norm)
