@@ -4,6 +4,7 @@ Unknown keys and values of the wrong type are UsageError (exit 2) before any wor
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -198,6 +199,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, (str, Path)):
             return str(value)
@@ -206,7 +212,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             value = [value]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
-    elif origin in (Mapping, dict) or hint is Mapping:
+    elif origin in (collections.abc.Mapping, dict):
         if isinstance(value, Mapping):
             return dict(value)
     else:

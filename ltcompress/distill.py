@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -88,23 +89,24 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                             teacher_logits = teacher(x)
                     logits = model(x)
                 loss = method(StepInputs(logits, y, epoch + 1 + i / steps, teacher_logits))
-                if not torch.isfinite(loss):
+                value = loss.item()  # the one host sync per step: divergence must stop the step it happens
+                if not math.isfinite(value):
                     raise DivergenceError(
-                        f"{stage} training diverged: loss {loss.item()} at epoch {epoch + 1}, step {i + 1}; the "
-                        f"last good checkpoint is kept in the run's checkpoints/. Lower the learning rate "
-                        f"(e.g. --set {stage}.train.lr={recipe.lr / 2:g})")
+                        f"{stage} training diverged: loss {value} at epoch {epoch + 1}, step {i + 1}; the last good "
+                        f"checkpoint is kept in the run's checkpoints/. Lower the learning rate "
+                        f"(e.g. --set {stage}.train.lr={recipe.lr / 10:g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += value * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{loss.item():.3f}")
+                bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{value:.3f}", refresh=False)
             seconds = time.perf_counter() - t0
             record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": loss_sum / seen,
-                      "train_acc": correct / seen, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
+                      "train_acc": int(correct) / seen, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
                       "images_per_s": round(seen / seconds, 1)}
             history.append(record)
             log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
@@ -117,7 +119,6 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
         bar.close()
     model.eval()
     return TrainResult(history, time.perf_counter() - start)
-
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

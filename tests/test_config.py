@@ -23,6 +23,10 @@ def test_precedence_preset_then_overrides_then_keywords():
     assert cfg.teacher.train.epochs == load_preset("fmnist-lt")["teacher"]["train"]["epochs"]
 
 
+def test_exponent_without_dot_is_a_float():
+    assert resolve(None, {"student.train.lr": "1e-3"}).student.train.lr == 0.001
+
+
 def test_method_args_merge_over_preset(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("method: {name: kd, args: {T: 3}}\n")
@@ -37,6 +41,8 @@ def test_method_args_merge_over_preset(tmp_path):
     ({"student.train.lr": True}, "should be of type float"),
     ({"teacher.init": "imagenet"}, "teacher.init must be"),
     ({"student.train.epochs": 0}, "epochs must be at least 1"),
+    ({"method.args": "T=2"}, "method.args='T=2' should be of type Mapping"),
+    ({"gates": 0.5}, "should be of type tuple"),
 ])
 def test_bad_config_is_usage_error(overrides, message):
     with pytest.raises(UsageError, match=message) as info:

@@ -182,6 +182,14 @@ def test_onnx_mismatch_is_exit_4_with_report(passed_run, workdir, monkeypatch, c
     assert not (workdir / "runs" / "mismatch" / "bundle").exists()
 
 
+def test_divergence_is_exit_6(workdir, monkeypatch, capsys):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    code = _cli(["run", *tiny_cli_args(method="ce", name="diverged", runs_dir=str(workdir / "runs")),
+                 "--set", "student.train.lr=1e30"])
+    err = capsys.readouterr().err
+    assert code == 6 and "student training diverged" in err and "student.train.lr=" in err
+
+
 def test_python_api(workdir, monkeypatch):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="ce",

@@ -1,0 +1,63 @@
+"""The training loop with tiny real timm models on small generated long-tailed data."""
+import numpy as np
+import pytest
+import torch
+
+from ltcompress import models
+from ltcompress.config import TrainConfig
+from ltcompress.data import InputSpec, LTData, Split
+from ltcompress.distill import train
+from ltcompress.methods import METHODS
+from ltcompress.methods.base import MethodContext
+
+COUNTS = [40, 20, 10, 6]
+
+
+def tiny_data(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(COUNTS)), COUNTS)
+    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+    images[:, 0, :4, :4] = (labels * 60)[:, None, None]  # something learnable
+    spec = InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32)
+    test = Split(images[::3].copy(), labels[::3].copy())
+    return LTData(Split(images, labels), test, np.array(COUNTS), ("a", "b", "c", "d"), spec, "synthetic")
+
+
+def make(name, epochs):
+    cls = METHODS.get(name)
+    return cls(cls.make_params({}), MethodContext(torch.tensor(COUNTS, dtype=torch.float32), epochs))
+
+
+def student_after(method_name, teacher, seed=0):
+    torch.manual_seed(seed)
+    student = models.create("test_efficientnet", len(COUNTS))
+    result = train(student, make(method_name, 2), tiny_data(), TrainConfig(epochs=2, batch_size=16), torch.device("cpu"),
+                   stage="student", seed=seed, teacher=teacher, progress=False)
+    return student, result
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).uses_teacher])
+def test_teacher_is_frozen_batchnorm_included(name):
+    torch.manual_seed(1)
+    teacher = models.create("test_resnet", len(COUNTS))
+    teacher.train()  # the loop must put it in eval mode itself
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    _, result = student_after(name, teacher)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var/num_batches_tracked too
+    assert len(result.history) == 2 and all(np.isfinite(r["loss"]) for r in result.history)
+
+
+def test_same_seed_same_student_and_different_seed_differs():
+    a, _ = student_after("ce", None, seed=0)
+    b, _ = student_after("ce", None, seed=0)
+    c, _ = student_after("ce", None, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_a_method_that_needs_a_teacher_refuses_to_run_without_one():
+    with pytest.raises(ValueError, match="needs a teacher"):
+        student_after("kd", None)
