@@ -92,6 +92,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     stage_keys = (("teacher",) if teacher_arch else ()) + ("student", "fp32")
     gate_mod.check_applicable(parsed_gates, groups, stage_keys)
     teacher_plan = teacher_stage.plan(cfg, data, method_cls.teacher_method) if teacher_arch else None
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
+    loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
     timings["data"] = _since(t)
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
              len(data.test), data.class_counts.tolist())
@@ -116,8 +118,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         t = time.perf_counter()
         torch.manual_seed(cfg.run.seed)
         student_model = models.create(student_arch, data.num_classes)
-        ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
-        loss = method_cls(params, ctx)
+        student_model, train_pass = distill.prepare_method(loss, student_model, teacher_obj.module if teacher_obj
+                                                           else None, data, device, cfg.run.eval_batch_size)
 
         def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
             run.log_metrics(record)
@@ -143,7 +145,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         rep = report.build(
             run=run, config=resolved, gates=gate_results, stages=result.stages, parity=result.parity,
             teacher=teacher_obj.provenance if teacher_obj else None,
-            method={**info.to_dict(), "params": dataclasses.asdict(params)},
+            method={**info.to_dict(), "params": dataclasses.asdict(params),
+                    "diagnostics": loss.diagnostics(train_pass, groups)},
             data_info=_data_info(data, groups, cfg), timings=timings, device=str(device),
             artifacts={"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
                        "onnx_sha256": teacher_stage.sha256_file(onnx_path),

@@ -58,7 +58,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--preset", help="Built-in preset name or a .yaml file (default: fmnist-lt). See list-presets.")
 @click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
 @click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
-@click.option("--method", help=f"Distillation method or baseline: {', '.join(METHODS.names())}.")
+@click.option("--method", help="Distillation method or baseline: " + ", ".join(
+    i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods()) + "; see list-methods.")
 @click.option("--dataset", help="Dataset (default from the preset: fmnist-lt).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--gate", "gates", multiple=True, metavar="EXPR",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, epoch_order, iterate, to_batch
 from ltcompress.errors import DivergenceError
-from ltcompress.methods.base import Method, StepInputs
+from ltcompress.methods.base import Method, StepInputs, TrainingPass
+from ltcompress.models import features_and_logits
 from ltcompress.rundir import io_errors
 
 log = logging.getLogger("ltcompress")
@@ -53,6 +55,60 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+class TrainModule(nn.Module):
+    """The student and the method (with any parameters of its own) in one module whose forward returns the
+    loss, so a single DistributedDataParallel wrapper sees every trainable parameter."""
+
+    def __init__(self, student: nn.Module, method: Method) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: float, teacher_logits: torch.Tensor | None = None,
+                teacher_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.method.needs_features:
+            features, logits = features_and_logits(self.student, x)
+        else:
+            features, logits = None, self.student(x)
+        step = StepInputs(logits, y, epoch, teacher_logits, features, teacher_features)
+        return self.method(step), logits
+
+
+@torch.no_grad()
+def training_pass(teacher: nn.Module, student: nn.Module, data: LTData, device: torch.device, batch: int,
+                  features: bool) -> TrainingPass:
+    """The frozen teacher's logits (and features) on the un-augmented training set, plus the student's feature
+    width (one eval-mode forward on two images: BatchNorm statistics are untouched)."""
+    freeze(teacher.to(device, memory_format=torch.channels_last))
+    logits, feats = [], []
+    for xb, yb in iterate(data.train, np.arange(len(data.train)), batch, drop_last=False):
+        x = to_batch(xb, yb, data.spec, device)[0]
+        if features:
+            f, z = features_and_logits(teacher, x)
+            feats.append(f.float().cpu())
+        else:
+            z = teacher(x)
+        logits.append(z.float().cpu())
+    was_training = student.training
+    student.to(device).eval()
+    dim = int(features_and_logits(student, x[:2])[0].shape[1])
+    student.train(was_training)
+    return TrainingPass(torch.as_tensor(data.train.labels), torch.cat(logits),
+                        torch.cat(feats) if features else None, dim)
+
+
+def prepare_method(method: Method, student: nn.Module, teacher: nn.Module | None, data: LTData,
+                   device: torch.device, batch: int) -> tuple[nn.Module, TrainingPass | None]:
+    """Give a method what it declared it needs before training: its adapted student, and the teacher's pass over
+    the training set (prototypes, diagnostics)."""
+    student = method.adapt_student(student)
+    train_pass = None
+    if method.needs_training_pass and teacher is not None:
+        train_pass = training_pass(teacher, student, data, device, batch, method.needs_features)
+        method.prepare(train_pass)
+    return student, train_pass
+
+
 def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, *,
           stage: str, seed: int, teacher: nn.Module | None = None,
           on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
@@ -60,11 +116,10 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     """Train `model` with `method` for `recipe.epochs`; `on_epoch(record, state)` logs and checkpoints."""
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
-    model.to(device, memory_format=torch.channels_last).train()
-    method.to(device)
+    module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
     if teacher is not None:
         freeze(teacher.to(device, memory_format=torch.channels_last))
-    params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+    params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                                 weight_decay=recipe.weight_decay)
     n = len(data.train)
@@ -83,12 +138,14 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
             for i, (xb, yb) in enumerate(iterate(data.train, epoch_order(n, seed, epoch), batch, drop_last=True)):
                 x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
                 with autocast(device):
-                    teacher_logits = None
+                    teacher_logits = teacher_features = None
                     if teacher is not None:
                         with torch.no_grad():
-                            teacher_logits = teacher(x)
-                    logits = model(x)
-                loss = method(StepInputs(logits, y, epoch + 1 + i / steps, teacher_logits))
+                            if method.needs_features:
+                                teacher_features, teacher_logits = features_and_logits(teacher, x)
+                            else:
+                                teacher_logits = teacher(x)
+                    loss, logits = module(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
                 value = loss.item()  # the one host sync per step: divergence must stop the step it happens
                 if not math.isfinite(value):
                     raise DivergenceError(

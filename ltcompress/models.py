@@ -37,6 +37,13 @@ def create(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = Fa
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
 
 
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate (pre-logits) features and logits in one pass, through timm's forward_features /
+    forward_head(pre_logits=True) / classifier; models are never edited for this."""
+    pre = model.forward_head(model.forward_features(x), pre_logits=True)
+    return pre, model.get_classifier()(pre)
+
+
 def hub_reachable(timeout: float = 1.5) -> bool:
     """False at once when HF_HUB_OFFLINE is set or the hub's host does not resolve/connect quickly.
 
@@ -70,3 +77,12 @@ class Renormalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x * self.scale + self.shift)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x * self.scale + self.shift)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.model.forward_head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> nn.Module:
+        return self.model.get_classifier()

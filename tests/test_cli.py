@@ -89,3 +89,34 @@ def test_interrupt_is_130_and_internal_error_is_1_with_traceback_only_in_debug(m
     assert code == 1 and "internal error: RuntimeError: boom" in err and "Traceback" not in err
     code, _, err = run_cli(["--debug", "run"], capsys)
     assert code == 1 and "Traceback" in err
+
+
+def test_readings_are_marked_in_help_and_listing(capsys):
+    from ltcompress.methods import list_methods
+
+    readings = [i.name for i in list_methods() if i.status == "reading"]
+    assert readings, "the registry has readings (rekd, krdistill)"
+    help_text = run_cli(["run", "--help"], capsys)[1]
+    listing = run_cli(["list-methods"], capsys)[1]
+    for name in readings:
+        assert f"{name} (a reading)" in " ".join(help_text.split())
+        assert any(line.startswith(name) and "reading" in line for line in listing.splitlines())
+
+
+def test_method_args_are_typed_and_checked_before_any_work(tmp_path, capsys, fmnist):
+    runs = tmp_path / "runs"
+    got, _, err = run_cli(["run", "--runs-dir", str(runs), "--method", "rekd", "--method-arg", "k=1"], capsys)
+    assert got == 2 and "2 <= k <= C - 2" in err and not runs.exists()
+    got, _, err = run_cli(["run", "--runs-dir", str(runs), "--method", "krdistill", "--method-arg", "lam=much"],
+                          capsys)
+    assert got == 2 and "lam" in err and not runs.exists()
+
+
+def test_method_arg_values_parse_to_their_types():
+    from ltcompress.methods import METHODS
+
+    args = cli._key_values(("topk_from=teacher", "T=2", "k=3"), "--method-arg")
+    params = METHODS.get("rekd").make_params(args)
+    assert (params.topk_from, params.T, params.k) == ("teacher", 2.0, 3)
+    params = METHODS.get("krdistill").make_params(cli._key_values(("feature_term=false", "lam=1e-1"), "x"))
+    assert params.feature_term is False and params.lam == 0.1

@@ -6,7 +6,7 @@ import torch
 from ltcompress import models
 from ltcompress.config import TrainConfig
 from ltcompress.data import InputSpec, LTData, Split
-from ltcompress.distill import train
+from ltcompress.distill import prepare_method, train
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
 
@@ -30,9 +30,10 @@ def make(name, epochs):
 
 def student_after(method_name, teacher, seed=0):
     torch.manual_seed(seed)
-    student = models.create("test_efficientnet", len(COUNTS))
-    result = train(student, make(method_name, 2), tiny_data(), TrainConfig(epochs=2, batch_size=16), torch.device("cpu"),
-                   stage="student", seed=seed, teacher=teacher, progress=False)
+    method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
+    student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
+    result = train(student, method, data, TrainConfig(epochs=2, batch_size=16), cpu, stage="student", seed=seed,
+                   teacher=teacher, progress=False)
     return student, result
 
 
@@ -47,6 +48,14 @@ def test_teacher_is_frozen_batchnorm_included(name):
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var/num_batches_tracked too
     assert len(result.history) == 2 and all(np.isfinite(r["loss"]) for r in result.history)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_two_epoch_smoke_run_per_method(name):
+    teacher = models.create("test_resnet", len(COUNTS)) if METHODS.get(name).uses_teacher else None
+    _, result = student_after(name, teacher)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in result.history)
 
 
 def test_same_seed_same_student_and_different_seed_differs():

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -18,6 +19,7 @@ from ltcompress import compress, verify
 from ltcompress.cli import main
 from ltcompress.config import resolve
 from ltcompress.data import shot_groups
+from ltcompress.methods import METHODS, method_info
 from ltcompress.metrics import SUMMARY_KEYS
 from ltcompress.teacher import sha256_file
 
@@ -197,3 +199,37 @@ def test_python_api(workdir, monkeypatch):
     assert result.passed and result.bundle_dir.is_dir() and "teacher" not in result.metrics  # ce needs none
     assert set(result.metrics) == {"student", "fp32"}
     assert result.metrics["fp32"]["per_class"].keys() == set(result.report["data"]["class_names"])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_the_real_pipeline(name, workdir, monkeypatch):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    cls = METHODS.get(name)
+    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method=name,
+                      overrides=TINY, runs_dir=str(workdir / "methods"), progress=False)
+    rep = result.report
+    assert rep["parity"]["fp32"]["ok"] and rep["method"]["name"] == name
+    assert rep["method"]["status"] == method_info(name).status
+    if cls.uses_teacher:
+        assert rep["teacher"]["loss"] == cls.teacher_method  # dive gets a Balanced Softmax teacher
+    else:
+        assert rep["teacher"] is None and "teacher" not in result.metrics
+    # parameters a method owns (projectors) train with the student but never reach the ONNX file
+    state = torch.load(result.run_dir / "checkpoints" / "student-last.pt", weights_only=True)
+    shapes = {tuple(init.dims) for init in onnx.load(str(result.onnx_path)).graph.initializer}
+    for key, tensor in state["method"].items():
+        if key.endswith("weight"):
+            assert tuple(tensor.shape) not in shapes and tuple(tensor.shape[::-1]) not in shapes, key
+
+
+def test_dive_reports_the_virtual_example_distribution(workdir, monkeypatch):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="dive",
+                      overrides=TINY, runs_dir=str(workdir / "dive"), method_args={"tau": 2.5}, progress=False)
+    ved = result.report["method"]["diagnostics"]["virtual_example_distribution"]
+    assert ved["method_tau"] == 2.5 and {"tau=2.5", "tau=1", "tau=6"} <= set(ved["mean_per_group"])
+    n = result.report["data"]["train_size"]
+    sizes = {g: len(names) for g, names in result.report["data"]["shot_groups"].items()}
+    for per_group in ved["mean_per_group"].values():  # every image's target sums to 1: the V_c sum to N
+        assert sum(per_group[g] * sizes[g] for g in sizes) == pytest.approx(n, rel=1e-5)
+    assert ved["uniform_value"] == pytest.approx(n / 10)

@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS, list_methods
-from ltcompress.methods.base import MethodContext, StepInputs, effective_number_weights
+from ltcompress.methods.base import MethodContext, StepInputs, TrainingPass, effective_number_weights
 from ltcompress.methods.bkd import bkd_loss
 from ltcompress.methods.kd import kd_loss
 
 C = 6
 COUNTS = torch.tensor([500.0, 200, 80, 30, 12, 5])
+D_STUDENT, D_TEACHER = 5, 7  # penultimate feature widths for methods that need features
 
 
 # ---------------------------------------------------------------- naive per-sample references (float64)
@@ -31,11 +32,11 @@ def _ce(z, y):
     return -_log_softmax(z)[y]
 
 
-def naive_ce(zs, zt, y, params, counts, epoch):
+def naive_ce(zs, zt, y, params, counts, epoch, epochs, extra):
     return sum(_ce(zs[i], y[i]) for i in range(len(y))) / len(y)
 
 
-def naive_kd(zs, zt, y, p, counts, epoch):
+def naive_kd(zs, zt, y, p, counts, epoch, epochs, extra):
     total = 0.0
     for i in range(len(y)):
         log_q = _log_softmax([v / p.T for v in zt[i]])
@@ -44,7 +45,7 @@ def naive_kd(zs, zt, y, p, counts, epoch):
     return total / len(y)
 
 
-def naive_bkd(zs, zt, y, p, counts, epoch):
+def naive_bkd(zs, zt, y, p, counts, epoch, epochs, extra):
     w = [(1 - p.beta) / (1 - p.beta ** n) for n in counts]
     w = [len(w) * v / sum(w) for v in w]
     if epoch < p.weights_from_epoch + 1:
@@ -58,13 +59,125 @@ def naive_bkd(zs, zt, y, p, counts, epoch):
     return total / len(y)
 
 
-REFERENCES = {"ce": naive_ce, "kd": naive_kd, "bkd": naive_bkd}
+def naive_bsce(zs, zt, y, p, counts, epoch, epochs, extra):
+    return sum(_ce([v + math.log(n) for v, n in zip(zs[i], counts)], y[i]) for i in range(len(y))) / len(y)
+
+
+def naive_la(zs, zt, y, p, counts, epoch, epochs, extra):
+    total = sum(counts)
+    return sum(_ce([v + p.tau * math.log(n / total) for v, n in zip(zs[i], counts)], y[i])
+               for i in range(len(y))) / len(y)
+
+
+def _warm(epoch, warmup, epochs):
+    return min(epoch / max(1, round(warmup * epochs / 240)), 1.0)
+
+
+def _probs(z, T):
+    e = [math.exp(v / T - max(z) / T) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def _kl_probs(q, p):
+    return sum(a * math.log(a / b) for a, b in zip(q, p) if a > 0)
+
+
+def naive_dkd(zs, zt, y, p, counts, epoch, epochs, extra):
+    total = 0.0
+    for i in range(len(y)):
+        ps, pt = _probs(zs[i], p.T), _probs(zt[i], p.T)
+        t = y[i]
+        tckd = _kl_probs([pt[t], 1 - pt[t]], [ps[t], 1 - ps[t]])
+        others = [c for c in range(len(ps)) if c != t]
+        qs = [ps[c] / sum(ps[o] for o in others) for c in others]
+        qt = [pt[c] / sum(pt[o] for o in others) for c in others]
+        kd = p.T ** 2 * (p.alpha * tckd + p.beta * _kl_probs(qt, qs))
+        total += _ce(zs[i], t) + _warm(epoch, p.warmup, epochs) * kd
+    return total / len(y)
+
+
+def naive_dive(zs, zt, y, p, counts, epoch, epochs, extra):
+    total = 0.0
+    for i in range(len(y)):
+        t = [v ** p.power for v in _probs(zt[i], p.tau)]
+        t = [v / sum(t) for v in t]
+        bsce = _ce([v + math.log(n) for v, n in zip(zs[i], counts)], y[i])
+        total += (1 - p.alpha) * bsce + p.alpha * p.tau ** 2 * _kl_probs(t, _probs(zs[i], p.tau))
+    return total / len(y)
+
+
+def naive_rekd(zs, zt, y, p, counts, epoch, epochs, extra):
+    k = min(5, len(zs[0]) - 2) if p.k is None else p.k
+    total = 0.0
+    for i in range(len(y)):
+        source = zs[i] if p.topk_from == "student" else zt[i]
+        top = sorted(range(len(source)), key=lambda c: -source[c])[:k]
+        rest = [c for c in range(len(source)) if c not in top]
+        ps, pt = _probs(zs[i], p.T), _probs(zt[i], p.T)
+
+        def within(prob, members):
+            return [prob[c] / sum(prob[m] for m in members) for c in members]
+
+        tisd = _kl_probs(within(pt, top), within(ps, top))
+        ntid = _kl_probs(within(pt, rest), within(ps, rest))
+        total += _ce(zs[i], y[i]) + _warm(epoch, p.warmup, epochs) * p.T ** 2 * (p.alpha * tisd + p.beta * ntid)
+    return total / len(y)
+
+
+def naive_ldam_drw(zs, zt, y, p, counts, epoch, epochs, extra):
+    m = [n ** -0.25 for n in counts]
+    m = [v * p.max_m / max(m) for v in m]
+    deferred = epoch >= round(p.defer_at * epochs) + 1
+    if deferred:
+        w = [(1 - p.beta) / (1 - p.beta ** n) for n in counts]
+        w = [len(w) * v / sum(w) for v in w]
+    else:
+        w = [1.0] * len(counts)
+    num = den = 0.0
+    for i in range(len(y)):
+        z = [p.s * (v - (m[c] if c == y[i] else 0.0)) for c, v in enumerate(zs[i])]
+        num += w[y[i]] * _ce(z, y[i])
+        den += w[y[i]]
+    return num / den  # PyTorch's weight= semantics
+
+
+def naive_krdistill(zs, zt, y, p, counts, epoch, epochs, extra):
+    method, fs, ft = extra["method"], extra["fs"], extra["ft"]
+    W = method.projector.weight.double().tolist()
+    b = method.projector.bias.double().tolist()
+    protos = method.prototypes.double().tolist()
+    total_n = sum(counts)
+    out = 0.0
+    for i in range(len(y)):
+        loss = _ce(zs[i], y[i])
+        zr = [v - p.tau * math.log(n / total_n) for v, n in zip(zt[i], counts)]
+        top = max(range(len(zr)), key=lambda c: zr[c])
+        zr[top], zr[y[i]] = zr[y[i]], zr[top]
+        loss += p.alpha * p.T ** 2 * _kl_probs(_probs(zr, p.T), _probs(zs[i], p.T))
+        proj = [sum(W[r][k] * fs[i][k] for k in range(len(fs[i]))) + b[r] for r in range(len(W))]
+        target = [(1 - p.lam) * a + p.lam * m for a, m in zip(ft[i], protos[y[i]])]
+        na, nt = math.sqrt(sum(v * v for v in proj)), math.sqrt(sum(v * v for v in target))
+        loss += p.beta * sum((a / na - t / nt) ** 2 for a, t in zip(proj, target))
+        out += loss
+    return out / len(y)
+
+
+REFERENCES = {"ce": naive_ce, "kd": naive_kd, "bkd": naive_bkd, "bsce": naive_bsce, "la": naive_la,
+              "dkd": naive_dkd, "dive": naive_dive, "rekd": naive_rekd, "ldam_drw": naive_ldam_drw,
+              "krdistill": naive_krdistill}
 NAMES = METHODS.names()
 
 
 def build(name, counts=COUNTS, epochs=10, **args):
+    """A method ready to use: prepare() gets a synthetic training pass when the method asks for one."""
     cls = METHODS.get(name)
-    return cls(cls.make_params(args), MethodContext(counts, epochs))
+    method = cls(cls.make_params(args), MethodContext(counts, epochs))
+    if method.needs_training_pass:
+        g = torch.Generator().manual_seed(99)
+        labels = torch.arange(C).repeat(4)
+        method.prepare(TrainingPass(labels, torch.randn(len(labels), C, generator=g),
+                                    torch.randn(len(labels), D_TEACHER, generator=g), D_STUDENT))
+    return method
 
 
 def batch(seed=0, n=8, scale=3.0, dtype=torch.float32):
@@ -73,6 +186,20 @@ def batch(seed=0, n=8, scale=3.0, dtype=torch.float32):
     zt = (torch.randn(n, C, generator=g) * scale).to(dtype)
     y = torch.randint(0, C, (n,), generator=g)
     return zs, zt, y
+
+
+def features(seed=0, n=8, scale=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return ((torch.randn(n, D_STUDENT, generator=g) * scale).to(dtype),
+            (torch.randn(n, D_TEACHER, generator=g) * scale).to(dtype))
+
+
+def step(method, zs, zt, y, epoch, fs=None, ft=None):
+    """StepInputs holding exactly what the method declares it needs."""
+    if fs is None and method.needs_features:
+        fs, ft = features(n=len(y))
+    return StepInputs(zs, y, epoch, zt if method.uses_teacher else None,
+                      fs if method.needs_features else None, ft if method.needs_features else None)
 
 
 def test_every_registered_method_has_a_reference_and_metadata():
@@ -84,36 +211,45 @@ def test_every_registered_method_has_a_reference_and_metadata():
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_naive_reference(name):
     zs, zt, y = batch()
-    method = build(name)
-    for epoch in (1.0, 5.5):
-        got = method(StepInputs(zs, y, epoch, zt if method.uses_teacher else None))
+    fs, ft = features()
+    method = build(name, epochs=240)
+    extra = {"method": method, "fs": fs.double().tolist(), "ft": ft.double().tolist()}
+    for epoch in (1.25, 30.5, 200.0):  # inside and after a warm-up of 20 of 240 epochs; after LDAM's deferral
+        got = method(step(method, zs, zt, y, epoch, fs, ft))
         want = REFERENCES[name](zs.double().tolist(), zt.double().tolist(), y.tolist(), method.params,
-                                COUNTS.tolist(), epoch)
+                                COUNTS.tolist(), epoch, 240, extra)
         assert got.dim() == 0
-        assert float(got) == pytest.approx(want, rel=1e-6, abs=1e-6)
+        assert float(got.detach()) == pytest.approx(want, rel=1e-6, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_scalar_and_gradient_reaches_student_only(name):
     zs, zt, y = batch(1)
-    student = zs.clone().requires_grad_(True)
-    teacher_param = zt.clone().requires_grad_(True)
+    fs, ft = features(1)
+    student, student_feats = zs.clone().requires_grad_(True), fs.clone().requires_grad_(True)
+    teacher_param, teacher_feats = zt.clone().requires_grad_(True), ft.clone().requires_grad_(True)
     method = build(name)
     with torch.no_grad():  # the loop runs the teacher like this
-        teacher_logits = teacher_param * 1.0
-    loss = method(StepInputs(student, y, 1.0, teacher_logits if method.uses_teacher else None))
+        teacher_logits, teacher_features = teacher_param * 1.0, teacher_feats * 1.0
+    loss = method(step(method, student, teacher_logits, y, 1.0, student_feats, teacher_features))
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and loss.dim() == 0
     assert student.grad is not None and student.grad.abs().sum() > 0
-    assert teacher_param.grad is None
+    assert teacher_param.grad is None and teacher_feats.grad is None
+    if method.needs_features:
+        assert student_feats.grad.abs().sum() > 0
+    for param in method.parameters():  # a method's own parameters (projectors) train with the student
+        assert param.grad is not None
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_nan_in_bf16_with_huge_logits(name):
     zs, zt, y = batch(2, scale=1e4, dtype=torch.bfloat16)
+    fs, ft = features(2, scale=1e4, dtype=torch.bfloat16)
     method = build(name)
-    loss = method(StepInputs(zs, y, 1.0, zt if method.uses_teacher else None))
-    assert torch.isfinite(loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast keeps log_softmax in bf16 unless cast
+        for epoch in (1.0, 9.5):
+            assert torch.isfinite(method(step(method, zs, zt, y, epoch, fs, ft)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -165,3 +301,117 @@ def test_bad_values_are_usage_errors():
         build("kd", T="hot")
     with pytest.raises(UsageError, match="T > 0"):
         build("bkd", T=0.0)
+
+
+def test_la_with_tau_1_is_bsce():
+    zs, _, y = batch(6)
+    torch.testing.assert_close(build("la")(StepInputs(zs, y, 1.0)), build("bsce")(StepInputs(zs, y, 1.0)))
+
+
+def test_dive_power_equals_teacher_temperature():
+    from ltcompress.methods.dive import dive_target_log_probs
+
+    _, zt, _ = batch(7)
+    for tau, power in ((3.0, 0.5), (2.0, 0.25), (4.0, 1.0)):
+        torch.testing.assert_close(dive_target_log_probs(zt, tau, power), F.log_softmax(zt * power / tau, 1))
+
+
+def test_dkd_weighted_decomposition_is_kd_per_sample():
+    from ltcompress.methods.dkd import dkd_terms
+
+    zs, zt, y = batch(8)
+    T = 4.0
+    tckd, nckd = dkd_terms(zs, zt, y, T)
+    kd = T * T * F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True,
+                          reduction="none").sum(1)
+    p_target = F.softmax(zt / T, 1).gather(1, y[:, None]).squeeze(1)
+    torch.testing.assert_close(tckd + (1 - p_target) * nckd, kd)
+    assert not torch.allclose(tckd + nckd, kd)  # the plain sum is not KD
+
+
+def test_rekd_weighted_decomposition_is_kd_per_sample():
+    from ltcompress.methods.dkd import binary_log_probs
+    from ltcompress.methods.rekd import rekd_terms, topk_mask
+
+    zs, zt, y = batch(9)
+    T = 4.0
+    top = topk_mask(zs, 3)
+    tisd, ntid = rekd_terms(zs, zt, top, T)
+    mass = binary_log_probs(zt, top, T).exp()  # teacher's [P(M), P(not M)]
+    binary = T * T * F.kl_div(binary_log_probs(zs, top, T), binary_log_probs(zt, top, T), log_target=True,
+                              reduction="none").sum(1)
+    kd = T * T * F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True,
+                          reduction="none").sum(1)
+    torch.testing.assert_close(mass[:, 0] * tisd + mass[:, 1] * ntid + binary, kd)
+
+
+@pytest.mark.parametrize("k", [1, C - 1, C])
+def test_rekd_refuses_k_outside_2_to_c_minus_2(k):
+    with pytest.raises(UsageError, match="2 <= k <= C - 2") as info:
+        build("rekd", k=k)
+    assert info.value.exit_code == 2
+    build("rekd", k=2)
+    build("rekd", k=C - 2)
+
+
+def test_rekd_default_k_is_capped_and_topk_source_matters():
+    assert build("rekd").k == min(5, C - 2)
+    zs, zt, y = batch(10)
+    student_top = build("rekd", topk_from="student")(StepInputs(zs, y, 30.0, zt))
+    teacher_top = build("rekd", topk_from="teacher")(StepInputs(zs, y, 30.0, zt))
+    assert abs(float(student_top) - float(teacher_top)) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["dkd", "rekd"])
+def test_warmup_scales_with_the_run(name):
+    zs, zt, y = batch(11)
+    long_run, short_run = build(name, epochs=240), build(name, epochs=24)
+    ce = F.cross_entropy(zs, y)
+    kd_part_long = float(long_run(StepInputs(zs, y, 1.0, zt)) - ce)  # warm-up 1/20 after epoch 1 of 240
+    kd_part_short = float(short_run(StepInputs(zs, y, 1.0, zt)) - ce)  # warm-up over 2 epochs of 24
+    assert kd_part_short == pytest.approx(10 * kd_part_long, rel=1e-4)
+
+
+def test_krdistill_rectification_puts_the_true_class_first():
+    from ltcompress.methods.krdistill import rectify_logits
+
+    zs, zt, y = batch(12, n=64)
+    rect = rectify_logits(zt, y, COUNTS, tau=1.0)
+    assert torch.equal(rect.argmax(1), y)
+    prior_free = zt - (COUNTS / COUNTS.sum()).log()
+    already = prior_free.argmax(1) == y
+    assert already.any() and not already.all()
+    torch.testing.assert_close(rect[already], prior_free[already])
+    assert torch.equal(rect.sort(1).values, prior_free.sort(1).values)  # entries swapped, none changed
+
+
+def test_krdistill_parts_switch_off():
+    zs, zt, y = batch(13)
+    ce = F.cross_entropy(zs, y)
+    none = build("krdistill", logit_term=False, feature_term=False)
+    assert not none.needs_features and not list(none.parameters())
+    torch.testing.assert_close(none(step(none, zs, zt, y, 1.0)), ce)
+    logits_only = build("krdistill", feature_term=False)
+    assert float(logits_only(step(logits_only, zs, zt, y, 1.0))) > float(ce)
+
+
+def test_ldam_margins_and_cosine_classifier():
+    from ltcompress.methods.ldam_drw import NormedLinear, ldam_margins
+
+    m = ldam_margins(COUNTS, 0.5)
+    assert float(m.max()) == pytest.approx(0.5) and torch.all(m[1:] > m[:-1])
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, C))
+    student.get_classifier = lambda: student[1]
+    adapted = build("ldam_drw").adapt_student(student)
+    assert isinstance(adapted[1], NormedLinear)
+    out = adapted(torch.randn(4, 12))
+    assert out.shape == (4, C) and float(out.abs().max()) <= 1.0 + 1e-6  # cosine logits
+
+
+def test_virtual_example_distribution_sums_to_n_and_flattens_when_hot():
+    from ltcompress.methods.dive import virtual_example_distribution
+
+    _, zt, _ = batch(14, n=50)
+    v = virtual_example_distribution(zt, tau=3.0, power=0.5)
+    assert float(v.sum()) == pytest.approx(50, rel=1e-5)
+    torch.testing.assert_close(virtual_example_distribution(zt, tau=1e6, power=0.5), torch.full((C,), 50 / C))

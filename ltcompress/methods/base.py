@@ -35,6 +35,19 @@ class StepInputs:
     targets: torch.Tensor
     epoch: float
     teacher_logits: torch.Tensor | None = None
+    student_features: torch.Tensor | None = None  # penultimate (pre-logits) features, when needs_features
+    teacher_features: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPass:
+    """The frozen teacher's outputs on the un-augmented training set, computed once before training for the
+    methods that declare ``needs_training_pass`` (class prototypes, diagnostics)."""
+
+    labels: torch.Tensor  # [N]
+    teacher_logits: torch.Tensor  # [N, C], fp32, CPU
+    teacher_features: torch.Tensor | None  # [N, D] penultimate features, when the method needs features
+    student_feature_dim: int
 
 
 class Method(nn.Module):
@@ -42,12 +55,18 @@ class Method(nn.Module):
     what they need, so the loop never special-cases a method:
 
     - ``uses_teacher``: the loop runs the frozen teacher and passes its logits;
-    - ``teacher_method``: the plain method a teacher for this method is trained with (a cache key part).
+    - ``teacher_method``: the plain method a teacher for this method is trained with (a cache key part);
+    - ``needs_features``: the loop also passes both models' penultimate features;
+    - ``needs_training_pass``: ``prepare`` gets the teacher's outputs on the training set before training.
+    Extra trainable parameters (projectors) are submodules of the method: they train with the student, live in
+    its checkpoints, and are never exported.
     """
 
     Params: ClassVar[type] = type(None)
     uses_teacher: ClassVar[bool] = True
     teacher_method: ClassVar[str] = "ce"
+    needs_features: bool = False
+    needs_training_pass: bool = False
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         super().__init__()
@@ -56,6 +75,17 @@ class Method(nn.Module):
 
     def forward(self, step: StepInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def adapt_student(self, student: nn.Module) -> nn.Module:
+        """Change the student before training (LDAM's cosine classifier); it must still export to ONNX."""
+        return student
+
+    def prepare(self, train_pass: TrainingPass) -> None:
+        """One-pass statistics over the training set, before the optimizer is built."""
+
+    def diagnostics(self, train_pass: TrainingPass | None, groups: dict[str, list[int]]) -> dict[str, Any]:
+        """Extra entries for report.json (under method.diagnostics)."""
+        return {}
 
     @classmethod
     def make_params(cls, args: Mapping[str, Any]) -> Any:
@@ -88,3 +118,20 @@ def effective_number_weights(class_counts: torch.Tensor, beta: float) -> torch.T
     counts = class_counts.double()
     w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
     return (w * counts.numel() / w.sum()).float()
+
+
+def masked_log_softmax(logits: torch.Tensor, drop: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """log_softmax over the classes not in `drop` (bool [B, C]): fp32, masked with -1e9 (not -inf, which gives
+    NaN under ``log_target=True``, and not the -1000 offset of some reference code, which leaks mass)."""
+    return F.log_softmax((logits.float() / T).masked_fill(drop, -1e9), dim=1)
+
+
+def kl_rows(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``KL(q || p)`` from log-probabilities on both sides ([B, K] -> [B])."""
+    return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(dim=1)
+
+
+def warmup_factor(epoch: float, warmup_of_240: int, epochs: int) -> float:
+    """``min(epoch / warmup_run, 1)`` with a warm-up given for a 240-epoch schedule scaled to the run."""
+    run = max(1, round(warmup_of_240 * epochs / 240))
+    return min(epoch / run, 1.0)
