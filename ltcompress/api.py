@@ -107,26 +107,24 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         run.write_config(resolved)
         log.info("run directory: %s", run.path)
         device = distill.pick_device(cfg.run.device)
-        torch.manual_seed(cfg.run.seed)
 
         t = time.perf_counter()
-        teacher_obj = None
-        if teacher_plan:
-            teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress)
+        teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress) if teacher_plan else None
+        teacher_module = teacher_obj.module if teacher_obj else None
         timings["teacher"] = _since(t)
 
         t = time.perf_counter()
         torch.manual_seed(cfg.run.seed)
         student_model = models.create(student_arch, data.num_classes)
-        student_model, train_pass = distill.prepare_method(loss, student_model, teacher_obj.module if teacher_obj
-                                                           else None, data, device, cfg.run.eval_batch_size)
+        student_model, train_pass = distill.prepare_method(loss, student_model, teacher_module, data, device,
+                                                           cfg.run.eval_batch_size)
 
         def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
             run.log_metrics(record)
             rundir.atomic_torch_save(run.file("checkpoints") / "student-last.pt", state)
 
         distill.train(student_model, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
-                      teacher=teacher_obj.module if teacher_obj else None, on_epoch=on_epoch, progress=progress)
+                      teacher=teacher_module, on_epoch=on_epoch, progress=progress)
         distill.save_weights(student_model, run.file("student.safetensors"))
         timings["distill"] = _since(t)
 
@@ -136,7 +134,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
         t = time.perf_counter()
         result = verify.run(data, groups, student_model, onnx_path, cfg.export, device, cfg.run.eval_batch_size,
-                            teacher=teacher_obj.module if teacher_obj else None)
+                            teacher=teacher_module)
         gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages)]
         report.write_predictions(run, data.test.labels, result.predictions)
         timings["verify"] = _since(t)
@@ -149,7 +147,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
                     "diagnostics": loss.diagnostics(train_pass, groups)},
             data_info=_data_info(data, groups, cfg), timings=timings, device=str(device),
             artifacts={"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
-                       "onnx_sha256": teacher_stage.sha256_file(onnx_path),
+                       "onnx_sha256": rundir.sha256_file(onnx_path),
                        "onnx_bytes": onnx_path.stat().st_size, "opset": cfg.export.opset})
         report.write(run, rep)
         if not result.parity_ok:
@@ -162,10 +160,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
             report.write_bundle(run, onnx_path, data.class_names, _preprocess(data, onnx_export.INPUT_NAME))
             log.info("all gates passed; edge bundle: %s", run.file("bundle"))
         else:
-            for g in rep["failed_gates"]:
-                log.warning("gate failed: %s.%s = %.4f, required %s %g ('%s')", g["stage"], g["metric"],
-                            g["value"] if g["value"] is not None else float("nan"), g["op"], g["threshold"],
-                            g["gate"])
+            log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
         return CompressResult(run.path, rep["passed"], gate_results, rep["failed_gates"], result.stages, rep)
     finally:
         log.removeHandler(handler)

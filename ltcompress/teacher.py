@@ -27,7 +27,7 @@ from ltcompress.distill import freeze, save_weights, train
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
-from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, write_json
+from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -46,14 +46,6 @@ def cache_root(configured: str | None) -> Path:
     if os.environ.get("LTCOMPRESS_CACHE"):
         return Path(os.environ["LTCOMPRESS_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ltcompress"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- weights from a file

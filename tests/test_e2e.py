@@ -21,7 +21,7 @@ from ltcompress.config import resolve
 from ltcompress.data import shot_groups
 from ltcompress.methods import METHODS, method_info
 from ltcompress.metrics import SUMMARY_KEYS
-from ltcompress.teacher import sha256_file
+from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
 LTCOMPRESS = Path(sys.executable).parent / "ltcompress"

@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 
 from ltcompress import models
 from ltcompress.errors import UsageError
-from ltcompress.teacher import load_weights_file, resolve_init, sha256_file
+from ltcompress.rundir import sha256_file
+from ltcompress.teacher import load_weights_file, resolve_init
 
 
 def _state(num_classes):
