@@ -48,22 +48,26 @@ def list_methods() -> list[MethodInfo]:
 register_method("ce", "ltcompress.methods.ce:CE", distills=False,
                 summary="Cross-entropy on the labels; no teacher (baseline, and the default teacher loss)",
                 source="-")
-register_method("kd", "ltcompress.methods.kd:KD",
-                summary="Hinton knowledge distillation: CE plus T^2-scaled KL to the softened teacher",
-                source="Hinton et al. 2015; defaults from mdistiller (CIFAR)")
-register_method("bkd", "ltcompress.methods.bkd:BKD",
-                summary="Balanced KD: CE plus KL to a teacher distribution re-weighted per class by "
-                        "effective-number weights",
-                source="Zhang et al., Neurocomputing 2023 (authors' code losses.py / train_student.py)")
 register_method("bsce", "ltcompress.methods.bsce:BSCE", distills=False,
                 summary="Balanced Softmax: CE on logits shifted by log class counts; predicts with raw logits",
                 source="Ren et al., NeurIPS 2020 (official code)")
 register_method("la", "ltcompress.methods.la:LA", distills=False,
                 summary="Logit adjustment: CE on logits shifted by tau * log class prior (tau = 1 equals bsce)",
                 source="Menon et al., ICLR 2021 (paper formula)")
+register_method("ldam_drw", "ltcompress.methods.ldam_drw:LDAMDRW", distills=False,
+                summary="LDAM-DRW: label-distribution-aware margins on a cosine classifier, deferred "
+                        "effective-number re-weighting",
+                source="Cao et al., NeurIPS 2019 (official code)")
+register_method("kd", "ltcompress.methods.kd:KD",
+                summary="Hinton knowledge distillation: CE plus T^2-scaled KL to the softened teacher",
+                source="Hinton et al. 2015; defaults from mdistiller (CIFAR)")
 register_method("dkd", "ltcompress.methods.dkd:DKD",
                 summary="Decoupled KD: CE plus separately weighted target-class (TCKD) and non-target (NCKD) KL",
                 source="Zhao et al., CVPR 2022 (mdistiller DKD.py)")
+register_method("bkd", "ltcompress.methods.bkd:BKD",
+                summary="Balanced KD: CE plus KL to a teacher distribution re-weighted per class by "
+                        "effective-number weights",
+                source="Zhang et al., Neurocomputing 2023 (authors' code losses.py / train_student.py)")
 register_method("dive", "ltcompress.methods.dive:DiVE",
                 summary="Distilling Virtual Examples: Balanced Softmax CE plus KL to a power-flattened Balanced "
                         "Softmax teacher",
@@ -72,10 +76,6 @@ register_method("rekd", "ltcompress.methods.rekd:ReKD", status="reading",
                 summary="ReKD (reading): CE plus KL within each sample's top-K classes and within the rest",
                 source="Xu et al., IEEE TCSVT 2023, doi 10.1109/TCSVT.2023.3325814 (paper unread; follows the "
                        "public code under this name)")
-register_method("ldam_drw", "ltcompress.methods.ldam_drw:LDAMDRW", distills=False,
-                summary="LDAM-DRW: label-distribution-aware margins on a cosine classifier, deferred "
-                        "effective-number re-weighting",
-                source="Cao et al., NeurIPS 2019 (official code)")
 register_method("krdistill", "ltcompress.methods.krdistill:KRDistill", status="reading",
                 summary="KRDistill (reading): KD to prior-rectified teacher logits plus cosine matching of "
                         "prototype-rectified teacher features",
