@@ -83,6 +83,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     student_arch = models.resolve_name(cfg.student.arch)
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
+    device = distill.pick_device(cfg.run.device)
     cache = teacher_stage.cache_root(cfg.run.cache_dir)
     timings: dict[str, float] = {}
 
@@ -106,7 +107,6 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
                                                   "method_params": dataclasses.asdict(params)}}
         run.write_config(resolved)
         log.info("run directory: %s", run.path)
-        device = distill.pick_device(cfg.run.device)
 
         t = time.perf_counter()
         teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress) if teacher_plan else None

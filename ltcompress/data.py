@@ -252,6 +252,8 @@ def to_batch(images: np.ndarray, labels: np.ndarray, spec: InputSpec, device: to
     x = torch.from_numpy(images)
     if augment:
         x = random_crop_flip(x, pad=4, generator=generator)
+    if device.type == "cuda":
+        x = x.pin_memory()  # so the copy below overlaps with compute
     x = x.to(device, non_blocking=True).float().div_(255.0)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)

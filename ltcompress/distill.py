@@ -1,6 +1,6 @@
 """Stage 3: the method-agnostic training loop (teacher training and distillation alike).
 
-The loop asks the method what it needs (``uses_teacher``) and never names one. CUDA when present (bf16
+The loop asks the method what it needs (teacher logits, penultimate features) and never names one. CUDA when present (bf16
 autocast; losses compute in fp32 inside the methods), channels_last everywhere.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, epoch_order, iterate, to_batch
-from ltcompress.errors import DivergenceError
+from ltcompress.errors import DivergenceError, UsageError
 from ltcompress.methods.base import Method, StepInputs, TrainingPass
 from ltcompress.models import features_and_logits
 from ltcompress.rundir import io_errors
@@ -37,9 +37,17 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """auto: CUDA when present, else CPU. Asking for CUDA where there is none is exit 2, not a crash later."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                         f"use --device auto or cpu")
+    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

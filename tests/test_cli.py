@@ -46,6 +46,8 @@ def test_list_methods_comes_from_registry(capsys):
     (["--set", "nonsense"], 2, "expects KEY=VALUE"),
     (["--method-arg", "temperature=2"], 2, "method argument 'temperature' does not exist"),
     (["--preset", "nope"], 2, "unknown preset"),
+    (["--device", "cuda:99"], 2, "no such CUDA device"),
+    (["--device", "tpu"], 2, "unknown device"),
 ])
 def test_usage_errors_exit_2_before_any_work(tmp_path, capsys, args, code, message):
     runs = tmp_path / "runs"
