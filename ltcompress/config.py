@@ -52,6 +52,7 @@ class TeacherConfig:
     arch: str = "resnet50"
     weights: str | None = None
     init: str = "auto"  # auto | pretrained | scratch
+    seed: int | None = None  # None: run.seed. Fix it to share one teacher across student seeds
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -99,6 +100,10 @@ class CompressConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+    @property
+    def teacher_seed(self) -> int:
+        return self.run.seed if self.teacher.seed is None else self.teacher.seed
 
 
 def _plain(obj: Any) -> Any:

@@ -114,7 +114,7 @@ def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData
     spec = {
         "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss,
         "recipe": dataclasses.asdict(cfg.teacher.train), "input_size": cfg.data.input_size,
-        "sampler": "instance", "seed": cfg.run.seed, "data": data.fingerprint,
+        "sampler": "instance", "seed": cfg.teacher_seed, "data": data.fingerprint,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -176,7 +176,7 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         source = "cache"
     else:
         model, init = _build_untrained(p.arch, p.init, data)
-        torch.manual_seed(cfg.run.seed)
+        torch.manual_seed(cfg.teacher_seed)
         method_cls = METHODS.get(p.loss)
         ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.teacher.train.epochs)
         method = method_cls(method_cls.make_params({}), ctx)
@@ -187,7 +187,7 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
             run.log_metrics(record)
             atomic_torch_save(run.file("checkpoints") / "teacher-last.pt", state)
 
-        result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.run.seed,
+        result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
                        on_epoch=on_epoch, progress=progress)
         meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
                 "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,

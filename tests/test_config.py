@@ -23,6 +23,11 @@ def test_precedence_preset_then_overrides_then_keywords():
     assert cfg.teacher.train.epochs == load_preset("fmnist-lt")["teacher"]["train"]["epochs"]
 
 
+def test_teacher_seed_follows_run_seed_unless_fixed():
+    assert resolve(None, {"run.seed": 3}).teacher_seed == 3
+    assert resolve(None, {"run.seed": 3, "teacher.seed": 0}).teacher_seed == 0
+
+
 def test_exponent_without_dot_is_a_float():
     assert resolve(None, {"student.train.lr": "1e-3"}).student.train.lr == 0.001
 

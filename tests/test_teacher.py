@@ -79,3 +79,22 @@ def test_renormalize_maps_run_normalisation_to_model_normalisation():
     imagenet_norm = (raw - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
         [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(wrap(run_norm), imagenet_norm)
+
+
+def test_cache_key_shares_teachers_across_student_seeds_and_methods_with_the_same_teacher_loss():
+    from types import SimpleNamespace
+
+    from ltcompress.config import resolve
+    from ltcompress.teacher import cache_key
+
+    data = SimpleNamespace(fingerprint="f" * 64)
+
+    def key(loss="ce", **overrides):
+        return cache_key(resolve(None, overrides), "resnet50", "scratch", loss, data)
+
+    assert key(**{"run.seed": 1, "teacher.seed": 0}) == key(**{"run.seed": 2, "teacher.seed": 0})
+    assert key(**{"run.seed": 1}) != key(**{"run.seed": 2})
+    assert key(**{"method.name": "kd"}) == key(**{"method.name": "bkd"})  # kd and bkd share one CE teacher
+    assert key("bsce") != key("ce")  # dive's Balanced Softmax teacher is another
+    assert key(**{"teacher.train.epochs": 3}) != key()
+    assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", SimpleNamespace(fingerprint="g" * 64)) != key()

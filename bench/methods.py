@@ -1,0 +1,110 @@
+"""The method benchmark: every method on one preset, several student seeds, one shared teacher per teacher loss.
+
+    python bench/methods.py [--preset fmnist-lt-bench] [--seeds 0 1 2] [--out bench-runs/methods]
+                            [--only kd bkd ...] [--no-ablations]
+
+Prints a markdown table of mean ± std over seeds of overall, balanced, Many, Medium, Few and worst-class
+accuracy, measured with ONNX Runtime on each exported student (teachers with torch). Teachers train once (seed
+`teacher.seed` = 0) and come from the cache afterwards; a run whose report.json already exists in --out is reused,
+so an interrupted benchmark picks up where it stopped. Runs go seed by seed, so a partial run is still a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
+# (row label, method, method args): baselines, every distillation method, then the readings' switchable parts
+VARIANTS = [
+    ("ce", "ce", {}), ("bsce", "bsce", {}),
+    ("kd", "kd", {}), ("dkd", "dkd", {}), ("bkd", "bkd", {}), ("dive", "dive", {}), ("rekd", "rekd", {}),
+    ("krdistill", "krdistill", {}),
+]
+ABLATIONS = [
+    ("rekd topk_from=teacher", "rekd", {"topk_from": "teacher"}),
+    ("krdistill logit term only", "krdistill", {"feature_term": False}),
+    ("krdistill feature term only", "krdistill", {"logit_term": False}),
+]
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-")
+
+
+def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Path) -> tuple[dict, float | None]:
+    name = f"{slug(label)}-seed{seed}"
+    report = out / name / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text()), None
+    cmd = [str(Path(sys.executable).parent / "ltcompress"), "run", "--preset", preset, "--method", method,
+           "--seed", str(seed), "--set", "teacher.seed=0", "--runs-dir", str(out), "--name", name, "--no-progress"]
+    for key, value in args.items():
+        cmd += ["--method-arg", f"{key}={json.dumps(value)}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 5):
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(f"{label} seed {seed}: {wall:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(report.read_text()), wall
+
+
+def cell(values: list[float | None]) -> str:
+    vals = [100 * v for v in values if v is not None]
+    if not vals:
+        return "absent"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fmnist-lt-bench")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("bench-runs/methods"))
+    parser.add_argument("--only", nargs="+", help="row labels to run (default: all)")
+    parser.add_argument("--no-ablations", action="store_true")
+    args = parser.parse_args()
+    variants = VARIANTS + ([] if args.no_ablations else ABLATIONS)
+    if args.only:
+        variants = [v for v in variants if v[0] in args.only]
+    rows: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    teachers: dict[str, dict] = {}
+    for seed in args.seeds:
+        for label, method, margs in variants:
+            rep, wall = run_one(label, method, margs, seed, args.preset, args.out)
+            rows[label].append(rep)
+            if wall is not None:
+                walls[label].append(wall)
+            if rep["teacher"] is not None:
+                teachers.setdefault(rep["teacher"]["loss"], rep)
+    some = next(iter(rows.values()))[0]
+    v = some["environment"]["versions"]
+    print(f"preset `{args.preset}`, student seeds {' '.join(map(str, args.seeds))} (teacher seed 0); "
+          f"{platform.machine()}, {os.cpu_count()} cores; torch {v['torch']}, timm {v['timm']}, "
+          f"onnxruntime {v['onnxruntime']}; accuracy in %, mean ± std over seeds, last epoch, "
+          f"{some['data']['test_size']} test images\n")
+    print("| model | " + " | ".join(COLUMNS) + " | wall time per run |")
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    for loss, rep in sorted(teachers.items()):
+        m = rep["stages"]["teacher"]
+        cells = " | ".join(cell([m[c]]) for c in COLUMNS)
+        print(f"| teacher {rep['teacher']['arch']} `{loss}` (torch) | {cells} | "
+              f"{rep['teacher'].get('train_seconds', 0):.0f} s training |")
+    for label, reps in rows.items():
+        cells = " | ".join(cell([r["stages"]["fp32"][c] for r in reps]) for c in COLUMNS)
+        wall = f"{statistics.median(walls[label]):.0f} s" if walls[label] else "reused"
+        print(f"| student `{label}` (ONNX Runtime) | {cells} | {wall} |")
+
+
+if __name__ == "__main__":
+    main()
