@@ -51,6 +51,9 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
             raise TypeError(f"compress() got an unexpected keyword argument {key!r}")
         if value is not None:
             flat[KEYWORDS[key]] = tuple(value) if key == "gates" else value
+    dataset = flat.get("data.dataset")
+    if preset is None and dataset in config_mod.list_presets():
+        preset = dataset  # --dataset cifar10-lt brings that dataset's preset (n_max, epochs, ...)
     return config_mod.resolve(preset, flat)
 
 
@@ -71,6 +74,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     from ltcompress import distill, gates as gate_mod, models, onnx_export, report, rundir
     from ltcompress import teacher as teacher_stage
     from ltcompress import verify
+    from ltcompress.data.samplers import SAMPLERS
     from ltcompress.errors import VerificationError
     from ltcompress.methods import METHODS, method_info
     from ltcompress.methods.base import MethodContext
@@ -83,6 +87,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     student_arch = models.resolve_name(cfg.student.arch)
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
+    for recipe in (cfg.teacher.train, cfg.student.train):
+        SAMPLERS.get(recipe.sampler)
     device = distill.pick_device(cfg.run.device)
     cache = teacher_stage.cache_root(cfg.run.cache_dir)
     timings: dict[str, float] = {}
@@ -115,7 +121,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
         t = time.perf_counter()
         torch.manual_seed(cfg.run.seed)
-        student_model = models.create(student_arch, data.num_classes)
+        student_model = models.create(student_arch, data.num_classes, data.spec.channels)
         student_model, train_pass = distill.prepare_method(loss, student_model, teacher_module, data, device,
                                                            cfg.run.eval_batch_size)
 
@@ -188,6 +194,8 @@ def _data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> 
         "shot_groups": {k: [data.class_names[c] for c in v] for k, v in groups.items()},
         "shot_thresholds": {"many_above": cfg.data.many_threshold, "few_below": cfg.data.few_threshold},
         "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
+        "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
+        "skipped_images": len(data.skipped), "skipped": list(data.skipped),
     }
 
 

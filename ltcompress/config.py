@@ -31,6 +31,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    sampler: str = "instance"  # instance | class_balanced | sqrt
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class DataConfig:
     many_threshold: int = 100
     few_threshold: int = 20
     test_per_class: int | None = None  # None: the full balanced test split
+    channels: int = 3  # images are converted to this many channels (1 or 3)
+    skip_corrupt: bool = False  # skip (and count) unreadable images instead of stopping with exit 3
+    train_list: str | None = None  # imagefolder list files, relative to data_dir
+    test_list: str | None = None
+    class_names_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ltcompress.config import TrainConfig
-from ltcompress.data import LTData, epoch_order, iterate, to_batch
+from ltcompress.data import LTData, iterate, to_batch
+from ltcompress.data.samplers import epoch_stream, rank_share
 from ltcompress.errors import DivergenceError, UsageError
 from ltcompress.methods.base import Method, StepInputs, TrainingPass
 from ltcompress.models import features_and_logits
@@ -143,7 +144,8 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     try:
         for epoch in range(recipe.epochs):
             t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            for i, (xb, yb) in enumerate(iterate(data.train, epoch_order(n, seed, epoch), batch, drop_last=True)):
+            order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), 0, 1)
+            for i, (xb, yb) in enumerate(iterate(data.train, order, batch, drop_last=True)):
                 x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
                 with autocast(device):
                     teacher_logits = teacher_features = None

@@ -72,10 +72,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights_file(arch: str, path: Path, num_classes: int) -> nn.Module:
+def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3) -> nn.Module:
     """Exit 2 for a file made for another class count or another architecture."""
     state = _read_state_dict(path)
-    model = models.create(arch, num_classes)
+    model = models.create(arch, num_classes, in_chans)
     head = model.get_classifier()
     head_keys = [n for n, p in model.named_parameters() if any(p is q for q in head.parameters())]
     for key in head_keys:
@@ -111,10 +111,11 @@ def resolve_init(requested: str, arch: str) -> tuple[str, str]:
 
 
 def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData) -> str:
+    recipe = dataclasses.asdict(cfg.teacher.train)
     spec = {
-        "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss,
-        "recipe": dataclasses.asdict(cfg.teacher.train), "input_size": cfg.data.input_size,
-        "sampler": "instance", "seed": cfg.teacher_seed, "data": data.fingerprint,
+        "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss, "recipe": recipe,
+        "input_size": cfg.data.input_size, "sampler": recipe.pop("sampler"), "seed": cfg.teacher_seed,
+        "data": data.fingerprint,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -123,7 +124,7 @@ def _build_untrained(arch: str, init: str, data: LTData) -> tuple[nn.Module, str
     """Returns the model to train and how init really happened (auto may fall back to scratch)."""
     if init == "pretrained":
         try:
-            model = models.create(arch, data.num_classes, pretrained=True)
+            model = models.create(arch, data.num_classes, data.spec.channels, pretrained=True)
         except Exception as exc:  # no weights for this arch, hub error mid-way, ...
             raise UsageError(f"could not load pretrained weights for {arch}: {str(exc).splitlines()[0]}. "
                              f"Use --teacher-init scratch or --teacher-weights FILE") from None
@@ -131,7 +132,7 @@ def _build_untrained(arch: str, init: str, data: LTData) -> tuple[nn.Module, str
         if mean and std and (tuple(mean) != data.spec.mean or tuple(std) != data.spec.std):
             model = models.Renormalize(model, data.spec.mean, data.spec.std, mean, std)
         return model, "pretrained"
-    return models.create(arch, data.num_classes), "scratch"
+    return models.create(arch, data.num_classes, data.spec.channels), "scratch"
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     arch = models.resolve_name(cfg.teacher.arch)
     if cfg.teacher.weights:
         path = Path(cfg.teacher.weights).expanduser()
-        model = load_weights_file(arch, path, data.num_classes)
+        model = load_weights_file(arch, path, data.num_classes, data.spec.channels)
         provenance = {"arch": arch, "source": "file", "path": str(path.resolve()),
                       "weights_sha256": sha256_file(path), "trained_here": False}
         return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance)
@@ -170,7 +171,7 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
     weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
     if meta_path.is_file() and weights.is_file():
         meta = json.loads(meta_path.read_text())
-        model = _wrap_like(models.create(p.arch, data.num_classes), meta, data)
+        model = _wrap_like(models.create(p.arch, data.num_classes, data.spec.channels), meta, data)
         model.load_state_dict(load_file(str(weights)))
         log.info("teacher: reusing cached %s (key %s, %s)", p.arch, p.key[:12], entry)
         source = "cache"

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ltcompress.config import DataConfig
-from ltcompress.data import (longtail_counts, longtail_indices, load_fmnist_lt, locate_fmnist, random_crop_flip,
-                             shot_groups, to_batch)
+from ltcompress.data import longtail_counts, longtail_indices, random_crop_flip, shot_groups, to_batch
+from ltcompress.data.fmnist import load_fmnist_lt, locate_fmnist
 from ltcompress.errors import DataError
 
 

@@ -115,7 +115,7 @@ def test_config_and_metrics_log(passed_run):
 def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     run, _ = passed_run
     from ltcompress.config import DataConfig
-    from ltcompress.data import load_fmnist_lt
+    from ltcompress.data.fmnist import load_fmnist_lt
 
     cfg = DataConfig(n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"],
                      test_per_class=TINY["data.test_per_class"])

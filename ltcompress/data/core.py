@@ -1,0 +1,188 @@
+"""What every dataset shares: the in-memory splits, long-tail profiles, shot groups, and the conversion of raw
+images to the run's input (the exact steps the edge bundle's runtime repeats on a device)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from ltcompress.config import DataConfig
+from ltcompress.errors import DataError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One preprocessing for both models and the edge bundle: convert to `source_mode`, resize to
+    `source_size` (bilinear) when the image differs, zero-pad to `size` (centred), repeat a gray channel to
+    `channels`, then normalise with mean/std."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source_mode: str  # PIL mode: "L" or "RGB"
+    source_size: int
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, C, H, W] at the run's input size
+    labels: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class LTData:
+    train: Split
+    test: Split
+    class_counts: np.ndarray  # training images per class; feeds methods, samplers and shot groups
+    class_names: tuple[str, ...]
+    spec: InputSpec
+    fingerprint: str
+    skipped: tuple[str, ...] = field(default=())  # corrupt images skipped (only with data.skip_corrupt)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def longtail_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list[int]:
+    """Images per class, class 0 largest (LDAM-DRW): exp ``int(n_max * IF**(-i/(C-1)))``; step: the first half
+    of the classes n_max, the rest n_max / IF."""
+    if profile == "exp":
+        return [int(n_max * imbalance ** (-i / (num_classes - 1))) for i in range(num_classes)]
+    if profile == "step":
+        half = num_classes // 2
+        return [n_max if i < half else int(n_max / imbalance) for i in range(num_classes)]
+    raise ValueError(f"unknown profile {profile!r}")
+
+
+def longtail_indices(labels: np.ndarray, counts: list[int], seed: int) -> np.ndarray:
+    """The first counts[c] indices of each class after a seeded shuffle, in class order."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        if len(idx) < n:
+            raise DataError(f"class {c} has only {len(idx)} training images, the profile asks for {n}: "
+                            f"lower data.n_max")
+        keep.append(idx[:n])
+    return np.concatenate(keep)
+
+
+def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        out.append(np.sort(idx[:per_class]))
+    return np.concatenate(out)
+
+
+def shot_groups(class_counts: np.ndarray, many: int = 100, few: int = 20) -> dict[str, list[int]]:
+    """Many: > many images, Few: < few, Medium: the rest (classifier-balancing ``shot_acc``)."""
+    counts = np.asarray(class_counts)
+    return {
+        "many": [int(c) for c in np.flatnonzero(counts > many)],
+        "medium": [int(c) for c in np.flatnonzero((counts >= few) & (counts <= many))],
+        "few": [int(c) for c in np.flatnonzero(counts < few)],
+    }
+
+
+def convert_image(image: Image.Image, mode: str, source_size: int, size: int, channels: int) -> np.ndarray:
+    """One PIL image -> uint8 [channels, size, size], exactly as the bundle runtime does it."""
+    img = image.convert(mode)
+    if img.size != (source_size, source_size):
+        img = img.resize((source_size, source_size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return pad_and_repeat(arr[None], size, channels)[0]
+
+
+def pad_and_repeat(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 [N, c, h, w] -> [N, channels, size, size]: centred zero padding, a gray channel repeated."""
+    n, c, h, w = images.shape
+    if size < h or size < w:
+        raise DataError(f"data.input_size {size} is smaller than the {h}x{w} images")
+    top, left = (size - h) // 2, (size - w) // 2
+    out = np.zeros((n, c, size, size), dtype=np.uint8)
+    out[:, :, top:top + h, left:left + w] = images
+    if c == 1 and channels > 1:
+        out = np.repeat(out, channels, axis=1)
+    return np.ascontiguousarray(out)
+
+
+def source_mode(native_channels: int, channels: int) -> str:
+    if channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 or 3, got {channels}")
+    return "L" if native_channels == 1 or channels == 1 else "RGB"
+
+
+def from_arrays(images: np.ndarray, mode: str, source_size: int, size: int, channels: int) -> np.ndarray:
+    """Decoded images (uint8 [N, H, W] gray or [N, H, W, 3] RGB) -> the run's input, through PIL when a
+    conversion or resize is needed so training sees what the bundle runtime computes."""
+    native = "L" if images.ndim == 3 else "RGB"
+    if native == mode and images.shape[1] == images.shape[2] == source_size:
+        arr = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        return pad_and_repeat(arr, size, channels)
+    return np.stack([convert_image(Image.fromarray(img), mode, source_size, size, channels) for img in images])
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] images scaled to [0, 1]."""
+    pixels = images.astype(np.float64) / 255.0
+    return (tuple(float(v) for v in pixels.mean(axis=(0, 2, 3))),
+            tuple(float(v) for v in pixels.std(axis=(0, 2, 3))))
+
+
+def fingerprint(name: str, splits: Iterable[Split]) -> str:
+    h = hashlib.sha256(name.encode())
+    for split in splits:
+        h.update(split.images.tobytes())
+        h.update(split.labels.tobytes())
+    return h.hexdigest()
+
+
+def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names: tuple[str, ...],
+             mode: str, source_size: int, skipped: tuple[str, ...] = ()) -> LTData:
+    """Checks that hold for every dataset (labels in range, every class trained, a test split), then LTData."""
+    num_classes = len(class_names)
+    for split_name, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"{name}: the {split_name} split is empty")
+        if split.labels.min() < 0 or split.labels.max() >= num_classes:
+            raise DataError(f"{name}: a {split_name} label is out of range 0..{num_classes - 1} "
+                            f"(found {int(split.labels.min())}..{int(split.labels.max())})")
+    counts = np.bincount(train.labels, minlength=num_classes)
+    if (counts == 0).any():
+        missing = [class_names[c] for c in np.flatnonzero(counts == 0)]
+        raise DataError(f"{name}: no training image for class {', '.join(missing[:5])}")
+    mean, std = channel_stats(train.images)
+    spec = InputSpec(cfg.input_size, train.images.shape[1], mean, std, mode, source_size)
+    return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped)
+
+
+def subset(name: str, cfg: DataConfig, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+           test_labels: np.ndarray, class_names: tuple[str, ...], native_size: int, resize: bool) -> LTData:
+    """A balanced source dataset made long-tailed by `cfg`'s profile (the test split stays balanced)."""
+    counts = longtail_counts(cfg.n_max, len(class_names), cfg.imbalance, cfg.profile)
+    if min(counts) < 1:
+        raise DataError(f"the long-tail profile leaves a class with no image (counts {counts}): raise data.n_max "
+                        f"or lower data.imbalance")
+    train_idx = longtail_indices(train_labels, counts, cfg.seed)
+    test_idx = (np.arange(len(test_labels)) if cfg.test_per_class is None
+                else balanced_indices(test_labels, cfg.test_per_class, cfg.seed))
+    mode = source_mode(1 if train_images.ndim == 3 else 3, cfg.channels)
+    source_size = cfg.input_size if resize else native_size
+    train = Split(from_arrays(train_images[train_idx], mode, source_size, cfg.input_size, cfg.channels),
+                  train_labels[train_idx].astype(np.int64))
+    test = Split(from_arrays(test_images[test_idx], mode, source_size, cfg.input_size, cfg.channels),
+                 test_labels[test_idx].astype(np.int64))
+    return assemble(name, cfg, train, test, class_names, mode, source_size)
