@@ -24,7 +24,7 @@ COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
 # (row label, method, method args): baselines, every distillation method, then the readings' switchable parts
 VARIANTS = [
     ("ce", "ce", {}), ("bsce", "bsce", {}),
-    ("kd", "kd", {}), ("dkd", "dkd", {}), ("bkd", "bkd", {}), ("dive", "dive", {}), ("rekd", "rekd", {}),
+    ("kd", "kd", {}), ("dkd", "dkd", {}), ("dkd beta=0.5", "dkd", {"beta": 0.5}), ("bkd", "bkd", {}), ("dive", "dive", {}), ("rekd", "rekd", {}),
     ("krdistill", "krdistill", {}),
 ]
 ABLATIONS = [
@@ -38,11 +38,17 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-")
 
 
-def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Path) -> tuple[dict, float | None]:
+def run_one(label: str, method: str, args: dict, seed: int, preset: str,
+            out: Path) -> tuple[dict | str, float | None]:
+    """The run's report, or the error line of a run that diverged (exit 6), and its wall time (None: reused)."""
     name = f"{slug(label)}-seed{seed}"
-    report = out / name / "report.json"
+    report, diverged = out / name / "report.json", out / name / "DIVERGED"
     if report.is_file():
         return json.loads(report.read_text()), None
+    if diverged.is_file():
+        return diverged.read_text().strip(), None
+    if (out / name).exists():  # interrupted earlier: keep it aside, run again
+        (out / name).rename(out / f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
     cmd = [str(Path(sys.executable).parent / "ltcompress"), "run", "--preset", preset, "--method", method,
            "--seed", str(seed), "--set", "teacher.seed=0", "--runs-dir", str(out), "--name", name, "--no-progress"]
     for key, value in args.items():
@@ -50,9 +56,13 @@ def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Pa
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    print(f"{label} seed {seed}: {wall:.0f} s, exit {proc.returncode}", file=sys.stderr, flush=True)
+    if proc.returncode == 6:
+        line = proc.stderr.strip().splitlines()[-1].removeprefix("ltcompress: error: ")
+        diverged.write_text(line + "\n")
+        return line, wall
     if proc.returncode not in (0, 5):
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    print(f"{label} seed {seed}: {wall:.0f} s", file=sys.stderr, flush=True)
     return json.loads(report.read_text()), wall
 
 
@@ -77,17 +87,21 @@ def main() -> None:
     if args.only:
         variants = [v for v in variants if v[0] in args.only]
     rows: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
+    failures: dict[str, list[str]] = {label: [] for label, _, _ in variants}
     walls: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     teachers: dict[str, dict] = {}
     for seed in args.seeds:
         for label, method, margs in variants:
             rep, wall = run_one(label, method, margs, seed, args.preset, args.out)
-            rows[label].append(rep)
             if wall is not None:
                 walls[label].append(wall)
+            if isinstance(rep, str):
+                failures[label].append(f"seed {seed}: {rep}")
+                continue
+            rows[label].append(rep)
             if rep["teacher"] is not None:
                 teachers.setdefault(rep["teacher"]["loss"], rep)
-    some = next(iter(rows.values()))[0]
+    some = next(r[0] for r in rows.values() if r)
     v = some["environment"]["versions"]
     print(f"preset `{args.preset}`, student seeds {' '.join(map(str, args.seeds))} (teacher seed 0); "
           f"{platform.machine()}, {os.cpu_count()} cores; torch {v['torch']}, timm {v['timm']}, "
@@ -103,7 +117,11 @@ def main() -> None:
     for label, reps in rows.items():
         cells = " | ".join(cell([r["stages"]["fp32"][c] for r in reps]) for c in COLUMNS)
         wall = f"{statistics.median(walls[label]):.0f} s" if walls[label] else "reused"
-        print(f"| student `{label}` (ONNX Runtime) | {cells} | {wall} |")
+        diverged = f" ({len(failures[label])} of {len(args.seeds)} seeds diverged)" if failures[label] else ""
+        print(f"| student `{label}` (ONNX Runtime){diverged} | {cells if reps else 'diverged'} | {wall} |")
+    for label, lines in failures.items():
+        for line in lines:
+            print(f"\n`{label}` {line}")
 
 
 if __name__ == "__main__":
