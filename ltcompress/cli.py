@@ -60,7 +60,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
 @click.option("--method", help="Distillation method or baseline: " + ", ".join(
     i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods()) + "; see list-methods.")
-@click.option("--dataset", help="Dataset (default from the preset: fmnist-lt).")
+@click.option("--dataset", help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
+                                "a dataset with a preset of its name brings that preset.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--gate", "gates", multiple=True, metavar="EXPR",
               help="Gate on the ONNX results, e.g. 'few >= 0.5' or 'student.worst > 0.3'; repeatable.")

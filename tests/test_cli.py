@@ -122,3 +122,10 @@ def test_method_arg_values_parse_to_their_types():
     assert (params.topk_from, params.T, params.k) == ("teacher", 2.0, 3)
     params = METHODS.get("krdistill").make_params(cli._key_values(("feature_term=false", "lam=1e-1"), "x"))
     assert params.feature_term is False and params.lam == 0.1
+
+
+def test_run_help_names_every_registered_dataset(capsys):
+    from ltcompress.data import DATASETS
+
+    help_text = " ".join(run_cli(["run", "--help"], capsys)[1].split())
+    assert all(name in help_text for name in DATASETS.names())
