@@ -90,13 +90,10 @@ def main() -> None:
         variants = [v for v in variants if v[0] in args.only]
     rows: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
     failures: dict[str, list[str]] = {label: [] for label, _, _ in variants}
-    walls: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     teachers: dict[str, dict] = {}
     for seed in args.seeds:
         for label, method, margs in variants:
-            rep, wall = run_one(label, method, margs, seed, args.preset, args.out)
-            if wall is not None:
-                walls[label].append(wall)
+            rep, _ = run_one(label, method, margs, seed, args.preset, args.out)
             if isinstance(rep, str):
                 failures[label].append(f"seed {seed}: {rep}")
                 continue
@@ -109,7 +106,7 @@ def main() -> None:
           f"{platform.machine()}, {os.cpu_count()} cores; torch {v['torch']}, timm {v['timm']}, "
           f"onnxruntime {v['onnxruntime']}; accuracy in %, mean ± std over seeds, last epoch, "
           f"{some['data']['test_size']} test images\n")
-    print("| model | " + " | ".join(COLUMNS) + " | wall time per run |")
+    print("| model | " + " | ".join(COLUMNS) + " | time per run (median) |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for loss, rep in sorted(teachers.items()):
         m = rep["stages"]["teacher"]
@@ -117,10 +114,12 @@ def main() -> None:
         print(f"| teacher {rep['teacher']['arch']} `{loss}` (torch) | {cells} | "
               f"{rep['teacher'].get('train_seconds', 0):.0f} s training |")
     for label, reps in rows.items():
-        cells = " | ".join(cell([r["stages"]["fp32"][c] for r in reps]) for c in COLUMNS)
-        wall = f"{statistics.median(walls[label]):.0f} s" if walls[label] else "reused"
+        cells = " | ".join(cell([r["stages"]["fp32"][c] for r in reps]) if reps else "diverged" for c in COLUMNS)
+        # each run's own stage timings (process start-up excluded), so reused runs keep their figure
+        times = [sum(r["run"]["timings_s"].values()) for r in reps]
+        wall = f"{statistics.median(times):.0f} s" if times else "-"
         diverged = f" ({len(failures[label])} of {len(args.seeds)} seeds diverged)" if failures[label] else ""
-        print(f"| student `{label}` (ONNX Runtime){diverged} | {cells if reps else 'diverged'} | {wall} |")
+        print(f"| student `{label}` (ONNX Runtime){diverged} | {cells} | {wall} |")
     for label, lines in failures.items():
         for line in lines:
             print(f"\n`{label}` {line}")
