@@ -40,15 +40,18 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-")
 
 
-def run_one(label: str, method: str, args: dict, seed: int, preset: str,
-            out: Path) -> tuple[dict | str, float | None]:
-    """The run's report, or the error line of a run that diverged (exit 6), and its wall time (None: reused)."""
+def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Path,
+            report_only: bool = False) -> tuple[dict | str | None, float | None]:
+    """The run's report, or the error line of a run that diverged (exit 6), and its wall time (None: reused).
+    With `report_only`, a run that has not finished is skipped (None) instead of started."""
     name = f"{slug(label)}-seed{seed}"
     report, diverged = out / name / "report.json", out / name / "DIVERGED"
     if report.is_file():
         return json.loads(report.read_text()), None
     if diverged.is_file():
         return diverged.read_text().strip(), None
+    if report_only:
+        return None, None
     if (out / name).exists():  # interrupted earlier: keep it aside, run again
         (out / name).rename(out / f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
     cmd = [str(Path(sys.executable).parent / "ltcompress"), "run", "--preset", preset, "--method", method,
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-runs/methods"))
     parser.add_argument("--only", nargs="+", help="row labels to run (default: all)")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="print the table from finished runs only")
     args = parser.parse_args()
     variants = VARIANTS + ([] if args.no_ablations else ABLATIONS)
     if args.only:
@@ -93,7 +97,9 @@ def main() -> None:
     teachers: dict[str, dict] = {}
     for seed in args.seeds:
         for label, method, margs in variants:
-            rep, _ = run_one(label, method, margs, seed, args.preset, args.out)
+            rep, _ = run_one(label, method, margs, seed, args.preset, args.out, args.report_only)
+            if rep is None:
+                continue
             if isinstance(rep, str):
                 failures[label].append(f"seed {seed}: {rep}")
                 continue
@@ -118,8 +124,10 @@ def main() -> None:
         # each run's own stage timings (process start-up excluded), so reused runs keep their figure
         times = [sum(r["run"]["timings_s"].values()) for r in reps]
         wall = f"{statistics.median(times):.0f} s" if times else "-"
-        diverged = f" ({len(failures[label])} of {len(args.seeds)} seeds diverged)" if failures[label] else ""
-        print(f"| student `{label}` (ONNX Runtime){diverged} | {cells} | {wall} |")
+        finished = len(reps) + len(failures[label])
+        diverged = f" ({len(failures[label])} of {finished} seeds diverged)" if failures[label] else ""
+        seeds = f" [{len(reps)} seed{'s' if len(reps) != 1 else ''}]" if args.report_only else ""
+        print(f"| student `{label}` (ONNX Runtime){diverged}{seeds} | {cells} | {wall} |")
     for label, lines in failures.items():
         for line in lines:
             print(f"\n`{label}` {line}")
