@@ -10,8 +10,7 @@ from typing import Callable
 
 from ltcompress.config import DataConfig
 from ltcompress.data.batches import iterate, random_crop_flip, to_batch
-from ltcompress.data.core import (InputSpec, LTData, Split, longtail_counts, longtail_indices, pad_and_repeat,
-                                  shot_groups)
+from ltcompress.data.core import InputSpec, LTData, Split, longtail_counts, longtail_indices, shot_groups
 from ltcompress.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig, Path], LTData]] = Registry("dataset")
@@ -30,4 +29,4 @@ def load(cfg: DataConfig, cache_root: Path) -> LTData:
 
 
 __all__ = ["DATASETS", "InputSpec", "LTData", "Split", "iterate", "load", "longtail_counts", "longtail_indices",
-           "pad_and_repeat", "random_crop_flip", "shot_groups", "to_batch"]
+           "random_crop_flip", "shot_groups", "to_batch"]
