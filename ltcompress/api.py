@@ -86,6 +86,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     params = method_cls.make_params(cfg.method.args)
     student_arch = models.resolve_name(cfg.student.arch)
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
+    teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
     for recipe in (cfg.teacher.train, cfg.student.train):
         SAMPLERS.get(recipe.sampler)
@@ -98,7 +99,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     stage_keys = (("teacher",) if teacher_arch else ()) + ("student", "fp32")
     gate_mod.check_applicable(parsed_gates, groups, stage_keys)
-    teacher_plan = teacher_stage.plan(cfg, data, method_cls.teacher_method) if teacher_arch else None
+    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
     loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
     timings["data"] = _since(t)

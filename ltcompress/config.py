@@ -32,6 +32,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     sampler: str = "instance"  # instance | class_balanced | sqrt
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TeacherConfig:
     arch: str = "resnet50"
     weights: str | None = None
     init: str = "auto"  # auto | pretrained | scratch
+    loss: str = "auto"  # auto: the method's own choice (dive: bsce, others: ce); or a teacher-free method's name
     seed: int | None = None  # None: run.seed. Fix it to share one teacher across student seeds
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -278,6 +280,7 @@ def _check_values(cfg: CompressConfig) -> None:
             (section.epochs >= 1, "train.epochs must be at least 1"),
             (section.batch_size >= 2, "train.batch_size must be at least 2"),
             (section.lr > 0, "train.lr must be positive"),
+            (section.grad_clip is None or section.grad_clip > 0, "train.grad_clip must be positive (or null)"),
         ]
     for ok, message in checks:
         if not ok:

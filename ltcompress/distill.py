@@ -164,6 +164,8 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                         f"(e.g. --set {stage}.train.lr={recipe.lr / 10:g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if recipe.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 loss_sum += value * len(y)

@@ -110,8 +110,21 @@ def resolve_init(requested: str, arch: str) -> tuple[str, str]:
     return "scratch", "hub offline or unreachable"
 
 
+def resolve_loss(requested: str, method_cls: type) -> str:
+    """The teacher's training loss: the method's declared choice, or a teacher-free method named by the user
+    (a balanced teacher such as bsce gives balanced soft labels to any distillation method)."""
+    if requested == "auto":
+        return method_cls.teacher_method
+    if METHODS.get(requested).uses_teacher:
+        raise UsageError(f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one "
+                         f"(e.g. ce, bsce, la)")
+    return requested
+
+
 def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData) -> str:
     recipe = dataclasses.asdict(cfg.teacher.train)
+    if recipe["grad_clip"] is None:
+        del recipe["grad_clip"]  # keys from before the option existed stay valid
     spec = {
         "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss, "recipe": recipe,
         "input_size": cfg.data.input_size, "sampler": recipe.pop("sampler"), "seed": cfg.teacher_seed,

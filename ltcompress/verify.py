@@ -2,10 +2,11 @@
 ONNX Runtime (CPU provider named explicitly) — and check that the FP32 export reproduces the torch student."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -29,12 +30,24 @@ class Verification:
         return bool(self.parity["ok"])
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 on CUDA (its 10-bit mantissa would be mistaken for an export defect by the parity check)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @torch.no_grad()
 def torch_logits(model: nn.Module, split: Split, data: LTData, device: torch.device, batch: int) -> np.ndarray:
-    """fp32 logits (no autocast), so they are comparable with ONNX Runtime's."""
+    """fp32 logits (no autocast, no TF32), so they are comparable with ONNX Runtime's."""
     model.eval().to(device)
-    out = [model(to_batch(xb, yb, data.spec, device)[0]).float().cpu()
-           for xb, yb in iterate(split, np.arange(len(split)), batch, drop_last=False)]
+    with full_fp32():
+        out = [model(to_batch(xb, yb, data.spec, device)[0]).float().cpu()
+               for xb, yb in iterate(split, np.arange(len(split)), batch, drop_last=False)]
     return torch.cat(out).numpy()
 
 

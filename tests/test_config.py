@@ -46,6 +46,7 @@ def test_method_args_merge_over_preset(tmp_path):
     ({"student.train.lr": True}, "should be of type float"),
     ({"teacher.init": "imagenet"}, "teacher.init must be"),
     ({"student.train.epochs": 0}, "epochs must be at least 1"),
+    ({"student.train.grad_clip": 0}, "grad_clip must be positive"),
     ({"method.args": "T=2"}, "method.args='T=2' should be of type Mapping"),
     ({"gates": 0.5}, "should be of type tuple"),
 ])

@@ -28,12 +28,12 @@ def make(name, epochs):
     return cls(cls.make_params({}), MethodContext(torch.tensor(COUNTS, dtype=torch.float32), epochs))
 
 
-def student_after(method_name, teacher, seed=0):
+def student_after(method_name, teacher, seed=0, **recipe):
     torch.manual_seed(seed)
     method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
     student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
-    result = train(student, method, data, TrainConfig(epochs=2, batch_size=16), cpu, stage="student", seed=seed,
-                   teacher=teacher, progress=False)
+    result = train(student, method, data, TrainConfig(epochs=2, batch_size=16, **recipe), cpu, stage="student",
+                   seed=seed, teacher=teacher, progress=False)
     return student, result
 
 
@@ -70,3 +70,16 @@ def test_same_seed_same_student_and_different_seed_differs():
 def test_a_method_that_needs_a_teacher_refuses_to_run_without_one():
     with pytest.raises(ValueError, match="needs a teacher"):
         student_after("kd", None)
+
+
+def test_grad_clip_bounds_each_update():
+    torch.manual_seed(0)
+    initial = models.create("test_efficientnet", len(COUNTS)).state_dict()
+    free, _ = student_after("ce", None)
+    clipped, _ = student_after("ce", None, grad_clip=1e-6)
+
+    def moved(model):
+        return sum(float((p.detach() - initial[k]).abs().sum()) for k, p in model.named_parameters())
+
+    # weight decay and momentum still act, but a 1e-6 gradient norm leaves the weights nearly where they began
+    assert moved(clipped) < 0.05 * moved(free)

@@ -97,4 +97,18 @@ def test_cache_key_shares_teachers_across_student_seeds_and_methods_with_the_sam
     assert key(**{"method.name": "kd"}) == key(**{"method.name": "bkd"})  # kd and bkd share one CE teacher
     assert key("bsce") != key("ce")  # dive's Balanced Softmax teacher is another
     assert key(**{"teacher.train.epochs": 3}) != key()
+    assert key(**{"teacher.train.grad_clip": 5.0}) != key()
     assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", SimpleNamespace(fingerprint="g" * 64)) != key()
+
+
+def test_teacher_loss_is_the_methods_choice_unless_the_user_names_a_teacher_free_method():
+    from ltcompress.methods import METHODS
+    from ltcompress.teacher import resolve_loss
+
+    assert resolve_loss("auto", METHODS.get("kd")) == "ce"
+    assert resolve_loss("auto", METHODS.get("dive")) == "bsce"
+    assert resolve_loss("bsce", METHODS.get("bkd")) == "bsce"
+    with pytest.raises(UsageError, match="itself needs a teacher"):
+        resolve_loss("kd", METHODS.get("bkd"))
+    with pytest.raises(UsageError):
+        resolve_loss("nosuch", METHODS.get("bkd"))
