@@ -44,6 +44,7 @@ class DataConfig:
     profile: str = "exp"
     seed: int = 0
     input_size: int = 32
+    resize: bool | None = None  # None: the dataset's way (fmnist-lt pads 28 px to input_size, cifar resizes)
     many_threshold: int = 100
     few_threshold: int = 20
     test_per_class: int | None = None  # None: the full balanced test split

@@ -19,14 +19,15 @@ def iterate(split: Split, order: np.ndarray, batch_size: int,
 
 def to_batch(images: np.ndarray, labels: np.ndarray, spec: InputSpec, device: torch.device,
              augment: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 numpy batch -> normalised float channels_last tensor on `device` (+ random crop/flip when training).
+    """uint8 numpy batch -> normalised float channels_last tensor on `device` (+ random crop/flip when training;
+    the crop's shift scales with the input size: 4 px padding at 32 px, as in the CIFAR recipes).
 
     Augmentation is vectorised over the batch with an explicit generator, so a batch's augmentation depends
     only on the generator state: reproducible, and cheap next to the models.
     """
     x = torch.from_numpy(images)
     if augment:
-        x = random_crop_flip(x, pad=4, generator=generator)
+        x = random_crop_flip(x, pad=max(1, spec.size // 8), generator=generator)  # 4 px at 32 px
     if device.type == "cuda":
         x = x.pin_memory()  # so the copy below overlaps with compute
     x = x.to(device, non_blocking=True).float().div_(255.0)

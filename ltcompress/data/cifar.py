@@ -159,7 +159,7 @@ def load(fmt: CifarFormat, cfg: DataConfig, cache_root: Path) -> LTData:
     if not names or max(train_y.max(), test_y.max()) >= len(names) or min(train_y.min(), test_y.min()) < 0:
         raise DataError(f"{source}: labels do not match the {len(names)} class names of {fmt.meta}")
     return subset(fmt.name, cfg, train_x, train_y, test_x, test_y, names, native_size=32,
-                  resize=cfg.input_size != 32)
+                  resize=cfg.input_size != 32 if cfg.resize is None else cfg.resize)
 
 
 def load_cifar10_lt(cfg: DataConfig, cache_root: Path) -> LTData:

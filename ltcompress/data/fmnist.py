@@ -94,7 +94,7 @@ def load_fmnist_lt(cfg: DataConfig, cache_root: Path) -> LTData:
     for key in ("train_labels", "test_labels"):
         if arrays[key].max(initial=0) >= len(FMNIST_CLASSES):
             raise DataError(f"{files[key]}: a label is out of range 0..{len(FMNIST_CLASSES) - 1}; re-download it")
-    # 28x28 gray images are zero-padded to the input size (32 by default), not resized
+    # 28x28 gray images are zero-padded to the input size (32 by default) unless data.resize says otherwise
     return subset("fmnist-lt", cfg, arrays["train_images"], arrays["train_labels"].astype(np.int64),
                   arrays["test_images"], arrays["test_labels"].astype(np.int64), FMNIST_CLASSES, native_size=28,
-                  resize=False)
+                  resize=bool(cfg.resize))

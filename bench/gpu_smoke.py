@@ -1,0 +1,123 @@
+"""GPU smoke benchmark: resnet50 -> mobilenetv3_small_100 distillation (KD) at 224 px on synthetic data, images/s of
+ltcompress's loop (distill.train) and of a bare PyTorch loop doing the same work: same batches from the same
+pipeline (to_batch: crop/flip, pinned copy, normalise, channels_last), bf16 autocast, teacher under no_grad,
+fp32 loss, SGD nesterov + one-cycle, one loss.item() per step. Also the pipeline alone, to show the ceiling.
+
+    PYTHONPATH=. python bench/gpu_smoke.py [--steps 300] [--batch 64] [--size 224]
+
+Runs from the source tree with no network (no pretrained weights). Medians over epochs after the first.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltcompress import models
+from ltcompress.config import TrainConfig
+from ltcompress.data import InputSpec, LTData, Split, iterate, to_batch
+from ltcompress.distill import autocast, freeze, pick_device, train
+from ltcompress.methods import METHODS
+from ltcompress.methods.base import MethodContext
+from ltcompress.methods.kd import kd_loss
+
+CLASSES = 10
+
+
+def synthetic(n: int, size: int) -> LTData:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, n)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    spec = InputSpec(size, 3, (0.5,) * 3, (0.25,) * 3, "RGB", size)
+    split = Split(images, labels)
+    return LTData(split, split, np.bincount(labels, minlength=CLASSES), tuple(map(str, range(CLASSES))), spec, "x")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pipeline_only(data: LTData, batch: int, device: torch.device, epochs: int) -> list[float]:
+    rates, generator = [], torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        sync(device)
+        t0, seen = time.perf_counter(), 0
+        for xb, yb in iterate(data.train, np.arange(len(data.train)), batch, drop_last=True):
+            x, _ = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
+            seen += len(x)
+        sync(device)
+        rates.append(seen / (time.perf_counter() - t0))
+    return rates
+
+
+def bare_loop(teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, batch: int, device: torch.device,
+              epochs: int) -> list[float]:
+    student.to(device, memory_format=torch.channels_last).train()
+    freeze(teacher.to(device, memory_format=torch.channels_last))
+    steps = len(data.train) // batch
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * steps, cycle_momentum=False)
+    generator, rates = torch.Generator().manual_seed(0), []
+    for epoch in range(epochs):
+        sync(device)
+        t0, seen = time.perf_counter(), 0
+        order = np.random.default_rng(epoch).permutation(len(data.train))
+        for xb, yb in iterate(data.train, order, batch, drop_last=True):
+            x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
+            with autocast(device):
+                with torch.no_grad():
+                    zt = teacher(x)
+                loss = kd_loss(student(x), zt, y, 4.0, 0.1, 0.9)
+            loss.item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(y)
+        sync(device)
+        rates.append(seen / (time.perf_counter() - t0))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="steps per loop (split into epochs)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    data = synthetic(args.steps // args.epochs * args.batch, args.size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; {args.size} px, batch {args.batch}, "
+          f"{args.epochs} epochs x {len(data.train) // args.batch} steps per loop; images/s, median of epochs 2..")
+
+    def fresh() -> tuple[torch.nn.Module, torch.nn.Module]:
+        torch.manual_seed(0)
+        return models.create("resnet50", CLASSES), models.create("mobilenetv3_small_100", CLASSES)
+
+    teacher, student = fresh()
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), args.epochs)
+    method = METHODS.get("kd")(METHODS.get("kd").make_params({}), ctx)
+    result = train(student, method, data, TrainConfig(epochs=args.epochs, batch_size=args.batch), device,
+                   stage="student", seed=0, teacher=teacher, progress=False)
+    toolkit = [r["images_per_s"] for r in result.history]
+    bare = bare_loop(*fresh(), data, args.batch, device, args.epochs)
+    pipe = pipeline_only(data, args.batch, device, args.epochs)
+    rows = {"ltcompress loop (distill.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
+    for label, rates in rows.items():
+        print(f"{label:34s} {statistics.median(rates[1:]):8.0f} img/s   (epochs: "
+              f"{' '.join(f'{r:.0f}' for r in rates)})")
+    print(f"loop / bare: {statistics.median(toolkit[1:]) / statistics.median(bare[1:]):.2f}x")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
