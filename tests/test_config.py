@@ -7,13 +7,16 @@ from ltcompress.registry import Registry
 
 
 def test_builtin_presets_resolve():
-    assert {"fmnist-lt", "fmnist-lt-bench"} <= set(list_presets())
+    assert {"fmnist-lt", "fmnist-lt-bench", "fmnist-lt-best"} <= set(list_presets())
     default = resolve(None, {})
     assert default.preset == "fmnist-lt" and default.data.dataset == "fmnist-lt"
     assert (default.data.n_max, default.data.imbalance) == (1000, 100.0)
     bench = resolve("fmnist-lt-bench", {})
     assert bench.teacher.train.epochs == 30 and bench.student.train.epochs == 30
     assert bench.student.train.lr == 0.05 and bench.student.train.batch_size == 64
+    best = resolve("fmnist-lt-best", {})  # the recipe that met the balanced and worst-class targets
+    assert (best.data.input_size, best.data.resize, best.student.train.epochs, best.method.name) == \
+        (64, True, 100, "bsce")
 
 
 def test_precedence_preset_then_overrides_then_keywords():

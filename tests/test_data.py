@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 
 import numpy as np
@@ -48,6 +49,16 @@ def test_fmnist_lt_real_data(fmnist):
     again = load_fmnist_lt(DataConfig(), cache_root=None)
     assert again.fingerprint == data.fingerprint
     assert load_fmnist_lt(DataConfig(seed=1), cache_root=None).fingerprint != data.fingerprint
+
+
+def test_fmnist_resize_upsamples_instead_of_padding(fmnist):
+    cfg = DataConfig(n_max=50, imbalance=5, test_per_class=5, input_size=64)
+    padded, resized = load_fmnist_lt(cfg, None), load_fmnist_lt(dataclasses.replace(cfg, resize=True), None)
+    assert padded.spec.source_size == 28 and resized.spec.source_size == 64  # what the bundle runtime does
+    assert (padded.train.images[:, :, :18, :] == 0).all()  # 28 px centred in 64 px
+    assert resized.train.images.shape == padded.train.images.shape == (len(padded.train), 3, 64, 64)
+    assert resized.train.images[:, :, :18, :].any()  # the garment fills the frame
+    assert resized.fingerprint != padded.fingerprint  # so teachers are cached apart
 
 
 def test_explicit_data_dir_without_files_is_exit_3(tmp_path, monkeypatch):
