@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
 from ltcompress.config import CompressConfig
+from ltcompress.errors import UsageError
 
 log = logging.getLogger("ltcompress")
 
@@ -60,22 +61,24 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
 def compress(teacher: str | None = None, student: str | None = None, method: str | None = None,
              dataset: str | None = None, *, gates: Sequence[str] | None = None, preset: str | None = None,
              overrides: Mapping[str, Any] | None = None, config: CompressConfig | None = None,
-             progress: bool = True, **keywords: Any) -> CompressResult:
+             progress: bool = True, resume: bool = False, **keywords: Any) -> CompressResult:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
     ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init, data_dir,
-    method_args, seed, device. Raises an LTCompressError subclass for errors; a failed gate is not an error.
+    method_args, seed, device. `resume=True` continues the interrupted run named by `name` from its last
+    checkpoint (the settings must be the same). Raises an LTCompressError subclass for errors; a failed gate is not
+    an error.
     """
     import torch
 
     from ltcompress import data as data_stage
-    from ltcompress import distill, gates as gate_mod, models, onnx_export, report, rundir
+    from ltcompress import checkpoint, distill, gates as gate_mod, models, onnx_export, report, rundir
     from ltcompress import teacher as teacher_stage
     from ltcompress import verify
     from ltcompress.data.samplers import SAMPLERS
-    from ltcompress.errors import VerificationError
+    from ltcompress.errors import Interrupted, VerificationError
     from ltcompress.methods import METHODS, method_info
     from ltcompress.methods.base import MethodContext
 
@@ -106,17 +109,20 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
              len(data.test), data.class_counts.tolist())
 
-    run = rundir.create(cfg.run.runs_dir, cfg.run.name,
-                        rundir.default_name(cfg.method.name, student_arch))
+    resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
+                                              "method_params": dataclasses.asdict(params)}}
+    if resume:
+        run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
+        _check_same_config(run, resolved)
+    else:
+        run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, student_arch))
+        run.write_config(resolved)
     handler = _log_to(run.file("run.log"))
     try:
-        resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
-                                                  "method_params": dataclasses.asdict(params)}}
-        run.write_config(resolved)
-        log.info("run directory: %s", run.path)
-
+        log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
         t = time.perf_counter()
-        teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress) if teacher_plan else None
+        teacher_obj = (teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress, resume)
+                       if teacher_plan else None)
         teacher_module = teacher_obj.module if teacher_obj else None
         timings["teacher"] = _since(t)
 
@@ -126,12 +132,20 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         student_model, train_pass = distill.prepare_method(loss, student_model, teacher_module, data, device,
                                                            cfg.run.eval_batch_size)
 
-        def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
-            run.log_metrics(record)
-            rundir.atomic_torch_save(run.file("checkpoints") / "student-last.pt", state)
+        ckpt = run.file("checkpoints") / "student-last.pt"
+        teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
+        saved = checkpoint.load(ckpt) if resume else None
+        if saved is not None and saved.get("teacher_sha256") != teacher_sha:
+            raise UsageError(f"cannot resume {run.path}: its student was distilled from teacher sha256 "
+                             f"{str(saved.get('teacher_sha256'))[:12]}, this run has {str(teacher_sha)[:12]}; pass "
+                             f"the original --teacher-weights, or start a new run")
+
+        def save_checkpoint(state: dict[str, Any]) -> None:
+            checkpoint.save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
 
         distill.train(student_model, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
-                      teacher=teacher_module, on_epoch=on_epoch, progress=progress)
+                      teacher=teacher_module, on_epoch=run.log_metrics, checkpoint=save_checkpoint, resume=saved,
+                      progress=progress)
         distill.save_weights(student_model, run.file("student.safetensors"))
         timings["distill"] = _since(t)
 
@@ -169,10 +183,29 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         else:
             log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
         return CompressResult(run.path, rep["passed"], gate_results, rep["failed_gates"], result.stages, rep)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
+                          f"command plus --name {run.path.name} --resume") from None
     finally:
         log.removeHandler(handler)
         handler.close()
         run.close()
+
+
+def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:
+    """A resumed run must continue with exactly the settings it started with."""
+    import yaml
+
+    from ltcompress.checkpoint import differences
+
+    saved = yaml.safe_load(run.file("config.yaml").read_text())
+    current = config_mod._plain(resolved)
+    saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
+    changed = differences(saved, current)
+    if changed:
+        run.close()
+        raise UsageError(f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
+                         f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run")
 
 
 def _since(start: float) -> float:

@@ -79,13 +79,15 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run named by --name from its last checkpoint (same options).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(preset: str | None, teacher: str | None, student: str | None, method: str | None, dataset: str | None,
         data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
         method_args: tuple[str, ...], epochs: int | None, teacher_epochs: int | None, seed: int | None,
-        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...], as_json: bool,
-        no_progress: bool) -> None:
+        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...], resume: bool,
+        as_json: bool, no_progress: bool) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
@@ -101,7 +103,7 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
                       gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
                       data_dir=data_dir, method_args=_key_values(method_args, "--method-arg") or None, seed=seed,
-                      device=device)
+                      device=device, resume=resume)
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed,
                                "gates": result.gates, "metrics": result.metrics}, indent=2))
@@ -176,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("ltcompress: interrupted", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        cause = exc.__context__ if isinstance(exc, click.exceptions.Abort) else exc  # click wraps Ctrl-C in Abort
+        click.echo(f"ltcompress: {cause or 'interrupted'}", err=True)
         sys.exit(INTERRUPTED_EXIT)
     except LTCompressError as exc:
         _fail(exc, exc.exit_code, debug, str(exc))

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ltcompress.checkpoint import StopRequest, rng_state, set_rng_state
 from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, iterate, to_batch
 from ltcompress.data.samplers import epoch_stream, rank_share
@@ -120,9 +121,12 @@ def prepare_method(method: Method, student: nn.Module, teacher: nn.Module | None
 
 def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, *,
           stage: str, seed: int, teacher: nn.Module | None = None,
-          on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          checkpoint: Callable[[dict[str, Any]], None] | None = None, resume: Mapping[str, Any] | None = None,
           progress: bool = True) -> TrainResult:
-    """Train `model` with `method` for `recipe.epochs`; `on_epoch(record, state)` logs and checkpoints."""
+    """Train `model` with `method` for `recipe.epochs`. `on_epoch(record)` logs each epoch; `checkpoint(state)`
+    saves the training state after each epoch and on Ctrl-C (then KeyboardInterrupt is raised). `resume`, a
+    state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches."""
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
     module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
@@ -138,52 +142,80 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                                                     cycle_momentum=False)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
+    first_epoch, first_step, sums = 0, 0, (0.0, 0, 0)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        method.load_state_dict(resume["method"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        set_rng_state(resume["rng"])
+        history, first_epoch, first_step = list(resume["history"]), resume["epoch"], resume["step"]
+        sums = tuple(resume["sums"])
+        log.info("%s: resuming at epoch %d, step %d of %d", stage, first_epoch + 1, first_step, steps)
+
+    def state(epoch: int, step: int, running: tuple[float, int, int]) -> dict[str, Any]:
+        return {"stage": stage, "model": model.state_dict(), "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "step": step, "generator": generator.get_state(), "rng": rng_state(), "history": list(history),
+                "sums": list(running)}
+
     start = time.perf_counter()
-    bar = tqdm(total=recipe.epochs * steps, desc=f"{stage}", unit="step", dynamic_ncols=True,
-               disable=None if progress else True, leave=False)
+    bar = tqdm(total=recipe.epochs * steps, initial=first_epoch * steps + first_step, desc=f"{stage}", unit="step",
+               dynamic_ncols=True, disable=None if progress else True, leave=False)
+    stop = StopRequest()
     try:
-        for epoch in range(recipe.epochs):
-            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), 0, 1)
-            for i, (xb, yb) in enumerate(iterate(data.train, order, batch, drop_last=True)):
-                x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
-                with autocast(device):
-                    teacher_logits = teacher_features = None
-                    if teacher is not None:
-                        with torch.no_grad():
-                            if method.needs_features:
-                                teacher_features, teacher_logits = features_and_logits(teacher, x)
-                            else:
-                                teacher_logits = teacher(x)
-                    loss, logits = module(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
-                value = loss.item()  # the one host sync per step: divergence must stop the step it happens
-                if not math.isfinite(value):
-                    raise DivergenceError(
-                        f"{stage} training diverged: loss {value} at epoch {epoch + 1}, step {i + 1}; the last good "
-                        f"checkpoint is kept in the run's checkpoints/. Lower the learning rate "
-                        f"(e.g. --set {stage}.train.lr={recipe.lr / 10:g})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += value * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{value:.3f}", refresh=False)
-            seconds = time.perf_counter() - t0
-            record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": loss_sum / seen,
-                      "train_acc": int(correct) / seen, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
-                      "images_per_s": round(seen / seconds, 1)}
-            history.append(record)
-            log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
-                     record["loss"], record["train_acc"], record["images_per_s"])
-            if on_epoch is not None:
-                on_epoch(record, {"model": model.state_dict(), "method": method.state_dict(),
-                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                  "epoch": epoch + 1})
+        with stop.installed():
+            for epoch in range(first_epoch, recipe.epochs):
+                t0 = time.perf_counter()
+                loss_sum, correct, seen = sums if epoch == first_epoch else (0.0, 0, 0)
+                skip = first_step if epoch == first_epoch else 0
+                order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), 0, 1)
+                batches = iterate(data.train, order[skip * batch:], batch, drop_last=True)
+                for i, (xb, yb) in enumerate(batches, start=skip):
+                    x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
+                    with autocast(device):
+                        teacher_logits = teacher_features = None
+                        if teacher is not None:
+                            with torch.no_grad():
+                                if method.needs_features:
+                                    teacher_features, teacher_logits = features_and_logits(teacher, x)
+                                else:
+                                    teacher_logits = teacher(x)
+                        loss, logits = module(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
+                    value = loss.item()  # the one host sync per step: divergence must stop the step it happens
+                    if not math.isfinite(value):
+                        raise DivergenceError(
+                            f"{stage} training diverged: loss {value} at epoch {epoch + 1}, step {i + 1}; the last "
+                            f"good checkpoint is kept in the run's checkpoints/. Lower the learning rate "
+                            f"(e.g. --set {stage}.train.lr={recipe.lr / 10:g}) or clip gradients "
+                            f"(--set {stage}.train.grad_clip=5)")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if recipe.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    loss_sum += value * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()  # summed on the device: no extra sync
+                    seen += len(y)
+                    bar.update(1)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{value:.3f}", refresh=False)
+                    if stop.requested:
+                        if checkpoint is not None:
+                            checkpoint(state(epoch, i + 1, (loss_sum, int(correct), seen)))
+                        raise KeyboardInterrupt
+                seconds = time.perf_counter() - t0
+                record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": loss_sum / seen,
+                          "train_acc": int(correct) / seen, "lr": scheduler.get_last_lr()[0],
+                          "seconds": round(seconds, 3), "images_per_s": round((seen - skip * batch) / seconds, 1)}
+                history.append(record)
+                log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
+                         record["loss"], record["train_acc"], record["images_per_s"])
+                if on_epoch is not None:
+                    on_epoch(record)
+                if checkpoint is not None:
+                    checkpoint(state(epoch + 1, 0, (0.0, 0, 0)))
     finally:
         bar.close()
     model.eval()

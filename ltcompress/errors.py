@@ -38,5 +38,9 @@ class StorageError(LTCompressError):
     exit_code = 7
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after a resumable checkpoint was written; the message says how to continue."""
+
+
 GATE_FAILED_EXIT = 5
 INTERRUPTED_EXIT = 130

@@ -79,11 +79,17 @@ def sha256_file(path: Path) -> str:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (no copy of large weights) where the file system allows; replaces `dst` atomically (resume)."""
     with io_errors(dst):
+        if dst.exists() and os.path.samefile(src, dst):
+            return
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp.unlink(missing_ok=True)
         try:
-            os.link(src, dst)
+            os.link(src, tmp)
         except OSError:
-            shutil.copy2(src, dst)
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
 
 
 @dataclass
@@ -112,6 +118,31 @@ def default_name(method: str, student: str) -> str:
     return f"{method}-{student}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _lock(path: Path) -> RunDir:
+    lock = open(path / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UsageError(f"run directory {path} is locked by another process") from None
+    return RunDir(path, lock)
+
+
+def reopen(runs_dir: str | Path, name: str | None) -> RunDir:
+    """Lock an interrupted run's directory to continue it (--resume)."""
+    if not name:
+        raise UsageError("--resume needs --name: the run to continue (its folder under --runs-dir)")
+    path = Path(runs_dir) / name
+    if not (path / "config.yaml").is_file():
+        raise UsageError(f"nothing to resume: {path} is not a run directory (no config.yaml); drop --resume to "
+                         f"start it")
+    run = _lock(path)
+    if run.file("report.json").is_file():
+        run.close()
+        raise UsageError(f"run {path} has finished (report.json exists); nothing to resume")
+    return run
+
+
 def create(runs_dir: str | Path, name: str | None, default: str) -> RunDir:
     """Make a new, locked run directory. An explicit existing name is exit 2; an automatic one gets a suffix."""
     root = Path(runs_dir)
@@ -127,13 +158,7 @@ def create(runs_dir: str | Path, name: str | None, default: str) -> RunDir:
             except FileExistsError:
                 if name:
                     raise UsageError(f"run {path} already exists; choose another --name (runs are never "
-                                     f"overwritten)") from None
+                                     f"overwritten), or add --resume to continue it") from None
                 continue
-            lock = open(path / ".lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                raise UsageError(f"run directory {path} is locked by another process") from None
-            return RunDir(path, lock)
+            return _lock(path)
     raise UsageError(f"could not find a free run name under {root}")

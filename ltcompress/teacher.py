@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ltcompress import models
+from ltcompress import checkpoint, models
 from ltcompress.config import CompressConfig
 from ltcompress.data import LTData
 from ltcompress.distill import freeze, save_weights, train
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
-from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, sha256_file, write_json
+from ltcompress.rundir import RunDir, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -174,7 +174,8 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
 
 
 def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir,
-           progress: bool) -> Teacher:
+           progress: bool, resume_from_checkpoint: bool = False) -> Teacher:
+    """The teacher for this run; training here continues from the run's own checkpoint when resuming."""
     if p.loaded is not None:
         log.info("teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12])
         write_json(run.file("teacher.json"), p.provenance)
@@ -189,20 +190,19 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         log.info("teacher: reusing cached %s (key %s, %s)", p.arch, p.key[:12], entry)
         source = "cache"
     else:
+        torch.manual_seed(cfg.teacher_seed)  # before building: the head's initial weights depend on it
         model, init = _build_untrained(p.arch, p.init, data)
-        torch.manual_seed(cfg.teacher_seed)
         method_cls = METHODS.get(p.loss)
         ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.teacher.train.epochs)
         method = method_cls(method_cls.make_params({}), ctx)
         log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", p.arch, init, p.loss,
                  cfg.teacher.train.epochs, p.key[:12])
 
-        def on_epoch(record: dict[str, Any], state: dict[str, Any]) -> None:
-            run.log_metrics(record)
-            atomic_torch_save(run.file("checkpoints") / "teacher-last.pt", state)
-
+        path = run.file("checkpoints") / "teacher-last.pt"
+        resume = checkpoint.load(path) if resume_from_checkpoint else None
         result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
-                       on_epoch=on_epoch, progress=progress)
+                       on_epoch=run.log_metrics, checkpoint=lambda state: checkpoint.save(path, state),
+                       resume=resume, progress=progress)
         meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
                 "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
                 "cache_key": p.key, "train_seconds": round(result.seconds, 1),

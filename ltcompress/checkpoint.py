@@ -1,0 +1,83 @@
+"""Resumable training state: everything a killed run needs to continue to the bit-identical result.
+
+A checkpoint holds the model, method parameters, optimizer, scheduler, epoch and step, the augmentation
+generator and the global RNG states, the epoch's running sums and history, plus what the caller adds (the
+resolved config and the teacher's sha256) so a resume with other settings is refused instead of silently mixed.
+Files are written atomically and read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from ltcompress.errors import UsageError
+from ltcompress.rundir import atomic_torch_save
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, state: Mapping[str, Any]) -> None:
+    atomic_torch_save(path, dict(state))
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none. An unreadable one is exit 2, never unpickled."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"checkpoint {path} cannot be read safely ({str(exc).splitlines()[0]}); start a new run "
+                         f"instead of --resume") from None
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, as 'key: saved -> current'."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        saved, current = list(saved), list(current)
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
+
+
+class StopRequest:
+    """Ctrl-C during training sets a flag that the loop checks after each step, so the checkpoint it writes
+    is a consistent one (never half an optimizer update). A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,92 @@
+"""torchrun support. `torchrun --nproc_per_node=N -m ltcompress run ...` sets WORLD_SIZE, RANK and LOCAL_RANK;
+one process without torchrun is rank 0 of 1 and never touches torch.distributed.
+
+Every collective here is called by all ranks at the same point of the program: rank 0 decides (teacher from
+the cache or trained, where to resume) and broadcasts, so ranks never need the same files on disk.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU) and return this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_values(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks (identity on one process)."""
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not active():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0, device=_comm_device())
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Overwrite every rank's parameters and buffers with rank 0's."""
+    if not active():
+        return
+    for tensor in module.state_dict().values():
+        moved = tensor.to(_comm_device())
+        dist.broadcast(moved, src=0)
+        tensor.copy_(moved)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
