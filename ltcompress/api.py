@@ -61,20 +61,21 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
 def compress(teacher: str | None = None, student: str | None = None, method: str | None = None,
              dataset: str | None = None, *, gates: Sequence[str] | None = None, preset: str | None = None,
              overrides: Mapping[str, Any] | None = None, config: CompressConfig | None = None,
-             progress: bool = True, resume: bool = False, **keywords: Any) -> CompressResult:
+             progress: bool = True, resume: bool = False, **keywords: Any) -> CompressResult | None:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
     ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init, data_dir,
     method_args, seed, device. `resume=True` continues the interrupted run named by `name` from its last
-    checkpoint (the settings must be the same). Raises an LTCompressError subclass for errors; a failed gate is not
-    an error.
+    checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone writes the run
+    and returns the result; the other ranks return None. Raises an LTCompressError subclass for errors; a failed
+    gate is not an error.
     """
     import torch
 
     from ltcompress import data as data_stage
-    from ltcompress import checkpoint, distill, gates as gate_mod, models, onnx_export, report, rundir
+    from ltcompress import checkpoint, dist, distill, gates as gate_mod, models, onnx_export, report, rundir
     from ltcompress import teacher as teacher_stage
     from ltcompress import verify
     from ltcompress.data.samplers import SAMPLERS
@@ -91,9 +92,16 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
     teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
-    for recipe in (cfg.teacher.train, cfg.student.train):
+    owns_group = not dist.active()
+    device = dist.init_from_env(distill.pick_device(cfg.run.device))  # torchrun: join the process group
+    for section, recipe in (("teacher", cfg.teacher.train), ("student", cfg.student.train)):
         SAMPLERS.get(recipe.sampler)
-    device = distill.pick_device(cfg.run.device)
+        if recipe.batch_size % dist.world():
+            raise UsageError(f"{section}.train.batch_size {recipe.batch_size} is the global batch and must be "
+                             f"divisible by the {dist.world()} processes")
+    if not dist.is_main():  # only rank 0 writes files and shows progress
+        progress = False
+        log.setLevel(logging.WARNING)
     cache = teacher_stage.cache_root(cfg.run.cache_dir)
     timings: dict[str, float] = {}
 
@@ -109,6 +117,13 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
              len(data.test), data.class_counts.tolist())
 
+    if not dist.is_main():
+        try:
+            _follow(cfg, data, teacher_plan, loss, student_arch, device, resume)
+        finally:
+            if owns_group:
+                dist.shutdown()
+        return None
     resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
                                               "method_params": dataclasses.asdict(params)}}
     if resume:
@@ -127,11 +142,6 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         timings["teacher"] = _since(t)
 
         t = time.perf_counter()
-        torch.manual_seed(cfg.run.seed)
-        student_model = models.create(student_arch, data.num_classes, data.spec.channels)
-        student_model, train_pass = distill.prepare_method(loss, student_model, teacher_module, data, device,
-                                                           cfg.run.eval_batch_size)
-
         ckpt = run.file("checkpoints") / "student-last.pt"
         teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
         saved = checkpoint.load(ckpt) if resume else None
@@ -143,9 +153,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         def save_checkpoint(state: dict[str, Any]) -> None:
             checkpoint.save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
 
-        distill.train(student_model, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
-                      teacher=teacher_module, on_epoch=run.log_metrics, checkpoint=save_checkpoint, resume=saved,
-                      progress=progress)
+        student_model, train_pass = _distill(cfg, loss, data, student_arch, device, teacher_module, saved,
+                                             run.log_metrics, save_checkpoint, progress)
         distill.save_weights(student_model, run.file("student.safetensors"))
         timings["distill"] = _since(t)
 
@@ -190,6 +199,34 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         log.removeHandler(handler)
         handler.close()
         run.close()
+        if owns_group:
+            dist.shutdown()
+
+
+def _distill(cfg: CompressConfig, loss: Any, data: Any, student_arch: str, device: Any, teacher: Any,
+             saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any, progress: bool) -> tuple[Any, Any]:
+    """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
+    import torch
+
+    from ltcompress import dist, distill, models
+
+    torch.manual_seed(cfg.run.seed)
+    student = models.create(student_arch, data.num_classes, data.spec.channels)
+    student, train_pass = distill.prepare_method(loss, student, teacher, data, device, cfg.run.eval_batch_size)
+    distill.train(student, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
+                  teacher=teacher, on_epoch=on_epoch, checkpoint=checkpoint, resume=dist.broadcast_object(saved),
+                  progress=progress)
+    return student, train_pass
+
+
+def _follow(cfg: CompressConfig, data: Any, teacher_plan: Any, loss: Any, student_arch: str, device: Any,
+            resume: bool) -> None:
+    """Ranks other than 0 under torchrun: the same collective steps as rank 0 (teacher, distillation), no files."""
+    from ltcompress import teacher as teacher_stage
+
+    teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, None, False, resume) if teacher_plan else None
+    _distill(cfg, loss, data, student_arch, device, teacher_obj.module if teacher_obj else None, None, None, None,
+             False)
 
 
 def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:

@@ -104,6 +104,8 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
                       data_dir=data_dir, method_args=_key_values(method_args, "--method-arg") or None, seed=seed,
                       device=device, resume=resume)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed,
                                "gates": result.gates, "metrics": result.metrics}, indent=2))

@@ -59,6 +59,17 @@ def sum_values(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def step_flags(loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
+    """The step's loss (mean over ranks) and whether any rank asked to stop, in one host sync."""
+    if not active():
+        return loss.item(), stop
+    t = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(stop), device=loss.device)])
+    t = t.to(_comm_device())
+    dist.all_reduce(t)
+    values = t.tolist()
+    return values[0] / world(), values[1] > 0
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if not active():
@@ -85,6 +96,18 @@ def broadcast_module(module: nn.Module) -> None:
         moved = tensor.to(_comm_device())
         dist.broadcast(moved, src=0)
         tensor.copy_(moved)
+
+
+def average_buffers(module: nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, as timm's distribute_bn does:
+    each rank's statistics saw only its own batches, and the ranks must end the epoch identical."""
+    if not active():
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            moved = buf.to(_comm_device())
+            dist.all_reduce(moved)
+            buf.copy_(moved / world())
 
 
 def barrier() -> None:

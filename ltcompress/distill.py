@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ltcompress import dist
 from ltcompress.checkpoint import StopRequest, rng_state, set_rng_state
 from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, iterate, to_batch
@@ -30,6 +31,7 @@ from ltcompress.models import features_and_logits
 from ltcompress.rundir import io_errors
 
 log = logging.getLogger("ltcompress")
+RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride; rank 0 of 1 is the plain seed
 
 
 @dataclass
@@ -129,36 +131,48 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches."""
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
+    rank, world = dist.rank(), dist.world()
     module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
+    wrapped: nn.Module = module
+    if world > 1:  # one DDP wrapper over student + method parameters; unused ones only where a method has its own
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=any(True for _ in method.parameters()))
     if teacher is not None:
         freeze(teacher.to(device, memory_format=torch.channels_last))
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                                 weight_decay=recipe.weight_decay)
     n = len(data.train)
-    batch = min(recipe.batch_size, n)
-    steps = n // batch  # drop_last: a trailing batch of 1 would break BatchNorm
+    global_batch = min(recipe.batch_size, n)
+    if global_batch % world:
+        raise UsageError(f"{stage}.train.batch_size {global_batch} is not divisible by the {world} processes")
+    batch, steps = global_batch // world, n // global_batch  # drop_last: a batch of 1 would break BatchNorm
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
                                                     cycle_momentum=False)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank)
     history: list[dict[str, Any]] = []
     first_epoch, first_step, sums = 0, 0, (0.0, 0, 0)
     if resume is not None:
+        if len(resume["ranks"]) != world:
+            raise UsageError(f"the checkpoint was written by {len(resume['ranks'])} process(es); resume with as many "
+                             f"(torchrun --nproc_per_node)")
+        own = resume["ranks"][rank]
         model.load_state_dict(resume["model"])
         method.load_state_dict(resume["method"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        set_rng_state(resume["rng"])
-        history, first_epoch, first_step = list(resume["history"]), resume["epoch"], resume["step"]
-        sums = tuple(resume["sums"])
+        generator.set_state(own["generator"])
+        set_rng_state(own["rng"])
+        history, first_epoch, first_step, sums = list(resume["history"]), resume["epoch"], resume["step"], own["sums"]
         log.info("%s: resuming at epoch %d, step %d of %d", stage, first_epoch + 1, first_step, steps)
 
-    def state(epoch: int, step: int, running: tuple[float, int, int]) -> dict[str, Any]:
-        return {"stage": stage, "model": model.state_dict(), "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "step": step, "generator": generator.get_state(), "rng": rng_state(), "history": list(history),
-                "sums": list(running)}
+    def save(epoch: int, step: int, running: tuple[float, int, int]) -> None:
+        ranks = dist.gather_objects({"generator": generator.get_state(), "rng": rng_state(), "sums": list(running)})
+        if checkpoint is not None:
+            checkpoint({"stage": stage, "model": model.state_dict(), "method": method.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                        "step": step, "history": list(history), "ranks": ranks})
 
     start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps, initial=first_epoch * steps + first_step, desc=f"{stage}", unit="step",
@@ -170,8 +184,8 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                 t0 = time.perf_counter()
                 loss_sum, correct, seen = sums if epoch == first_epoch else (0.0, 0, 0)
                 skip = first_step if epoch == first_epoch else 0
-                order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), 0, 1)
-                batches = iterate(data.train, order[skip * batch:], batch, drop_last=True)
+                order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), rank, world)
+                batches = iterate(data.train, order[skip * batch:steps * batch], batch, drop_last=True)
                 for i, (xb, yb) in enumerate(batches, start=skip):
                     x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
                     with autocast(device):
@@ -182,8 +196,9 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                                     teacher_features, teacher_logits = features_and_logits(teacher, x)
                                 else:
                                     teacher_logits = teacher(x)
-                        loss, logits = module(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
-                    value = loss.item()  # the one host sync per step: divergence must stop the step it happens
+                        loss, logits = wrapped(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
+                    # the one host sync per step: divergence (on any rank) must stop every rank at this step
+                    value, stopping = dist.step_flags(loss, stop.requested)
                     if not math.isfinite(value):
                         raise DivergenceError(
                             f"{stage} training diverged: loss {value} at epoch {epoch + 1}, step {i + 1}; the last "
@@ -201,21 +216,22 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                     seen += len(y)
                     bar.update(1)
                     bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{value:.3f}", refresh=False)
-                    if stop.requested:
-                        if checkpoint is not None:
-                            checkpoint(state(epoch, i + 1, (loss_sum, int(correct), seen)))
+                    if stopping:
+                        save(epoch, i + 1, (loss_sum, int(correct), seen))
                         raise KeyboardInterrupt
                 seconds = time.perf_counter() - t0
-                record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": loss_sum / seen,
-                          "train_acc": int(correct) / seen, "lr": scheduler.get_last_lr()[0],
-                          "seconds": round(seconds, 3), "images_per_s": round((seen - skip * batch) / seconds, 1)}
+                dist.average_buffers(module)
+                total_loss, total_correct, total_seen = dist.sum_values([loss_sum, int(correct), seen])
+                record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": total_loss / total_seen,
+                          "train_acc": total_correct / total_seen, "lr": scheduler.get_last_lr()[0],
+                          "seconds": round(seconds, 3),
+                          "images_per_s": round((total_seen - skip * global_batch) / seconds, 1)}
                 history.append(record)
                 log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
                          record["loss"], record["train_acc"], record["images_per_s"])
                 if on_epoch is not None:
                     on_epoch(record)
-                if checkpoint is not None:
-                    checkpoint(state(epoch + 1, 0, (0.0, 0, 0)))
+                save(epoch + 1, 0, (0.0, 0, 0))
     finally:
         bar.close()
     model.eval()

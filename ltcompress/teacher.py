@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ltcompress import checkpoint, models
+from ltcompress import checkpoint, dist, models
 from ltcompress.config import CompressConfig
 from ltcompress.data import LTData
 from ltcompress.distill import freeze, save_weights, train
@@ -173,20 +173,28 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data))
 
 
-def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir,
+def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir | None,
            progress: bool, resume_from_checkpoint: bool = False) -> Teacher:
-    """The teacher for this run; training here continues from the run's own checkpoint when resuming."""
+    """The teacher for this run; training here continues from the run's own checkpoint when resuming.
+
+    Under torchrun every rank calls this: rank 0 (the one with a `run`) decides between cache and training and
+    sends the cached weights, the other ranks (`run` None) train alongside it or receive them."""
     if p.loaded is not None:
-        log.info("teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12])
-        write_json(run.file("teacher.json"), p.provenance)
+        if run is not None:
+            log.info("teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"],
+                     p.provenance["weights_sha256"][:12])
+            write_json(run.file("teacher.json"), p.provenance)
         return Teacher(freeze(p.loaded), p.provenance)
     log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
     entry = cache_root(cfg.run.cache_dir) / "teachers" / p.key[:24]
     weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
-    if meta_path.is_file() and weights.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = dist.broadcast_object(json.loads(meta_path.read_text()) if run and meta_path.is_file() and
+                                 weights.is_file() else None)
+    if meta is not None:
         model = _wrap_like(models.create(p.arch, data.num_classes, data.spec.channels), meta, data)
-        model.load_state_dict(load_file(str(weights)))
+        if run is not None:
+            model.load_state_dict(load_file(str(weights)))
+        dist.broadcast_module(model)
         log.info("teacher: reusing cached %s (key %s, %s)", p.arch, p.key[:12], entry)
         source = "cache"
     else:
@@ -197,19 +205,22 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         method = method_cls(method_cls.make_params({}), ctx)
         log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", p.arch, init, p.loss,
                  cfg.teacher.train.epochs, p.key[:12])
-
-        path = run.file("checkpoints") / "teacher-last.pt"
-        resume = checkpoint.load(path) if resume_from_checkpoint else None
+        path = run.file("checkpoints") / "teacher-last.pt" if run else None
+        resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
         result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
-                       on_epoch=run.log_metrics, checkpoint=lambda state: checkpoint.save(path, state),
+                       on_epoch=run.log_metrics if run else None,
+                       checkpoint=(lambda state: checkpoint.save(path, state)) if path else None,
                        resume=resume, progress=progress)
         meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
                 "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
                 "cache_key": p.key, "train_seconds": round(result.seconds, 1),
                 "renormalize": isinstance(model, models.Renormalize)}
-        save_weights(model, weights)
-        write_json(meta_path, meta)  # written last: marks the cache entry complete
+        if run is not None:
+            save_weights(model, weights)
+            write_json(meta_path, meta)  # written last: marks the cache entry complete
         source = "trained"
+    if run is None:
+        return Teacher(freeze(model), {**meta, "source": source})
     link_or_copy(weights, run.file("teacher.safetensors"))
     provenance = {**meta, "source": source, "trained_here": True, "weights_sha256": sha256_file(weights),
                   "cache_path": str(entry)}
