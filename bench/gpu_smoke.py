@@ -1,7 +1,8 @@
 """GPU smoke benchmark: resnet50 -> mobilenetv3_small_100 distillation (KD) at 224 px on synthetic data, images/s of
 ltcompress's loop (distill.train) and of a bare PyTorch loop doing the same work: same batches from the same
 pipeline (to_batch: crop/flip, pinned copy, normalise, channels_last), bf16 autocast, teacher under no_grad,
-fp32 loss, SGD nesterov + one-cycle, one loss.item() per step. Also the pipeline alone, to show the ceiling.
+fp32 loss, SGD nesterov + one-cycle, one loss.item() per step (loop.bare_loop). Also the pipeline alone, to show
+the ceiling.
 
     PYTHONPATH=. python bench/gpu_smoke.py [--steps 300] [--batch 64] [--size 224]
 
@@ -15,15 +16,14 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ltcompress import models
 from ltcompress.config import TrainConfig
 from ltcompress.data import InputSpec, LTData, Split, iterate, to_batch
-from ltcompress.distill import autocast, freeze, pick_device, train
+from ltcompress.distill import pick_device, train
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
-from ltcompress.methods.kd import kd_loss
+from loop import bare_loop, sync  # bench/ is on sys.path when this script runs
 
 CLASSES = 10
 
@@ -37,11 +37,6 @@ def synthetic(n: int, size: int) -> LTData:
     return LTData(split, split, np.bincount(labels, minlength=CLASSES), tuple(map(str, range(CLASSES))), spec, "x")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def pipeline_only(data: LTData, batch: int, device: torch.device, epochs: int) -> list[float]:
     rates, generator = [], torch.Generator().manual_seed(0)
     for _ in range(epochs):
@@ -50,35 +45,6 @@ def pipeline_only(data: LTData, batch: int, device: torch.device, epochs: int) -
         for xb, yb in iterate(data.train, np.arange(len(data.train)), batch, drop_last=True):
             x, _ = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
             seen += len(x)
-        sync(device)
-        rates.append(seen / (time.perf_counter() - t0))
-    return rates
-
-
-def bare_loop(teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, batch: int, device: torch.device,
-              epochs: int) -> list[float]:
-    student.to(device, memory_format=torch.channels_last).train()
-    freeze(teacher.to(device, memory_format=torch.channels_last))
-    steps = len(data.train) // batch
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * steps, cycle_momentum=False)
-    generator, rates = torch.Generator().manual_seed(0), []
-    for epoch in range(epochs):
-        sync(device)
-        t0, seen = time.perf_counter(), 0
-        order = np.random.default_rng(epoch).permutation(len(data.train))
-        for xb, yb in iterate(data.train, order, batch, drop_last=True):
-            x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
-            with autocast(device):
-                with torch.no_grad():
-                    zt = teacher(x)
-                loss = kd_loss(student(x), zt, y, 4.0, 0.1, 0.9)
-            loss.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(y)
         sync(device)
         rates.append(seen / (time.perf_counter() - t0))
     return rates
@@ -108,7 +74,8 @@ def main() -> None:
     result = train(student, method, data, TrainConfig(epochs=args.epochs, batch_size=args.batch), device,
                    stage="student", seed=0, teacher=teacher, progress=False)
     toolkit = [r["images_per_s"] for r in result.history]
-    bare = bare_loop(*fresh(), data, args.batch, device, args.epochs)
+    n = len(data.train) // args.batch * args.batch
+    bare = [n / t for t in bare_loop(*fresh(), data, args.batch, device, args.epochs)]
     pipe = pipeline_only(data, args.batch, device, args.epochs)
     rows = {"ltcompress loop (distill.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
     for label, rates in rows.items():

@@ -153,8 +153,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         def save_checkpoint(state: dict[str, Any]) -> None:
             checkpoint.save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
 
-        student_model, train_pass = _distill(cfg, loss, data, student_arch, device, teacher_module, saved,
-                                             run.log_metrics, save_checkpoint, progress)
+        student_model, train_pass = _distill(cfg, loss, data, student_arch, device, teacher_module, teacher_sha,
+                                             saved, run.log_metrics, save_checkpoint, progress)
         distill.save_weights(student_model, run.file("student.safetensors"))
         timings["distill"] = _since(t)
 
@@ -204,7 +204,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
 
 def _distill(cfg: CompressConfig, loss: Any, data: Any, student_arch: str, device: Any, teacher: Any,
-             saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any, progress: bool) -> tuple[Any, Any]:
+             teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any,
+             progress: bool) -> tuple[Any, Any]:
     """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
     import torch
 
@@ -213,10 +214,31 @@ def _distill(cfg: CompressConfig, loss: Any, data: Any, student_arch: str, devic
     torch.manual_seed(cfg.run.seed)
     student = models.create(student_arch, data.num_classes, data.spec.channels)
     student, train_pass = distill.prepare_method(loss, student, teacher, data, device, cfg.run.eval_batch_size)
+    teacher_sha = dist.broadcast_object(teacher_sha)
     distill.train(student, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
                   teacher=teacher, on_epoch=on_epoch, checkpoint=checkpoint, resume=dist.broadcast_object(saved),
+                  teacher_cache=_logit_cache(cfg, data, device, teacher_sha) if teacher is not None else None,
                   progress=progress)
     return student, train_pass
+
+
+def _logit_cache(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> Any:
+    """The teacher-logit cache for this run's exact sample stream, or None when not asked for."""
+    if not cfg.run.teacher_cache:
+        return None
+    import torch
+
+    from ltcompress import dist
+    from ltcompress.data.batches import AUGMENTATION
+    from ltcompress.logit_cache import LogitCache
+    from ltcompress.teacher import cache_root
+
+    recipe = cfg.student.train
+    spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),
+            "augmentation": AUGMENTATION, "sampler": recipe.sampler, "seed": cfg.run.seed,
+            "batch_size": recipe.batch_size, "rank": dist.rank(), "world": dist.world(), "device": device.type,
+            "torch": torch.__version__}
+    return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
 
 
 def _follow(cfg: CompressConfig, data: Any, teacher_plan: Any, loss: Any, student_arch: str, device: Any,
@@ -226,7 +248,7 @@ def _follow(cfg: CompressConfig, data: Any, teacher_plan: Any, loss: Any, studen
 
     teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, None, False, resume) if teacher_plan else None
     _distill(cfg, loss, data, student_arch, device, teacher_obj.module if teacher_obj else None, None, None, None,
-             False)
+             None, False)
 
 
 def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:

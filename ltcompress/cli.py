@@ -79,6 +79,9 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.")
+@click.option("--teacher-cache", is_flag=True,
+              help="Store the teacher's logits per epoch and reuse them in later runs with the same teacher, data, "
+                   "sampler and seed (exact: the same student, without the teacher's forward pass).")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run named by --name from its last checkpoint (same options).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
@@ -86,8 +89,8 @@ def cli(debug: bool, quiet: bool) -> None:
 def run(preset: str | None, teacher: str | None, student: str | None, method: str | None, dataset: str | None,
         data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
         method_args: tuple[str, ...], epochs: int | None, teacher_epochs: int | None, seed: int | None,
-        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...], resume: bool,
-        as_json: bool, no_progress: bool) -> None:
+        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...],
+        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
@@ -99,6 +102,8 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         overrides["student.train.epochs"] = epochs
     if teacher_epochs is not None:
         overrides["teacher.train.epochs"] = teacher_epochs
+    if teacher_cache:
+        overrides["run.teacher_cache"] = True
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
                       gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,

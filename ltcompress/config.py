@@ -93,6 +93,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None
     eval_batch_size: int = 256
+    teacher_cache: bool = False  # reuse the teacher's logits from an earlier run with the same stream (exact)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Stage 3: the method-agnostic training loop (teacher training and distillation alike).
 
-The loop asks the method what it needs (teacher logits, penultimate features) and never names one. CUDA when present (bf16
-autocast; losses compute in fp32 inside the methods), channels_last everywhere.
+The loop asks the method what it needs (teacher logits, penultimate features) and never names one. CUDA when
+present (bf16 autocast; losses compute in fp32 inside the methods), channels_last everywhere. Under torchrun it
+wraps the student and method in one DistributedDataParallel module; each epoch (and Ctrl-C) ends in a resumable
+checkpoint; a teacher-logit cache can stand in for the teacher's forward pass.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, iterate, to_batch
 from ltcompress.data.samplers import epoch_stream, rank_share
 from ltcompress.errors import DivergenceError, UsageError
+from ltcompress.logit_cache import LogitCache
 from ltcompress.methods.base import Method, StepInputs, TrainingPass
 from ltcompress.models import features_and_logits
 from ltcompress.rundir import io_errors
@@ -125,10 +128,11 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
           stage: str, seed: int, teacher: nn.Module | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: Callable[[dict[str, Any]], None] | None = None, resume: Mapping[str, Any] | None = None,
-          progress: bool = True) -> TrainResult:
+          teacher_cache: LogitCache | None = None, progress: bool = True) -> TrainResult:
     """Train `model` with `method` for `recipe.epochs`. `on_epoch(record)` logs each epoch; `checkpoint(state)`
     saves the training state after each epoch and on Ctrl-C (then KeyboardInterrupt is raised). `resume`, a
-    state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches."""
+    state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches.
+    `teacher_cache` reads the teacher's logits per epoch where it has them and stores those it computes."""
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
     rank, world = dist.rank(), dist.world()
@@ -184,18 +188,26 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                 t0 = time.perf_counter()
                 loss_sum, correct, seen = sums if epoch == first_epoch else (0.0, 0, 0)
                 skip = first_step if epoch == first_epoch else 0
+                cached = stored = None
+                if teacher is not None and teacher_cache is not None and not method.needs_features:
+                    cached = teacher_cache.load(epoch, steps * batch)
+                    stored = [] if cached is None and skip == 0 else None  # a whole epoch, or nothing
                 order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), rank, world)
                 batches = iterate(data.train, order[skip * batch:steps * batch], batch, drop_last=True)
                 for i, (xb, yb) in enumerate(batches, start=skip):
                     x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
                     with autocast(device):
                         teacher_logits = teacher_features = None
-                        if teacher is not None:
+                        if cached is not None:
+                            teacher_logits = cached[i * batch:(i + 1) * batch].to(device, non_blocking=True)
+                        elif teacher is not None:
                             with torch.no_grad():
                                 if method.needs_features:
                                     teacher_features, teacher_logits = features_and_logits(teacher, x)
                                 else:
                                     teacher_logits = teacher(x)
+                            if stored is not None:
+                                stored.append(teacher_logits)
                         loss, logits = wrapped(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
                     # the one host sync per step: divergence (on any rank) must stop every rank at this step
                     value, stopping = dist.step_flags(loss, stop.requested)
@@ -226,6 +238,10 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                           "train_acc": total_correct / total_seen, "lr": scheduler.get_last_lr()[0],
                           "seconds": round(seconds, 3),
                           "images_per_s": round((total_seen - skip * global_batch) / seconds, 1)}
+                if stored is not None:
+                    teacher_cache.save(epoch, torch.cat(stored))
+                if teacher_cache is not None and teacher is not None:
+                    record["teacher_logits"] = "cache" if cached is not None else "computed"
                 history.append(record)
                 log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
                          record["loss"], record["train_acc"], record["images_per_s"])

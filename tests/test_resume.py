@@ -34,8 +34,8 @@ def _train(stop_after_epoch=None, resume=None, saved=None):
             os.kill(os.getpid(), signal.SIGINT)
 
     train(student, method, data, TrainConfig(epochs=EPOCHS, batch_size=8), cpu, stage="student", seed=0,
-          teacher=teacher, on_epoch=on_epoch, checkpoint=None if saved is None else lambda s: saved.append(copy.deepcopy(s)), resume=resume,
-          progress=False)
+          teacher=teacher, on_epoch=on_epoch, resume=resume, progress=False,
+          checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)))
     return student
 
 

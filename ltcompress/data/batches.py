@@ -17,6 +17,10 @@ def iterate(split: Split, order: np.ndarray, batch_size: int,
         yield split.images[idx], split.labels[idx]
 
 
+# what augment=True does, as recorded in the teacher-logit cache key: change it when the augmentation changes
+AUGMENTATION = "random crop with zero padding size//8, then horizontal flip with p 0.5; one generator per run"
+
+
 def to_batch(images: np.ndarray, labels: np.ndarray, spec: InputSpec, device: torch.device,
              augment: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 numpy batch -> normalised float channels_last tensor on `device` (+ random crop/flip when training;

@@ -1,0 +1,68 @@
+"""Exact teacher-logit cache (`--teacher-cache`): the teacher's logits at every position of every epoch's sample
+stream, one safetensors file per epoch, so a later run with the same teacher, data, transforms, sampler, seed and
+batch layout skips the teacher's forward pass and still trains the bit-identical student.
+
+It is exact because a batch's augmentation depends only on the seed and the batch's position in the stream: the
+loop draws it from the same generator whether the teacher runs or not, and the cache was filled from those very
+batches. Keyed by everything the logits depend on; a file whose key or shape does not match is rebuilt, never
+used. Methods that need the teacher's features (krdistill) run the teacher as usual.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ltcompress.rundir import io_errors
+
+log = logging.getLogger("ltcompress")
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LogitCache:
+    folder: Path
+    key: str
+
+    @classmethod
+    def open(cls, root: Path, spec: dict[str, Any]) -> LogitCache:
+        """`spec`: teacher sha256, data fingerprint, input spec and augmentation, sampler, seed, rank layout,
+        device and precision, torch version."""
+        key = hashlib.sha256(json.dumps({"format": FORMAT, **spec}, sort_keys=True).encode()).hexdigest()
+        return cls(root / "teacher-logits" / key[:24], key)
+
+    def _path(self, epoch: int) -> Path:
+        return self.folder / f"epoch-{epoch + 1:04d}.safetensors"
+
+    def load(self, epoch: int, rows: int) -> torch.Tensor | None:
+        """The epoch's logits, or None when absent, unreadable or made for something else (then rebuilt)."""
+        path = self._path(epoch)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                key = (fh.metadata() or {}).get("key")
+                logits = fh.get_tensor("logits")
+        except Exception as exc:
+            log.warning("teacher-logit cache %s is unreadable (%s); rebuilding it", path, exc)
+            return None
+        if key != self.key or logits.shape[0] != rows:
+            log.warning("teacher-logit cache %s does not match this run; rebuilding it", path)
+            return None
+        return logits
+
+    def save(self, epoch: int, logits: torch.Tensor) -> None:
+        path = self._path(epoch)
+        with io_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({"logits": logits.detach().cpu().contiguous()}, str(tmp), metadata={"key": self.key})
+            os.replace(tmp, path)
