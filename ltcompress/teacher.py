@@ -209,7 +209,8 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
         result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
                        on_epoch=run.log_metrics if run else None,
-                       checkpoint=(lambda state: checkpoint.save(path, state)) if path else None,
+                       checkpoint=(lambda state: checkpoint.save(path, {**state, "config": cfg.to_dict()}))
+                       if path else None,
                        resume=resume, progress=progress)
         meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
                 "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
