@@ -17,13 +17,9 @@ import time
 import numpy as np
 import torch
 
-from ltcompress import models
-from ltcompress.config import TrainConfig
 from ltcompress.data import InputSpec, LTData, Split, iterate, to_batch
-from ltcompress.distill import pick_device, train
-from ltcompress.methods import METHODS
-from ltcompress.methods.base import MethodContext
-from loop import bare_loop, sync  # bench/ is on sys.path when this script runs
+from ltcompress.distill import pick_device
+from loop import bare_loop, fresh, sync, toolkit_loop  # bench/ is on sys.path when this script runs
 
 CLASSES = 10
 
@@ -64,18 +60,9 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.size} px, batch {args.batch}, "
           f"{args.epochs} epochs x {len(data.train) // args.batch} steps per loop; images/s, median of epochs 2..")
 
-    def fresh() -> tuple[torch.nn.Module, torch.nn.Module]:
-        torch.manual_seed(0)
-        return models.create("resnet50", CLASSES), models.create("mobilenetv3_small_100", CLASSES)
-
-    teacher, student = fresh()
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), args.epochs)
-    method = METHODS.get("kd")(METHODS.get("kd").make_params({}), ctx)
-    result = train(student, method, data, TrainConfig(epochs=args.epochs, batch_size=args.batch), device,
-                   stage="student", seed=0, teacher=teacher, progress=False)
-    toolkit = [r["images_per_s"] for r in result.history]
     n = len(data.train) // args.batch * args.batch
-    bare = [n / t for t in bare_loop(*fresh(), data, args.batch, device, args.epochs)]
+    toolkit = [n / t for t in toolkit_loop(data, args.batch, device, args.epochs)]
+    bare = [n / t for t in bare_loop(*fresh(CLASSES), data, args.batch, device, args.epochs)]
     pipe = pipeline_only(data, args.batch, device, args.epochs)
     rows = {"ltcompress loop (distill.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
     for label, rates in rows.items():

@@ -151,7 +151,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
                              f"the original --teacher-weights, or start a new run")
 
         def save_checkpoint(state: dict[str, Any]) -> None:
-            checkpoint.save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
+            rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
 
         student_model, train_pass = _distill(cfg, loss, data, student_arch, device, teacher_module, teacher_sha,
                                              saved, run.log_metrics, save_checkpoint, progress)

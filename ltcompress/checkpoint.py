@@ -16,7 +16,6 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from ltcompress.errors import UsageError
-from ltcompress.rundir import atomic_torch_save
 
 
 def rng_state() -> dict[str, Any]:
@@ -30,10 +29,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save(path: Path, state: Mapping[str, Any]) -> None:
-    atomic_torch_save(path, dict(state))
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -108,8 +108,3 @@ def average_buffers(module: nn.Module) -> None:
             moved = buf.to(_comm_device())
             dist.all_reduce(moved)
             buf.copy_(moved / world())
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()

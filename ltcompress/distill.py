@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,7 +29,7 @@ from ltcompress.errors import DivergenceError, UsageError
 from ltcompress.logit_cache import LogitCache
 from ltcompress.methods.base import Method, StepInputs, TrainingPass
 from ltcompress.models import features_and_logits
-from ltcompress.rundir import io_errors
+from ltcompress.rundir import atomic_save_file
 
 log = logging.getLogger("ltcompress")
 RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride; rank 0 of 1 is the plain seed
@@ -256,9 +254,4 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Weights as safetensors (loadable without unpickling), written atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with io_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, path)
+    atomic_save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ltcompress.rundir import io_errors
+from ltcompress.rundir import atomic_save_file
 
 log = logging.getLogger("ltcompress")
 FORMAT = 1
@@ -60,9 +58,4 @@ class LogitCache:
         return logits
 
     def save(self, epoch: int, logits: torch.Tensor) -> None:
-        path = self._path(epoch)
-        with io_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"logits": logits.detach().cpu().contiguous()}, str(tmp), metadata={"key": self.key})
-            os.replace(tmp, path)
+        atomic_save_file({"logits": logits.detach().cpu().contiguous()}, self._path(epoch), {"key": self.key})

@@ -70,6 +70,17 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def atomic_save_file(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Tensors as safetensors (loadable without unpickling), written atomically."""
+    from safetensors.torch import save_file
+
+    with io_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -27,7 +27,7 @@ from ltcompress.distill import freeze, save_weights, train
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
-from ltcompress.rundir import RunDir, link_or_copy, sha256_file, write_json
+from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -122,9 +122,8 @@ def resolve_loss(requested: str, method_cls: type) -> str:
 
 
 def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData) -> str:
-    recipe = dataclasses.asdict(cfg.teacher.train)
-    if recipe["grad_clip"] is None:
-        del recipe["grad_clip"]  # keys from before the option existed stay valid
+    # options left off (None) stay out of the key, so keys from before an option existed stay valid
+    recipe = {k: v for k, v in dataclasses.asdict(cfg.teacher.train).items() if v is not None}
     spec = {
         "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss, "recipe": recipe,
         "input_size": cfg.data.input_size, "sampler": recipe.pop("sampler"), "seed": cfg.teacher_seed,
@@ -209,7 +208,7 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
         result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
                        on_epoch=run.log_metrics if run else None,
-                       checkpoint=(lambda state: checkpoint.save(path, {**state, "config": cfg.to_dict()}))
+                       checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()}))
                        if path else None,
                        resume=resume, progress=progress)
         meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,

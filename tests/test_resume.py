@@ -16,6 +16,7 @@ from ltcompress import checkpoint, models
 from ltcompress.cli import main
 from ltcompress.config import TrainConfig
 from ltcompress.distill import prepare_method, train
+from ltcompress.rundir import atomic_torch_save
 from test_distill import COUNTS, make, tiny_data
 
 EPOCHS = 3
@@ -51,7 +52,7 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_bit_identical(tmp_path):
         _train(stop_after_epoch=1, saved=saved)
     last = saved[-1]
     assert (last["epoch"], last["step"]) == (1, 1)  # one step into epoch 2, not at a boundary
-    checkpoint.save(tmp_path / "ckpt.pt", last)  # through the file: weights_only must be able to read it back
+    atomic_torch_save(tmp_path / "ckpt.pt", last)  # through the file: weights_only must be able to read it back
     resumed = _train(resume=checkpoint.load(tmp_path / "ckpt.pt"))
     assert _same(resumed, reference)
 
