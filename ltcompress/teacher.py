@@ -26,7 +26,7 @@ from ltcompress.data import LTData
 from ltcompress.distill import freeze, save_weights, train
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
-from ltcompress.methods.base import MethodContext
+from ltcompress.methods.base import Method, MethodContext
 from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
@@ -115,9 +115,13 @@ def resolve_loss(requested: str, method_cls: type) -> str:
     (a balanced teacher such as bsce gives balanced soft labels to any distillation method)."""
     if requested == "auto":
         return method_cls.teacher_method
-    if METHODS.get(requested).uses_teacher:
+    chosen = METHODS.get(requested)
+    if chosen.uses_teacher:
         raise UsageError(f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one "
                          f"(e.g. ce, bsce, la)")
+    if chosen.adapt_student is not Method.adapt_student:  # ldam_drw: its cosine classifier is student-only
+        raise UsageError(f"teacher.loss {requested!r} changes the model's classifier, which the teacher stage does "
+                         f"not do; use ce, bsce or la for the teacher")
     return requested
 
 

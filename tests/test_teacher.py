@@ -112,3 +112,16 @@ def test_teacher_loss_is_the_methods_choice_unless_the_user_names_a_teacher_free
         resolve_loss("kd", METHODS.get("bkd"))
     with pytest.raises(UsageError):
         resolve_loss("nosuch", METHODS.get("bkd"))
+
+
+def test_teacher_loss_refuses_methods_that_change_the_classifier():
+    from ltcompress.methods import METHODS
+    from ltcompress.methods.base import Method
+    from ltcompress.teacher import resolve_loss
+
+    adapting = [n for n in METHODS.names() if not METHODS.get(n).uses_teacher
+                and METHODS.get(n).adapt_student is not Method.adapt_student]
+    assert adapting  # the registry has such a method (LDAM's cosine classifier); the teacher stage cannot build it
+    for name in adapting:
+        with pytest.raises(UsageError, match="changes the model's classifier"):
+            resolve_loss(name, METHODS.get("bkd"))
