@@ -19,7 +19,7 @@ KEYWORDS = {
     "teacher": "teacher.arch", "student": "student.arch", "method": "method.name", "dataset": "data.dataset",
     "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
     "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
-    "device": "run.device",
+    "device": "run.device", "int8": "export.int8",
 }
 
 
@@ -31,12 +31,22 @@ class CompressResult:
     passed: bool
     gates: list[dict[str, Any]]
     failed_gates: list[dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]  # stage key (teacher, student, fp32) -> metrics
+    metrics: dict[str, dict[str, Any]]  # stage key (teacher, student, fp32, int8) -> metrics
     report: dict[str, Any] = field(repr=False)
 
     @property
     def onnx_path(self) -> Path:
         return self.run_dir / "student.onnx"
+
+    @property
+    def int8_path(self) -> Path | None:
+        path = self.run_dir / "student.int8.onnx"
+        return path if path.is_file() else None
+
+    @property
+    def flips(self) -> dict[str, dict[str, Any]]:
+        """Per-class top-1 flip rates between consecutive stages, keyed "a->b" (e.g. "fp32->int8")."""
+        return self.report["flips"]
 
     @property
     def bundle_dir(self) -> Path | None:
@@ -67,10 +77,10 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
     ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init, data_dir,
-    method_args, seed, device. `resume=True` continues the interrupted run named by `name` from its last
-    checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone writes the run
-    and returns the result; the other ranks return None. Raises an LTCompressError subclass for errors; a failed
-    gate is not an error.
+    method_args, seed, device, int8 (also export a calibrated INT8 model, stage ``int8``). `resume=True`
+    continues the interrupted run named by `name` from its last checkpoint (the settings must be the same).
+    Under torchrun every rank trains and rank 0 alone writes the run and returns the result; the other ranks
+    return None. Raises an LTCompressError subclass for errors; a failed gate is not an error.
     """
     import torch
 
@@ -108,8 +118,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     t = time.perf_counter()
     data = data_stage.load(cfg.data, cache)
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    stage_keys = (("teacher",) if teacher_arch else ()) + ("student", "fp32")
-    gate_mod.check_applicable(parsed_gates, groups, stage_keys)
+    stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
+    gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
     teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
     loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
@@ -160,26 +170,29 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
         t = time.perf_counter()
         onnx_path = onnx_export.export(student_model, data.spec, run.file("student.onnx"), cfg.export.opset)
+        int8_path = run.file("student.int8.onnx") if cfg.export.int8 else None
+        int8_info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path) if int8_path else None
         timings["export"] = _since(t)
 
         t = time.perf_counter()
         result = verify.run(data, groups, student_model, onnx_path, cfg.export, device, cfg.run.eval_batch_size,
-                            teacher=teacher_module)
-        gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages)]
+                            teacher=teacher_module, int8_path=int8_path)
+        gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages, result.predictions,
+                                                               data.test.labels, groups, data.class_names)]
         report.write_predictions(run, data.test.labels, result.predictions)
         timings["verify"] = _since(t)
 
         info = method_info(cfg.method.name)
         rep = report.build(
-            run=run, config=resolved, gates=gate_results, stages=result.stages, parity=result.parity,
+            run=run, config=resolved, gates=gate_results, stages=result.stages,
+            parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
             teacher=teacher_obj.provenance if teacher_obj else None,
             method={**info.to_dict(), "params": dataclasses.asdict(params),
                     "diagnostics": loss.diagnostics(train_pass, groups)},
             data_info=_data_info(data, groups, cfg), timings=timings, device=str(device),
-            artifacts={"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
-                       "onnx_sha256": rundir.sha256_file(onnx_path),
-                       "onnx_bytes": onnx_path.stat().st_size, "opset": cfg.export.opset})
+            flips=result.flips, artifacts=_artifacts(run, onnx_path, int8_path, int8_info, cfg.export.opset))
         report.write(run, rep)
+        report.write_html(run, rep)
         if not result.parity_ok:
             p = result.parity
             raise VerificationError(
@@ -187,7 +200,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
                 f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
                 f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
         if rep["passed"]:
-            report.write_bundle(run, onnx_path, data.class_names, _preprocess(data, onnx_export.INPUT_NAME))
+            report.write_bundle(run, onnx_path, int8_path, data.class_names,
+                                _preprocess(data, onnx_export.INPUT_NAME))
             log.info("all gates passed; edge bundle: %s", run.file("bundle"))
         else:
             log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
@@ -290,6 +304,19 @@ def _data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> 
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
         "skipped_images": len(data.skipped), "skipped": list(data.skipped),
     }
+
+
+def _artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None,
+               opset: int) -> dict[str, Any]:
+    from ltcompress import rundir
+
+    out: dict[str, Any] = {"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
+                           "onnx_sha256": rundir.sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size,
+                           "opset": opset}
+    if int8_path is not None:
+        out.update({"student_int8_onnx": str(int8_path), "int8_sha256": rundir.sha256_file(int8_path),
+                    "int8_bytes": int8_path.stat().st_size, "int8": int8_info})
+    return out
 
 
 def _preprocess(data: Any, input_name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ from ltcompress.errors import GATE_FAILED_EXIT, INTERRUPTED_EXIT, LTCompressErro
 from ltcompress.methods import METHODS, list_methods
 
 log = logging.getLogger("ltcompress")
-STAGE_ORDER = ("teacher", "student", "fp32")
+STAGE_ORDER = ("teacher", "student", "fp32", "int8")  # metrics.STAGES, without importing numpy for --help
 COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
 
 
@@ -42,7 +43,8 @@ def cli(debug: bool, quiet: bool) -> None:
 
     \b
       ltcompress run --teacher resnet50 --student mobilenetv3 --method bkd
-      ltcompress run --method kd --gate "few >= 0.5"
+      ltcompress run --method kd --int8 --gate "int8.few >= 0.5" --gate "drop(fp32, int8).few <= 0.01"
+      ltcompress verify runs/bkd-mobilenetv3_small_100-1 --gate "int8.worst >= 0.3"
       ltcompress list-methods
     """
     for old in [h for h in log.handlers if getattr(h, "ltcompress_cli", False)]:
@@ -64,7 +66,10 @@ def cli(debug: bool, quiet: bool) -> None:
                                 "a dataset with a preset of its name brings that preset.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--gate", "gates", multiple=True, metavar="EXPR",
-              help="Gate on the ONNX results, e.g. 'few >= 0.5' or 'student.worst > 0.3'; repeatable.")
+              help="Gate, e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', 'drop(fp32, int8).few <= 0.01', "
+                   "'flip(fp32, int8) <= 0.02'; repeatable (README: Gates).")
+@click.option("--int8", is_flag=True, help="Also export a static INT8 model (calibrated on a class-stratified "
+                                           "training sample), verify and gate it as stage int8.")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False),
               help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).")
 @click.option("--teacher-init", type=click.Choice(["auto", "pretrained", "scratch"]),
@@ -90,7 +95,7 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
         method_args: tuple[str, ...], epochs: int | None, teacher_epochs: int | None, seed: int | None,
         device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...],
-        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool) -> None:
+        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool, int8: bool) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
@@ -104,6 +109,8 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         overrides["teacher.train.epochs"] = teacher_epochs
     if teacher_cache:
         overrides["run.teacher_cache"] = True
+    if int8:
+        overrides["export.int8"] = True
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
                       gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
@@ -112,20 +119,62 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if as_json:
-        click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed,
-                               "gates": result.gates, "metrics": result.metrics}, indent=2))
+        click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed, "gates": result.gates,
+                               "metrics": result.metrics, "flips": result.report["flips"]}, indent=2))
     else:
-        click.echo(summary_table(result.metrics))
-        for g in result.gates:
-            shown = "n/a" if g["value"] is None else f"{g['value']:.4f}"
-            click.echo(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<28} {g['stage']}.{g['metric']} = "
-                       f"{shown} (required {g['op']} {g['threshold']:g})")
-        click.echo(f"report: {result.run_dir / 'report.json'}")
+        _print_outcome(result.metrics, result.report["flips"], result.gates)
+        click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
-    if not result.passed:
-        failed = ", ".join(f"'{g['gate']}'" for g in result.failed_gates)
-        click.echo(f"ltcompress: gate failed: {failed}; see {result.run_dir / 'report.json'}", err=True)
+    _exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", help="Dataset to measure on (default: the one the export was trained on).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--gate", "gates", multiple=True, metavar="EXPR",
+              help="Gate on the fp32 or int8 stage, drop() or flip() between them; repeatable.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A data setting by dotted key, e.g. data.test_per_class=500; repeatable.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result to this new file.")
+def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[str, ...], settings: tuple[str, ...],
+           json_out: str | None) -> None:
+    """Re-verify an export without training: PATH is a run directory or its bundle/. Runs the ONNX model(s)
+    with ONNX Runtime on the test split, prints per-stage metrics and flips, and evaluates the gates.
+
+    Exit codes: 0 gates passed, 2 usage, 3 data, 5 gate failed, 7 I/O.
+    """
+    from ltcompress.reverify import verify_export
+
+    result = verify_export(path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"),
+                      json_out=json_out)
+    _print_outcome(result.metrics, result.flips, result.gates)
+    for stage, old in result.recorded.items():
+        click.echo(f"recorded {stage}: balanced {old['balanced']:.4f}, few "
+                   f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)")
+    _exit_on_failed_gates(result.failed_gates, Path(json_out) if json_out else Path(path) / "report.json")
+
+
+def _print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:
+    click.echo(summary_table(metrics))
+    for pair, f in flips.items():
+        click.echo(f"flips {pair}: {100 * f['overall']:.2f} % of test images, most in {f['worst_class']} "
+                   f"({100 * f['worst']:.1f} %)")
+    for g in gates:
+        click.echo(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<30} {g['subject']} = "
+                   f"{_shown(g['value'])} (required {g['op']} {g['threshold']:g})")
+
+
+def _exit_on_failed_gates(failed: list[dict[str, Any]], where: Path) -> None:
+    """Exit 5 naming every failed gate and the value it got."""
+    if failed:
+        listed = "; ".join(f"'{g['gate']}' ({g['subject']} = {_shown(g['value'])})" for g in failed)
+        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}; see {where}", err=True)
         sys.exit(GATE_FAILED_EXIT)
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def summary_table(metrics: dict[str, dict[str, Any]]) -> str:

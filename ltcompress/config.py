@@ -19,6 +19,7 @@ from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
 DEFAULT_PRESET = "fmnist-lt"
+CALIBRATIONS = ("stratified", "random")  # how INT8 calibration images are drawn from the training set
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class ExportConfig:
     logits_atol: float = 1e-3  # max |torch - ORT| logit difference, plus logits_rtol * max |logit|
     logits_rtol: float = 1e-3
     agreement_tol: float = 0.001  # top-1 agreement must be >= 1 - agreement_tol
+    int8: bool = False  # also write student.int8.onnx (static QDQ, uint8 activations, int8 per-channel weights)
+    calibration: str = "stratified"  # stratified (classes filled evenly, so the tail counts) | random
+    calibration_size: int = 512  # training images the INT8 ranges are calibrated on (bench/deploy.py)
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,8 @@ def _check_values(cfg: CompressConfig) -> None:
         (cfg.data.few_threshold <= cfg.data.many_threshold, "data.few_threshold must not exceed many_threshold"),
         (cfg.data.test_per_class is None or cfg.data.test_per_class >= 1, "data.test_per_class must be >= 1"),
         (cfg.data.input_size >= 16, "data.input_size must be at least 16"),
+        (cfg.export.calibration in CALIBRATIONS, f"export.calibration must be one of {', '.join(CALIBRATIONS)}"),
+        (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
     ]
     for section in (cfg.teacher.train, cfg.student.train):
         checks += [

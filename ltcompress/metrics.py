@@ -6,14 +6,20 @@ from typing import Any
 import numpy as np
 
 SUMMARY_KEYS = ("overall", "balanced", "many", "medium", "few", "worst")
+# stage keys everywhere (report, gates), in pipeline order: torch teacher and student, then the ONNX models
+STAGES = ("teacher", "student", "fp32", "int8")
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy of each class on the test set; NaN for a class with no test image."""
-    correct = np.bincount(labels, weights=(pred == labels).astype(np.float64), minlength=num_classes)
+    return _per_class_mean(np.asarray(pred) == labels, labels, num_classes)
+
+
+def _per_class_mean(hits: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     total = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    summed = np.bincount(labels, weights=hits.astype(np.float64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+        return np.where(total > 0, summed / np.maximum(total, 1), np.nan)
 
 
 def summarize(pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
@@ -23,22 +29,39 @@ def summarize(pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]]
     Group and balanced accuracies are unweighted means of per-class accuracies over classes with test images.
     """
     acc = per_class_accuracy(pred, labels, len(class_names))
-    present = ~np.isnan(acc)
+    return _summary(acc, float((pred == labels).mean()) if len(labels) else None, groups, class_names, np.nanargmin)
+
+
+def flip_rates(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
+               class_names: tuple[str, ...]) -> dict[str, Any]:
+    """How often the top-1 prediction changes between two stages, per class and per shot group.
+
+    Accuracy can hold while predictions churn (a class loses as many images as it gains); flips show it. Same
+    keys as summarize(), but `worst` is the *highest* per-class flip rate.
+    """
+    changed = np.asarray(pred_a) != np.asarray(pred_b)
+    per_class = _per_class_mean(changed, labels, len(class_names))
+    return _summary(per_class, float(changed.mean()) if len(labels) else None, groups, class_names, np.nanargmax)
+
+
+def _summary(per_class: np.ndarray, overall: float | None, groups: dict[str, list[int]],
+             class_names: tuple[str, ...], pick_worst: Any) -> dict[str, Any]:
+    present = ~np.isnan(per_class)
 
     def mean_of(classes: list[int]) -> float | None:
-        vals = acc[classes][present[classes]] if classes else np.array([])
+        vals = per_class[classes][present[classes]] if classes else np.array([])
         return float(vals.mean()) if vals.size else None
 
-    worst = int(np.nanargmin(acc)) if present.any() else None
+    worst = int(pick_worst(per_class)) if present.any() else None
     return {
-        "overall": float((pred == labels).mean()) if len(labels) else None,
+        "overall": overall,
         "balanced": mean_of(list(range(len(class_names)))),
         "many": mean_of(groups["many"]),
         "medium": mean_of(groups["medium"]),
         "few": mean_of(groups["few"]),
-        "worst": float(acc[worst]) if worst is not None else None,
+        "worst": float(per_class[worst]) if worst is not None else None,
         "worst_class": class_names[worst] if worst is not None else None,
-        "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(class_names, acc)},
+        "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(class_names, per_class)},
     }
 
 

@@ -1,4 +1,5 @@
-"""Stage 6: report.json (stable keys; always written) and the edge bundle (only when every gate passed)."""
+"""Stage 6: report.json (stable keys) and report.html (always written), and the edge bundle (only when every
+gate passed)."""
 from __future__ import annotations
 
 import json
@@ -42,17 +43,19 @@ def environment(device: str) -> dict[str, Any]:
 
 def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
           method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
-          artifacts: dict[str, Any], timings: dict[str, float], device: str) -> dict[str, Any]:
+          flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
+          device: str) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
     return {
         "schema": REPORT_SCHEMA,
         "run": {"name": run.path.name, "dir": str(run.path.resolve()),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": timings},
-        "passed": all(g["passed"] for g in gates) and bool(parity.get("ok")),
+        "passed": all(g["passed"] for g in gates) and bool(parity["fp32"].get("ok")),
         "gates": gates,
         "failed_gates": [g for g in gates if not g["passed"]],
         "stages": stages,
-        "parity": {"fp32": parity},
+        "parity": parity,
+        "flips": flips,
         "data": data_info,
         "teacher": teacher,
         "method": method,
@@ -79,17 +82,29 @@ def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any]) -> 
     return path
 
 
-def write_bundle(run: RunDir, onnx_path: Path, class_names: tuple[str, ...], preprocess: dict[str, Any]) -> Path:
-    """bundle/: the model, labels, preprocessing, report and the torch-free runtime, ready for a device."""
+def write_html(run: RunDir, report: dict[str, Any]) -> Path:
+    from ltcompress.report_html import render
+
+    path = run.file("report.html")
+    atomic_write_text(path, render(report))
+    return path
+
+
+def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_names: tuple[str, ...],
+                 preprocess: dict[str, Any]) -> Path:
+    """bundle/: the model (and its INT8 twin), labels, preprocessing, report and the torch-free runtime."""
     edge_dir = bundled_dir("edge", "export")
     bundle = run.file("bundle")
     with io_errors(bundle):
         (bundle / "export").mkdir(parents=True, exist_ok=True)
         shutil.copy2(onnx_path, bundle / "model.onnx")
+        if int8_path is not None:
+            shutil.copy2(int8_path, bundle / "model.int8.onnx")
         for name in _EDGE_FILES:
             shutil.copy2(edge_dir / name, bundle / "export" / name)
         shutil.copy2(edge_dir / "BUNDLE_README.md", bundle / "README.md")
-        shutil.copy2(run.file("report.json"), bundle / "report.json")
+        for name in ("report.json", "report.html"):
+            shutil.copy2(run.file(name), bundle / name)
     atomic_write_text(bundle / "labels.json", json.dumps(list(class_names), indent=2) + "\n")
     write_json(bundle / "preprocess.json", preprocess)
     return bundle

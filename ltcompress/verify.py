@@ -1,5 +1,6 @@
-"""Stage 5: measure every stage on the test set — torch teacher, torch student and the exported model under
-ONNX Runtime (CPU provider named explicitly) — and check that the FP32 export reproduces the torch student."""
+"""Stage 5: measure every stage on the test set — torch teacher, torch student and the exported FP32 and INT8
+models under ONNX Runtime (CPU provider named explicitly) — check that the FP32 export reproduces the torch
+student, and count the per-class top-1 flips between consecutive stages."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ from torch import nn
 
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData, Split, iterate, to_batch
-from ltcompress.metrics import agreement, summarize
+from ltcompress.metrics import STAGES, agreement, flip_rates, summarize
 
 log = logging.getLogger("ltcompress")
 
@@ -24,6 +25,8 @@ class Verification:
     stages: dict[str, dict[str, Any]]  # stage key -> metrics (overall, balanced, many, medium, few, worst, ...)
     parity: dict[str, Any]
     predictions: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    flips: dict[str, dict[str, Any]] = field(default_factory=dict)  # "a->b" -> flip rates (metrics.flip_rates)
+    int8_parity: dict[str, Any] | None = None  # reported and left to gates: quantization is meant to change logits
 
     @property
     def parity_ok(self) -> bool:
@@ -73,18 +76,44 @@ def check_parity(reference: np.ndarray, exported: np.ndarray, cfg: ExportConfig)
 
 
 def run(data: LTData, groups: dict[str, list[int]], student: nn.Module, onnx_path: Path, cfg: ExportConfig,
-        device: torch.device, batch: int, teacher: nn.Module | None = None) -> Verification:
+        device: torch.device, batch: int, teacher: nn.Module | None = None,
+        int8_path: Path | None = None) -> Verification:
+    """Every stage on the test set. The FP32 export's parity with torch is judged here (exit 4 when off); the
+    INT8 model's agreement is only reported, for gates to judge."""
     test = data.test
     logits: dict[str, np.ndarray] = {}
     if teacher is not None:
         logits["teacher"] = torch_logits(teacher, test, data, device, batch)
     logits["student"] = torch_logits(student, test, data, device, batch)
     logits["fp32"] = ort_logits(onnx_path, test, data, batch)
+    if int8_path is not None:
+        logits["int8"] = ort_logits(int8_path, test, data, batch)
     preds = {k: v.argmax(1) for k, v in logits.items()}
-    stages = {k: summarize(p, test.labels, groups, data.class_names) for k, p in preds.items()}
-    stages["fp32"]["agreement_with_student"] = agreement(preds["fp32"], preds["student"])
+    stages = measure(preds, test.labels, groups, data.class_names)
     parity = check_parity(logits["student"], logits["fp32"], cfg)
+    int8_parity = None
+    if "int8" in logits:
+        int8_parity = {"max_abs_logit_diff": float(np.abs(logits["student"] - logits["int8"]).max()),
+                       "top1_agreement": stages["int8"]["agreement_with_student"], "judged_by": "gates"}
+    return Verification(stages, parity, preds, flips(preds, test.labels, groups, data.class_names), int8_parity)
+
+
+def measure(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],
+            class_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each stage's metrics; the ONNX stages also carry their top-1 agreement with the torch student."""
+    stages = {k: summarize(p, labels, groups, class_names) for k, p in preds.items()}
+    for key in ("fp32", "int8"):
+        if key in stages and "student" in preds:
+            stages[key]["agreement_with_student"] = agreement(preds[key], preds["student"])
     for key, m in stages.items():
         log.info("verify %-7s overall %.4f  balanced %.4f  few %s  worst %.4f (%s)", key, m["overall"],
                  m["balanced"], "absent" if m["few"] is None else f"{m['few']:.4f}", m["worst"], m["worst_class"])
-    return Verification(stages, parity, preds)
+    return stages
+
+
+def flips(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],
+          class_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per-class top-1 flip rates between consecutive stages (teacher->student, student->fp32, fp32->int8)."""
+    order = [k for k in STAGES if k in preds]
+    return {f"{a}->{b}": flip_rates(preds[a], preds[b], labels, groups, class_names)
+            for a, b in zip(order, order[1:])}

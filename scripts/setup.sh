@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Sets up everything ltcompress needs, idempotently: the Fashion-MNIST data (Debian package), a virtual
 # environment in .venv (or $LTCOMPRESS_VENV), PyTorch, and ltcompress itself (editable, with test extras).
+# With --tests it also installs headless Chromium (Debian package chromium), which only the test suite needs: it
+# opens report.html in a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LTCOMPRESS_VENV:-.venv}
+PACKAGES=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || PACKAGES+=(dataset-fashion-mnist)
+if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1; then PACKAGES+=(chromium); fi
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+if [ ${#PACKAGES[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-    echo "setup: installing the Fashion-MNIST data (Debian package dataset-fashion-mnist)"
+    echo "setup: installing Debian packages: ${PACKAGES[*]}"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    $SUDO apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
   else
-    echo "setup: no apt-get here; get Fashion-MNIST yourself and pass --data-dir (see README, Data)" >&2
+    echo "setup: no apt-get here; install ${PACKAGES[*]} yourself (Fashion-MNIST: see README, Data)" >&2
   fi
 fi
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,25 @@ def tiny_cli_args(**extra: str) -> list[str]:
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
     return args
+
+
+LTCOMPRESS = Path(sys.executable).parent / "ltcompress"
+PASSING_GATES = ["few >= 0.0", "student.balanced >= 0.0", "int8.worst >= 0.0", "int8.class[Ankle boot] >= 0",
+                 "drop(fp32, int8).few <= 1", "flip(fp32, int8) <= 1", "flip(student, int8).few <= 1",
+                 "int8.agreement >= 0"]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def passed_run(workdir):
+    """One real run through the console script, with INT8 and gates of every kind that pass: exit 0."""
+    env = {**os.environ, "LTCOMPRESS_CACHE": str(workdir / "cache")}
+    args = [str(LTCOMPRESS), "run", *tiny_cli_args(method="bkd", name="ok", runs_dir=str(workdir / "runs")),
+            "--int8", *[a for g in PASSING_GATES for a in ("--gate", g)]]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    return workdir / "runs" / "ok", proc

@@ -48,6 +48,10 @@ def test_list_methods_comes_from_registry(capsys):
     (["--preset", "nope"], 2, "unknown preset"),
     (["--device", "cuda:99"], 2, "no such CUDA device"),
     (["--device", "tpu"], 2, "unknown device"),
+    (["--gate", "drop(fp32, int8) <= 0.01"], 2, "drop(a, b) needs a metric"),
+    (["--gate", "teacher.agreement >= 0.9"], 2, "exists for the stages fp32, int8 only"),
+    (["--set", "export.calibration=tail"], 2, "export.calibration must be one of stratified, random"),
+    (["--set", "export.calibration_size=0"], 2, "export.calibration_size must be at least 1"),
 ])
 def test_usage_errors_exit_2_before_any_work(tmp_path, capsys, args, code, message):
     runs = tmp_path / "runs"
@@ -62,6 +66,17 @@ def test_gate_on_a_group_the_data_lacks_is_exit_2(tmp_path, capsys, fmnist):
     got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--set", "data.n_max=100",
                            "--gate", "many >= 0.5"], capsys)
     assert got == 2 and "no Many-shot class" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("gate, message", [
+    ("int8.few >= 0.5", "stage 'int8' does not exist in this run (stages: teacher, student, fp32) (turn INT8 on "
+                        "with --int8)"),
+    ("flip(fp32, int8) <= 0.1", "stage 'int8' does not exist"),
+    ("class[Sandals] >= 0.5", "no class named 'Sandals'. Did you mean: Sandal"),
+])
+def test_gates_the_run_cannot_answer_are_exit_2_before_training(tmp_path, capsys, fmnist, gate, message):
+    got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--gate", gate], capsys)
+    assert got == 2 and message in err and not (tmp_path / "r").exists()
 
 
 def test_missing_data_is_exit_3_with_the_command_that_gets_it(tmp_path, capsys):

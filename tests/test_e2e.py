@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import TINY, TINY_MODELS, tiny_cli_args
+from conftest import PASSING_GATES, TINY, TINY_MODELS, tiny_cli_args
 from ltcompress import compress, verify
 from ltcompress.cli import main
 from ltcompress.config import resolve
@@ -24,32 +23,16 @@ from ltcompress.metrics import SUMMARY_KEYS
 from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
-LTCOMPRESS = Path(sys.executable).parent / "ltcompress"
 REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "method",
-               "artifacts", "config", "environment", "command"}
+               "artifacts", "config", "environment", "command", "flips"}
 COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("e2e")
-
-
-@pytest.fixture(scope="module")
-def passed_run(workdir):
-    """One real run through the console script, gates that pass: exit 0."""
-    env = {**os.environ, "LTCOMPRESS_CACHE": str(workdir / "cache")}
-    args = [str(LTCOMPRESS), "run", *tiny_cli_args(method="bkd", name="ok", runs_dir=str(workdir / "runs")),
-            "--gate", "few >= 0.0", "--gate", "student.balanced >= 0.0"]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=workdir)
-    assert proc.returncode == 0, proc.stderr
-    return workdir / "runs" / "ok", proc
 
 
 def test_exit_0_writes_the_run_directory(passed_run):
     run, proc = passed_run
     for name in ("config.yaml", "metrics.jsonl", "student.safetensors", "student.onnx", "report.json",
-                 "teacher.safetensors", "teacher.json", "predictions.npz", "run.log", "bundle/model.onnx"):
+                 "teacher.safetensors", "teacher.json", "predictions.npz", "run.log", "bundle/model.onnx",
+                 "student.int8.onnx", "report.html", "bundle/model.int8.onnx", "bundle/report.html"):
         assert (run / name).is_file(), name
     assert "fp32" in proc.stdout and "gate PASS" in proc.stdout
 
@@ -78,7 +61,7 @@ def test_report_keys_and_values(passed_run):
     assert all(rep["data"]["shot_groups"].values())  # Many, Medium and Few all present
     pred = np.load(run / "predictions.npz")
     labels = pred["labels"]
-    for stage in ("teacher", "student", "fp32"):
+    for stage in ("teacher", "student", "fp32", "int8"):
         m = rep["stages"][stage]
         assert set(SUMMARY_KEYS) <= set(m) and all(0.0 <= m[k] <= 1.0 for k in SUMMARY_KEYS)
         per_class = [m["per_class"][n] for n in names]
@@ -90,7 +73,28 @@ def test_report_keys_and_values(passed_run):
     parity = rep["parity"]["fp32"]
     assert parity["ok"] and parity["top1_agreement"] >= 0.999
     assert parity["max_abs_logit_diff"] <= parity["allowed_logit_diff"]
-    assert [g["passed"] for g in rep["gates"]] == [True, True] and rep["failed_gates"] == []
+    assert [g["passed"] for g in rep["gates"]] == [True] * len(PASSING_GATES) and rep["failed_gates"] == []
+    assert [g["subject"] for g in rep["gates"]][2:5] == ["int8.worst", "int8.class[Ankle boot]",
+                                                          "drop(fp32, int8).few"]
+    assert rep["gates"][3]["value"] == rep["stages"]["int8"]["per_class"]["Ankle boot"]
+    assert rep["gates"][4]["value"] == pytest.approx(rep["stages"]["fp32"]["few"] - rep["stages"]["int8"]["few"])
+    # INT8: agreement with the torch student reported (not exit 4), flips between consecutive stages recorded
+    assert rep["parity"]["int8"]["top1_agreement"] == rep["stages"]["int8"]["agreement_with_student"] == \
+        pytest.approx(float((pred["int8"] == pred["student"]).mean()))
+    assert rep["gates"][-1]["value"] == rep["parity"]["int8"]["top1_agreement"]
+    assert list(rep["flips"]) == ["teacher->student", "student->fp32", "fp32->int8"]
+    for pair, flips in rep["flips"].items():
+        a, b = pair.split("->")
+        changed = pred[a] != pred[b]
+        assert flips["overall"] == pytest.approx(float(changed.mean()))
+        for c, name in enumerate(names):
+            assert flips["per_class"][name] == pytest.approx(float(changed[labels == c].mean()))
+        assert flips["worst"] == max(flips["per_class"].values())
+    assert rep["gates"][5]["value"] == rep["flips"]["fp32->int8"]["overall"]
+    calibration = rep["artifacts"]["int8"]
+    assert calibration["calibration"] == "stratified" and calibration["calibration_size"] == sum(COUNTS)
+    assert list(calibration["calibration_per_class"].values()) == COUNTS  # smaller than 512: every image
+    assert rep["artifacts"]["int8_sha256"] == sha256_file(run / "student.int8.onnx")
     assert rep["teacher"]["source"] == "trained" and rep["teacher"]["arch"] == TINY_MODELS["teacher"]
     assert rep["teacher"]["weights_sha256"] == sha256_file(run / "teacher.safetensors")
     assert rep["method"]["name"] == "bkd" and rep["method"]["status"] == "exact"
@@ -134,6 +138,11 @@ def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = [r["class_index"] for r in json.loads(out.read_text())]
     assert got == np.load(run / "predictions.npz")["fp32"][:40].tolist()
+    proc = subprocess.run([sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images),
+                           "--model", "model.int8.onnx"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line)["class_index"] for line in proc.stdout.splitlines()]
+    assert got == np.load(run / "predictions.npz")["int8"][:40].tolist()
 
 
 def _cli(args):
@@ -149,14 +158,15 @@ def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passe
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     runs = workdir / "runs"
     code = _cli(["run", *tiny_cli_args(method="kd", name="gated", runs_dir=str(runs)), "--gate", "worst >= 1.0",
-                 "--gate", "few >= 0.0"])
+                 "--gate", "few >= 0.0", "--gate", "student.class[Bag] > 1"])
     assert code == 5
-    assert "gate failed: 'worst >= 1.0'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 gate(s) failed: 'worst >= 1.0' (fp32.worst = 0." in err and "'student.class[Bag] > 1'" in err
     rep = json.loads((runs / "gated" / "report.json").read_text())
     assert rep["passed"] is False and not (runs / "gated" / "bundle").exists()
-    [failed] = rep["failed_gates"]
-    assert failed["gate"] == "worst >= 1.0" and failed["threshold"] == 1.0
-    assert failed["value"] == rep["stages"]["fp32"]["worst"] < 1.0
+    failed = rep["failed_gates"]
+    assert [f["gate"] for f in failed] == ["worst >= 1.0", "student.class[Bag] > 1"]
+    assert failed[0]["threshold"] == 1.0 and failed[0]["value"] == rep["stages"]["fp32"]["worst"] < 1.0
     first = json.loads((runs / "ok" / "report.json").read_text())["teacher"]
     assert rep["teacher"]["source"] == "cache" and rep["teacher"]["weights_sha256"] == first["weights_sha256"]
 
@@ -195,9 +205,11 @@ def test_divergence_is_exit_6(workdir, monkeypatch, capsys):
 def test_python_api(workdir, monkeypatch):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="ce",
-                      overrides=TINY, runs_dir=str(workdir / "api"), gates=["balanced >= 0.0"], progress=False)
+                      overrides=TINY, runs_dir=str(workdir / "api"), gates=["drop(fp32, int8).balanced <= 1"],
+                      int8=True, progress=False)
     assert result.passed and result.bundle_dir.is_dir() and "teacher" not in result.metrics  # ce needs none
-    assert set(result.metrics) == {"student", "fp32"}
+    assert set(result.metrics) == {"student", "fp32", "int8"} and result.int8_path.is_file()
+    assert list(result.flips) == ["student->fp32", "fp32->int8"]
     assert result.metrics["fp32"]["per_class"].keys() == set(result.report["data"]["class_names"])
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ltcompress.metrics import agreement, per_class_accuracy, summarize
+from ltcompress.metrics import agreement, flip_rates, per_class_accuracy, summarize
 
 NAMES = ("a", "b", "c", "d")
 
@@ -38,3 +38,21 @@ def test_balanced_differs_from_overall_on_imbalanced_test_set():
 
 def test_agreement():
     assert agreement(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == 0.75
+
+
+def test_flip_rates_match_a_naive_count():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    a, b = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    b[:100] = a[:100]
+    groups = {"many": [0, 1], "medium": [2], "few": [3]}
+    got = flip_rates(a, b, labels, groups, ("w", "x", "y", "z"))
+    naive = {}
+    for c, name in enumerate("wxyz"):
+        idx = [i for i in range(200) if labels[i] == c]
+        naive[name] = sum(a[i] != b[i] for i in idx) / len(idx)
+    assert got["per_class"] == pytest.approx(naive)
+    assert got["overall"] == pytest.approx(sum(a[i] != b[i] for i in range(200)) / 200)
+    assert got["few"] == pytest.approx(naive["z"]) and got["many"] == pytest.approx((naive["w"] + naive["x"]) / 2)
+    assert got["worst"] == max(naive.values()) and naive[got["worst_class"]] == got["worst"]
+    assert flip_rates(a, a, labels, groups, ("w", "x", "y", "z"))["worst"] == 0.0

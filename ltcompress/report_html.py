@@ -1,0 +1,232 @@
+"""report.html: one self-contained page (plots embedded as SVG data URIs, no network, no scripts from outside)
+that shows whether the shipped model still serves the rare classes: per-class accuracy against training-class
+frequency for every stage, shot-group bars, flips, gate verdicts and the run's provenance."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any
+
+import yaml
+
+from ltcompress.metrics import STAGES
+
+COLORS = {"teacher": "#7f7f7f", "student": "#1f77b4", "fp32": "#2ca02c", "int8": "#d62728"}
+MARKERS = {"teacher": "s", "student": "o", "fp32": "^", "int8": "v"}
+GROUPS = ("many", "medium", "few")
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th{background:#f4f4f4} td.l,th.l{text-align:left} .pass{color:#1a7f37;font-weight:600}
+.fail{color:#c62828;font-weight:600} .badge{padding:.2rem .6rem;border-radius:.3rem;color:#fff}
+.badge.pass{background:#1a7f37;color:#fff} .badge.fail{background:#c62828;color:#fff}
+figure{margin:1rem 0} figure img{max-width:100%} pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem}
+"""
+# Runs in the browser after load: records what actually rendered (plots decoded with a size, gate rows laid out),
+# so a headless-browser test can check the page, not just the file.
+_PROBE = """
+window.addEventListener('load', function () {
+  var plots = Array.prototype.filter.call(document.querySelectorAll('figure img'),
+    function (i) { return i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 0; });
+  var gates = Array.prototype.filter.call(document.querySelectorAll('#gates tbody tr'),
+    function (r) { return r.getBoundingClientRect().height > 0; });
+  document.body.setAttribute('data-rendered', JSON.stringify({plots: plots.length, gate_rows: gates.length}));
+});
+"""
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole page as one string."""
+    stages = [s for s in STAGES if s in report["stages"]]
+    data = report["data"]
+    names = data["class_names"]
+    title = f"ltcompress report: {report['run']['name']}"
+    verdict = "pass" if report["passed"] else "fail"
+    method = report["method"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)} <span class='badge {verdict}'>{'PASSED' if report['passed'] else 'FAILED'}</span></h1>",
+        f"<p>{_e(method.get('name', ''))} ({_e(method.get('status', ''))}) on {_e(data['dataset'])}: "
+        f"{len(names)} classes, {data['train_size']} training / {data['test_size']} test images. "
+        f"Student <code>{_e(report['config']['resolved']['student_arch'])}</code>.</p>",
+        "<h2>Gates</h2>", _gate_table(report),
+        "<h2>Accuracy by stage</h2>", _stage_table(report, stages),
+        "<h2>Per-class accuracy against training-class frequency</h2>",
+        _figure(_per_class_plot(report, stages), "per-class accuracy against the number of training images of the "
+                "class, one marker per class and stage; the tail is on the left"),
+        "<h2>Shot groups</h2>",
+        _figure(_group_plot(report, stages), "mean per-class accuracy of the Many, Medium and Few groups, and "
+                "balanced accuracy, per stage"),
+    ]
+    if report.get("flips"):
+        parts += ["<h2>Top-1 flips between stages</h2>",
+                  _figure(_flip_plot(report), "share of each class's test images whose top-1 prediction changed "
+                          "between consecutive stages"), _flip_table(report)]
+    parts += ["<h2>Per class</h2>", _class_table(report, stages),
+              "<h2>Provenance</h2>", _provenance(report), f"<script>{_PROBE}</script></body></html>"]
+    return "\n".join(parts)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _gate_table(report: dict[str, Any]) -> str:
+    rows = []
+    for g in report["gates"]:
+        cls = "pass" if g["passed"] else "fail"
+        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+        rows.append(f"<tr><td class='l'><code>{_e(g['gate'])}</code></td><td class='l'>{_e(g.get('subject', ''))}</td>"
+                    f"<td>{value}</td><td>{_e(g['op'])} {g['threshold']:g}</td><td class='{cls}'>"
+                    f"{'PASS' if g['passed'] else 'FAIL'}</td></tr>")
+    if not rows:
+        rows.append("<tr><td class='l' colspan='5'>no gates were set (add --gate 'few >= 0.6')</td></tr>")
+    parity = report["parity"]["fp32"]
+    return ("<table id='gates'><thead><tr><th class='l'>gate</th><th class='l'>measures</th><th>value</th>"
+            f"<th>required</th><th>verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"<p>FP32 export parity with torch: <span class='{'pass' if parity['ok'] else 'fail'}'>"
+            f"{'ok' if parity['ok'] else 'FAILED'}</span> (max logit difference {parity['max_abs_logit_diff']:.2e}, "
+            f"top-1 agreement {parity['top1_agreement']:.4f}).</p>")
+
+
+def _stage_table(report: dict[str, Any], stages: list[str]) -> str:
+    cols = ("overall", "balanced", "many", "medium", "few", "worst")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    rows = []
+    for s in stages:
+        m = report["stages"][s]
+        agree = m.get("agreement_with_student")
+        rows.append(f"<tr><td class='l'>{s}</td>" + "".join(f"<td>{_pct(m[c])}</td>" for c in cols)
+                    + f"<td class='l'>{_e(m['worst_class'])}</td><td>{_pct(agree)}</td></tr>")
+    return (f"<table><thead><tr><th class='l'>stage</th>{head}<th class='l'>worst class</th>"
+            f"<th>agrees with torch student</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            "<p>Accuracies in %; balanced and group accuracies are unweighted means over classes.</p>")
+
+
+def _class_table(report: dict[str, Any], stages: list[str]) -> str:
+    data = report["data"]
+    group_of = {name: g for g, members in data["shot_groups"].items() for name in members}
+    head = "".join(f"<th>{s}</th>" for s in stages)
+    rows = []
+    for name, count in sorted(zip(data["class_names"], data["class_counts"]), key=lambda t: -t[1]):
+        cells = "".join(f"<td>{_pct(report['stages'][s]['per_class'].get(name))}</td>" for s in stages)
+        rows.append(f"<tr><td class='l'>{_e(name)}</td><td>{count}</td><td class='l'>{group_of.get(name, '')}</td>"
+                    f"{cells}</tr>")
+    return (f"<table><thead><tr><th class='l'>class</th><th>train images</th><th class='l'>group</th>{head}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _flip_table(report: dict[str, Any]) -> str:
+    rows = [f"<tr><td class='l'>{_e(pair)}</td><td>{_pct(f['overall'])}</td><td>{_pct(f['few'])}</td>"
+            f"<td>{_pct(f['worst'])}</td><td class='l'>{_e(f['worst_class'])}</td></tr>"
+            for pair, f in report["flips"].items()]
+    return ("<table><thead><tr><th class='l'>stages</th><th>flipped %</th><th>Few classes %</th>"
+            f"<th>most-flipped class %</th><th class='l'>class</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _provenance(report: dict[str, Any]) -> str:
+    teacher = report.get("teacher") or {}
+    env = report["environment"]
+    items = [("run directory", report["run"]["dir"]), ("finished", report["run"]["finished"]),
+             ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}"),
+             ("teacher sha256", teacher.get("weights_sha256", "n/a")),
+             ("student ONNX sha256", report["artifacts"].get("onnx_sha256", "n/a")),
+             ("INT8 ONNX sha256", report["artifacts"].get("int8_sha256", "not built")),
+             ("device", env["device"]), ("CPU", f"{env['cpu']} ({' '.join(env.get('cpu_flags', []))})"),
+             ("versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())),
+             ("command", " ".join(report["command"]) if report.get("command") else "Python API")]
+    rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in items)
+    config = yaml.safe_dump(report["config"], sort_keys=False)
+    return (f"<table>{rows}</table><details><summary>resolved configuration</summary><pre>{_e(config)}</pre>"
+            f"</details><details><summary>timings (s)</summary><pre>{_e(json.dumps(report['run']['timings_s']))}"
+            "</pre></details>")
+
+
+def _figure(svg: bytes, caption: str) -> str:
+    uri = "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
+    return f"<figure><img src='{uri}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _svg(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: small files, selectable labels
+    return plt
+
+
+def _per_class_plot(report: dict[str, Any], stages: list[str]) -> bytes:
+    plt = _pyplot()
+    data = report["data"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for s in stages:
+        acc = [report["stages"][s]["per_class"].get(n) for n in data["class_names"]]
+        pts = [(c, 100 * a) for c, a in zip(data["class_counts"], acc) if a is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=s, color=COLORS[s], marker=MARKERS[s],
+                   alpha=0.8, s=36)
+    thresholds = data.get("shot_thresholds", {})
+    for key in ("few_below", "many_above"):
+        if key in thresholds:
+            ax.axvline(thresholds[key], color="#bbbbbb", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(title="stage", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _svg(fig)
+
+
+def _group_plot(report: dict[str, Any], stages: list[str]) -> bytes:
+    plt = _pyplot()
+    keys = [g for g in GROUPS if report["stages"][stages[0]].get(g) is not None] + ["balanced"]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(stages)
+    for i, s in enumerate(stages):
+        vals = [100 * (report["stages"][s][k] or 0.0) for k in keys]
+        xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(keys))]
+        bars = ax.bar(xs, vals, width, label=s, color=COLORS[s])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(keys)), [k.capitalize() for k in keys])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(ncols=len(stages), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    return _svg(fig)
+
+
+def _flip_plot(report: dict[str, Any]) -> bytes:
+    plt = _pyplot()
+    data = report["data"]
+    order = sorted(range(len(data["class_names"])), key=lambda i: -data["class_counts"][i])
+    names = [data["class_names"][i] for i in order]
+    pairs = list(report["flips"])
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(pairs)
+    for i, pair in enumerate(pairs):
+        vals = [100 * (report["flips"][pair]["per_class"].get(n) or 0.0) for n in names]
+        xs = [j + (i - (len(pairs) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, vals, width, label=pair, color=COLORS[pair.split("->")[1]])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 flipped (%)")
+    ax.set_xlabel("class, most training images first")
+    ax.legend(loc="upper left")
+    return _svg(fig)

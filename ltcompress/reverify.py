@@ -1,0 +1,131 @@
+"""verify_export(): measure an existing export again (a run directory or an edge bundle) without training: the ONNX
+models under ONNX Runtime on a dataset's test split, per class and per shot group, with gates.
+
+Use it when the data moved on (a new test set), when a gate changed, or to check that a bundle copied to
+another machine still scores what its report says.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ltcompress import config as config_mod
+from ltcompress.errors import UsageError
+
+log = logging.getLogger("ltcompress")
+# (fp32 file, int8 file) in a run directory and in a bundle
+LAYOUTS = {"run": ("student.onnx", "student.int8.onnx"), "bundle": ("model.onnx", "model.int8.onnx")}
+
+
+@dataclass
+class VerifyResult:
+    """What verify_export() measured; `passed` is False when a gate failed."""
+
+    path: Path
+    passed: bool
+    gates: list[dict[str, Any]]
+    failed_gates: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]  # fp32 (and int8) -> metrics
+    flips: dict[str, dict[str, Any]]
+    recorded: dict[str, dict[str, Any]] = field(repr=False)  # the same stages from the export's own report
+
+
+def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
+    """(layout, {stage: model file}, recorded report) for a run directory or a bundle."""
+    folder = Path(path)
+    for layout, (fp32, int8) in LAYOUTS.items():
+        if (folder / fp32).is_file():
+            models = {"fp32": folder / fp32, **({"int8": folder / int8} if (folder / int8).is_file() else {})}
+            if not (folder / "report.json").is_file():
+                break
+            return layout, models, json.loads((folder / "report.json").read_text())
+    raise UsageError(f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
+                     f"(model.onnx, report.json); pass runs/<name> or runs/<name>/bundle")
+
+
+def data_overrides(recorded: dict[str, Any], dataset: str | None, data_dir: str | None) -> dict[str, Any]:
+    """The data settings the export was verified with, as dotted keys, with the user's changes on top."""
+    saved = recorded["config"]
+    flat = {f"data.{k}": v for k, v in saved["data"].items()}
+    if dataset is not None and dataset != saved["data"]["dataset"]:
+        flat = {"data.dataset": dataset, "data.input_size": saved["data"]["input_size"],
+                "data.channels": saved["data"]["channels"]}  # another dataset: only the model's input carries over
+    if data_dir is not None:
+        flat["data.data_dir"] = data_dir
+    return flat
+
+
+def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequence[str] = (),
+                  data_dir: str | None = None, overrides: Mapping[str, Any] | None = None,
+                  json_out: str | Path | None = None) -> VerifyResult:
+    """Re-measure the export at `path` on `dataset` (default: the one it was trained on) and evaluate `gates`.
+
+    Only ONNX stages exist here (fp32, and int8 when the export has one); there is no torch model, so gates on
+    teacher/student or on agreement are usage errors. `json_out` writes the result (never over an existing file).
+    """
+    from ltcompress import data as data_stage
+    from ltcompress import gates as gate_mod
+    from ltcompress import verify as verify_stage
+    from ltcompress.rundir import write_json
+    from ltcompress.teacher import cache_root
+
+    folder = Path(path)
+    layout, models, recorded = locate(folder)
+    parsed = [gate_mod.parse(g) for g in gates]
+    for gate in parsed:
+        if gate.metric == "agreement":
+            raise UsageError(f"gate {gate.expr!r}: agreement needs the torch student, which verify does not load; "
+                             f"gate on accuracy, drop() or flip() instead")
+    out = Path(json_out) if json_out is not None else None
+    if out is not None and out.exists():
+        raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")
+    cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
+    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, models["fp32"])
+    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
+    gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
+
+    preds = {k: verify_stage.ort_logits(p, data.test, data, cfg.run.eval_batch_size).argmax(1)
+             for k, p in models.items()}
+    stages = verify_stage.measure(preds, data.test.labels, groups, data.class_names)
+    flips = verify_stage.flips(preds, data.test.labels, groups, data.class_names)
+    results = [g.to_dict() for g in gate_mod.evaluate(parsed, stages, preds, data.test.labels, groups,
+                                                      data.class_names)]
+    result = VerifyResult(folder, all(r["passed"] for r in results), results, [r for r in results if not r["passed"]],
+                          stages, flips, {k: v for k, v in recorded.get("stages", {}).items() if k in stages})
+    if out is not None:
+        write_json(out, {"path": str(folder.resolve()), "layout": layout, "models": {k: str(p) for k, p in
+                                                                                       models.items()},
+                         "data": dataclasses.asdict(cfg.data), "passed": result.passed, "gates": results,
+                         "failed_gates": result.failed_gates, "stages": stages, "flips": flips,
+                         "recorded_stages": result.recorded})
+    return result
+
+
+def _as_exported(data: Any, recorded: dict[str, Any], model: Path) -> Any:
+    """The data with the export's own normalisation (part of the model, not of the data), after checking that
+    the images come in the shape, mode and classes the model was exported for."""
+    import onnx
+
+    from ltcompress.data import InputSpec
+
+    spec = InputSpec(**{**recorded["data"]["input"], "mean": tuple(recorded["data"]["input"]["mean"]),
+                        "std": tuple(recorded["data"]["input"]["std"])})
+    dims = [d.dim_value for d in
+            onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    for what, got, want in (("input (C, H, W)", [data.spec.channels, data.spec.size, data.spec.size], dims[1:]),
+                            ("source image mode and size", [data.spec.source_mode, data.spec.source_size],
+                             [spec.source_mode, spec.source_size]),
+                            ("classes", list(data.class_names), recorded["data"]["class_names"])):
+        if got != want:
+            raise UsageError(f"this dataset's {what} {_short(got)} differ from the export's {_short(want)}; verify "
+                             f"on data like the export's (set data.input_size / data.channels, or another dataset)")
+    return dataclasses.replace(data, spec=spec)
+
+
+def _short(values: list[Any]) -> str:
+    text = str(values)
+    return text if len(text) <= 80 else text[:77] + "...]"

@@ -1,0 +1,86 @@
+"""`ltcompress verify` / verify_export(): re-measure an existing run or bundle without training."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+from ltcompress import verify_export
+from ltcompress.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("where", ["run", "bundle"])
+def test_reverify_reproduces_the_recorded_onnx_stages(passed_run, monkeypatch, workdir, where):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    path = run if where == "run" else run / "bundle"
+    result = verify_export(path, gates=["int8.few >= 0", "drop(fp32, int8).worst <= 1"])
+    recorded = json.loads((run / "report.json").read_text())
+    assert set(result.metrics) == {"fp32", "int8"} and result.passed
+    for stage in ("fp32", "int8"):
+        for key in ("overall", "balanced", "many", "medium", "few", "worst", "per_class"):
+            assert result.metrics[stage][key] == recorded["stages"][stage][key], (stage, key)
+    assert result.flips["fp32->int8"] == recorded["flips"]["fp32->int8"]
+    assert result.recorded["int8"]["balanced"] == recorded["stages"]["int8"]["balanced"]
+
+
+def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(passed_run, workdir, monkeypatch, capsys,
+                                                                      tmp_path):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    out = tmp_path / "verify.json"
+    code, stdout, err = _cli(["verify", str(run / "bundle"), "--gate", "int8.balanced > 1", "--gate", "few >= 0",
+                              "--gate", "flip(fp32, int8).worst < 0", "--json", str(out)], capsys)
+    assert code == 5 and "2 gate(s) failed: 'int8.balanced > 1'" in err and "'flip(fp32, int8).worst < 0'" in err
+    assert "fp32" in stdout and "int8" in stdout and "flips fp32->int8" in stdout
+    saved = json.loads(out.read_text())
+    assert [g["passed"] for g in saved["gates"]] == [False, True, False] and saved["layout"] == "bundle"
+    before = out.read_bytes()
+    code, _, err = _cli(["verify", str(run / "bundle"), "--json", str(out)], capsys)
+    assert code == 2 and "already exists" in err and out.read_bytes() == before
+
+
+def test_verify_on_another_test_split_measures_it(passed_run, workdir, monkeypatch):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    result = verify_export(run, overrides={"data.test_per_class": 10})
+    per_class = result.metrics["fp32"]["per_class"].values()
+    assert all(v * 10 == pytest.approx(round(v * 10)) for v in per_class)  # 10 images per class now
+    assert result.metrics["fp32"]["balanced"] == pytest.approx(np.mean(list(per_class)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gate", "student.few >= 0.1"], "stage 'student' does not exist in this run (stages: fp32, int8)"),
+    (["--gate", "int8.agreement >= 0.9"], "agreement needs the torch student"),
+    (["--gate", "class[Sneakers] > 0"], "Did you mean: Sneaker"),
+    (["--gate", "few >> 0.1"], "malformed gate"),
+    (["--set", "data.input_size=64"], "differ from the export's"),
+])
+def test_verify_usage_errors_are_exit_2(passed_run, workdir, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    code, _, err = _cli(["verify", str(run / "bundle"), *args], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_verify_refuses_a_folder_that_is_no_export(passed_run, tmp_path, capsys):
+    run, _ = passed_run
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy2(run / "student.onnx", partial / "student.onnx")  # no report: the run never finished
+    code, _, err = _cli(["verify", str(partial)], capsys)
+    assert code == 2 and "neither a finished run directory" in err
+    assert TINY["data.test_per_class"] == 30  # the recorded split is the run's own
