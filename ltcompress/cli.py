@@ -191,9 +191,16 @@ def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
 @cli.command("list-methods")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--params", is_flag=True, help="Also show each method's hyper-parameters and defaults.")
-def list_methods_cmd(as_json: bool, params: bool) -> None:
+@click.option("--markdown", is_flag=True, help="A Markdown table (the README's method table is this output).")
+def list_methods_cmd(as_json: bool, params: bool, markdown: bool) -> None:
     """Distillation methods and baselines: name, what it does, source, exact or reading."""
     infos = list_methods()
+    if markdown:
+        click.echo("| method | kind | status | what it does | source |\n|---|---|---|---|---|")
+        for i in infos:
+            status = "**reading**" if i.status == "reading" else i.status
+            click.echo(f"| `{i.name}` | {'distill' if i.distills else 'plain'} | {status} | {i.summary} | {i.source} |")
+        return
     rows = []
     for info in infos:
         row = info.to_dict()

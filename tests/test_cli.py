@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,10 @@ def test_run_help_names_every_registered_dataset(capsys):
 
     help_text = " ".join(run_cli(["run", "--help"], capsys)[1].split())
     assert all(name in help_text for name in DATASETS.names())
+
+
+def test_readme_method_table_is_the_registry_markdown(capsys):
+    code, out, _ = run_cli(["list-methods", "--markdown"], capsys)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert code == 0 and out.count("\n") == len(METHODS.names()) + 2
+    assert out.strip() in readme, "README's method table differs from `ltcompress list-methods --markdown`"
