@@ -80,6 +80,9 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
         if gate.metric == "agreement":
             raise UsageError(f"gate {gate.expr!r}: agreement needs the torch student, which verify does not load; "
                              f"gate on accuracy, drop() or flip() instead")
+    other = [k for k in (overrides or {}) if not k.startswith(("data.", "run."))]
+    if other:
+        raise UsageError(f"verify takes data.* and run.* settings only (got {', '.join(other)}): it trains nothing")
     out = Path(json_out) if json_out is not None else None
     if out is not None and out.exists():
         raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")

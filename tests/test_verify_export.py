@@ -68,6 +68,7 @@ def test_verify_on_another_test_split_measures_it(passed_run, workdir, monkeypat
     (["--gate", "class[Sneakers] > 0"], "Did you mean: Sneaker"),
     (["--gate", "few >> 0.1"], "malformed gate"),
     (["--set", "data.input_size=64"], "differ from the export's"),
+    (["--set", "student.train.epochs=3"], "data.* and run.* settings only"),
 ])
 def test_verify_usage_errors_are_exit_2(passed_run, workdir, monkeypatch, capsys, args, message):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
