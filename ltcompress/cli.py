@@ -152,7 +152,7 @@ def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[st
     for stage, old in result.recorded.items():
         click.echo(f"recorded {stage}: balanced {old['balanced']:.4f}, few "
                    f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)")
-    _exit_on_failed_gates(result.failed_gates, Path(json_out) if json_out else Path(path) / "report.json")
+    _exit_on_failed_gates(result.failed_gates, Path(json_out) if json_out else None)
 
 
 def _print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:
@@ -165,11 +165,12 @@ def _print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[d
                    f"{_shown(g['value'])} (required {g['op']} {g['threshold']:g})")
 
 
-def _exit_on_failed_gates(failed: list[dict[str, Any]], where: Path) -> None:
-    """Exit 5 naming every failed gate and the value it got."""
+def _exit_on_failed_gates(failed: list[dict[str, Any]], where: Path | None) -> None:
+    """Exit 5 naming every failed gate and the value it got (and the file that records them, if any)."""
     if failed:
         listed = "; ".join(f"'{g['gate']}' ({g['subject']} = {_shown(g['value'])})" for g in failed)
-        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}; see {where}", err=True)
+        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}{f'; see {where}' if where else ''}",
+                   err=True)
         sys.exit(GATE_FAILED_EXIT)
 
 
