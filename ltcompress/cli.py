@@ -16,8 +16,6 @@ from ltcompress.errors import GATE_FAILED_EXIT, INTERRUPTED_EXIT, LTCompressErro
 from ltcompress.methods import METHODS, list_methods
 
 log = logging.getLogger("ltcompress")
-STAGE_ORDER = ("teacher", "student", "fp32", "int8")  # metrics.STAGES, without importing numpy for --help
-COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
 
 
 def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
@@ -120,9 +118,9 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         return
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed, "gates": result.gates,
-                               "metrics": result.metrics, "flips": result.report["flips"]}, indent=2))
+                               "metrics": result.metrics, "flips": result.flips}, indent=2))
     else:
-        _print_outcome(result.metrics, result.report["flips"], result.gates)
+        _print_outcome(result.metrics, result.flips, result.gates)
         click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
     _exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
@@ -179,9 +177,11 @@ def _shown(value: float | None) -> str:
 
 
 def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
+    from ltcompress.metrics import STAGES, SUMMARY_KEYS as COLUMNS  # here: --help must not import numpy
+
     head = f"{'stage':<9}" + "".join(f"{c:>10}" for c in COLUMNS) + "  worst class"
     lines = [head, "-" * len(head)]
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         if stage in metrics:
             m = metrics[stage]
             cells = "".join(f"{'absent' if m[c] is None else format(m[c], '.4f'):>10}" for c in COLUMNS)

@@ -69,10 +69,6 @@ class GateResult:
                 "stages": list(g.stages), "metric": g.metric, "class": g.class_name, "op": g.op,
                 "threshold": g.threshold, "value": self.value, "passed": self.passed}
 
-    def describe(self) -> str:
-        shown = "n/a" if self.value is None else f"{self.value:.4f}"
-        return f"{self.gate.subject} = {shown}, required {self.gate.op} {self.gate.threshold:g} ('{self.gate.expr}')"
-
 
 def parse(expr: str) -> Gate:
     m = _GATE.match(expr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,29 @@ def fmnist() -> Path:
     if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist (.ci/run does this)")
     return FMNIST_DIR
+
+
+def cli_exit(args: list[str]) -> int:
+    """Run the CLI in this process; its exit code (0 when it returns normally)."""
+    from ltcompress.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = cli_exit(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_cli_args(**extra: str) -> list[str]:

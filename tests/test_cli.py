@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from ltcompress import api, cli
 from ltcompress.methods import METHODS
-
-
-def run_cli(args, capsys):
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_help_does_not_import_torch():

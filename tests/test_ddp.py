@@ -1,7 +1,6 @@
 """DistributedDataParallel on CPU with gloo: two processes, the same global batch as one."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from conftest import tiny_cli_args
+from conftest import free_port, tiny_cli_args
 from ltcompress import dist, models
 from ltcompress.config import TrainConfig
 from ltcompress.distill import prepare_method, train
@@ -20,12 +19,6 @@ from test_distill import COUNTS, make, tiny_data
 # tiny configuration. Not bit-identical: BatchNorm sees per-rank batches (half the size) and each rank augments
 # with its own generator.
 TOLERANCE = 0.10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str, method_name: str) -> None:
@@ -47,7 +40,7 @@ def _worker(rank: int, world: int, port: int, out: str, method_name: str) -> Non
 
 @pytest.mark.parametrize("method_name", ["bkd", "krdistill"])  # krdistill: a method with parameters of its own
 def test_two_gloo_ranks_end_with_identical_parameters(method_name, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), method_name), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), method_name), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for part in ("student", "method"):
         assert a[part].keys() == b[part].keys()

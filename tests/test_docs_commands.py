@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, TINY_MODELS
-from ltcompress.cli import main
+from conftest import TINY, TINY_MODELS, cli_exit, free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,20 +72,6 @@ def _normalise(command: str) -> tuple[str, list[str]]:
     return cwd, argv
 
 
-def _cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def env(workdir):
     return {**os.environ, "LTCOMPRESS_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
@@ -131,7 +115,7 @@ def run_ltcompress(argv, ctx):
         resume = "--resume" in args
         if "--name" in args:
             name = args[args.index("--name") + 1]
-        code = _cli([*args, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else
+        code = cli_exit([*args, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else
                                                                            ["--name", name])])
         if resume:  # the run it continues has finished here, so the resume is refused, as documented
             assert code == 2
@@ -139,9 +123,9 @@ def run_ltcompress(argv, ctx):
             assert code in (0, 5) and (ctx["runs"] / name / "report.json").is_file()
     elif args[0] == "verify":
         args[1] = str(ctx["passed_run"] / "bundle")
-        assert _cli(args) in (0, 5)
+        assert cli_exit(args) in (0, 5)
     else:
-        assert _cli(args) == 0
+        assert cli_exit(args) == 0
 
 
 def run_bundle_runtime(argv, ctx):
@@ -168,7 +152,7 @@ def run_torchrun(argv, ctx):
                                    *tail], cwd=ctx["tmp"], env=ctx["env"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)]
     else:  # both nodes of the documented pair, on this machine, one process each
-        port = _free_port()
+        port = free_port()
         procs = []
         for rank in (0, 1):
             node = [re.sub(r"^--node_rank=\d", f"--node_rank={rank}", a) for a in launcher]

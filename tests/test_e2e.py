@@ -13,9 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import PASSING_GATES, TINY, TINY_MODELS, tiny_cli_args
+from conftest import PASSING_GATES, TINY, TINY_MODELS, cli_exit, tiny_cli_args
 from ltcompress import compress, verify
-from ltcompress.cli import main
 from ltcompress.config import resolve
 from ltcompress.data import shot_groups
 from ltcompress.methods import METHODS, method_info
@@ -145,19 +144,11 @@ def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     assert got == np.load(run / "predictions.npz")["int8"][:40].tolist()
 
 
-def _cli(args):
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code
-    return 0
-
-
 def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passed_run, workdir, monkeypatch,
                                                                           capsys):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     runs = workdir / "runs"
-    code = _cli(["run", *tiny_cli_args(method="kd", name="gated", runs_dir=str(runs)), "--gate", "worst >= 1.0",
+    code = cli_exit(["run", *tiny_cli_args(method="kd", name="gated", runs_dir=str(runs)), "--gate", "worst >= 1.0",
                  "--gate", "few >= 0.0", "--gate", "student.class[Bag] > 1"])
     assert code == 5
     err = capsys.readouterr().err
@@ -174,7 +165,7 @@ def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passe
 def test_existing_run_name_is_exit_2_and_nothing_is_overwritten(passed_run, workdir, capsys):
     run, _ = passed_run
     before = (run / "report.json").read_bytes()
-    code = _cli(["run", *tiny_cli_args(name="ok", runs_dir=str(workdir / "runs"))])
+    code = cli_exit(["run", *tiny_cli_args(name="ok", runs_dir=str(workdir / "runs"))])
     assert code == 2 and "already exists" in capsys.readouterr().err
     assert (run / "report.json").read_bytes() == before
 
@@ -187,7 +178,7 @@ def test_onnx_mismatch_is_exit_4_with_report(passed_run, workdir, monkeypatch, c
         return real(*args, **kwargs)[:, ::-1].copy()
 
     monkeypatch.setattr(verify, "ort_logits", corrupted)
-    code = _cli(["run", *tiny_cli_args(method="ce", name="mismatch", runs_dir=str(workdir / "runs"))])
+    code = cli_exit(["run", *tiny_cli_args(method="ce", name="mismatch", runs_dir=str(workdir / "runs"))])
     assert code == 4 and "does not reproduce the torch student" in capsys.readouterr().err
     rep = json.loads((workdir / "runs" / "mismatch" / "report.json").read_text())
     assert rep["parity"]["fp32"]["ok"] is False and rep["passed"] is False
@@ -196,7 +187,7 @@ def test_onnx_mismatch_is_exit_4_with_report(passed_run, workdir, monkeypatch, c
 
 def test_divergence_is_exit_6(workdir, monkeypatch, capsys):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
-    code = _cli(["run", *tiny_cli_args(method="ce", name="diverged", runs_dir=str(workdir / "runs")),
+    code = cli_exit(["run", *tiny_cli_args(method="ce", name="diverged", runs_dir=str(workdir / "runs")),
                  "--set", "student.train.lr=1e30"])
     err = capsys.readouterr().err
     assert code == 6 and "student training diverged" in err and "student.train.lr=" in err

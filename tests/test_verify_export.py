@@ -5,21 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, run_cli
 from ltcompress import verify_export
-from ltcompress.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("where", ["run", "bundle"])
@@ -42,14 +31,14 @@ def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(passed_r
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     out = tmp_path / "verify.json"
-    code, stdout, err = _cli(["verify", str(run / "bundle"), "--gate", "int8.balanced > 1", "--gate", "few >= 0",
+    code, stdout, err = run_cli(["verify", str(run / "bundle"), "--gate", "int8.balanced > 1", "--gate", "few >= 0",
                               "--gate", "flip(fp32, int8).worst < 0", "--json", str(out)], capsys)
     assert code == 5 and "2 gate(s) failed: 'int8.balanced > 1'" in err and "'flip(fp32, int8).worst < 0'" in err
     assert "fp32" in stdout and "int8" in stdout and "flips fp32->int8" in stdout
     saved = json.loads(out.read_text())
     assert [g["passed"] for g in saved["gates"]] == [False, True, False] and saved["layout"] == "bundle"
     before = out.read_bytes()
-    code, _, err = _cli(["verify", str(run / "bundle"), "--json", str(out)], capsys)
+    code, _, err = run_cli(["verify", str(run / "bundle"), "--json", str(out)], capsys)
     assert code == 2 and "already exists" in err and out.read_bytes() == before
 
 
@@ -73,7 +62,7 @@ def test_verify_on_another_test_split_measures_it(passed_run, workdir, monkeypat
 def test_verify_usage_errors_are_exit_2(passed_run, workdir, monkeypatch, capsys, args, message):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
-    code, _, err = _cli(["verify", str(run / "bundle"), *args], capsys)
+    code, _, err = run_cli(["verify", str(run / "bundle"), *args], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
 
 
@@ -82,6 +71,6 @@ def test_verify_refuses_a_folder_that_is_no_export(passed_run, tmp_path, capsys)
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy2(run / "student.onnx", partial / "student.onnx")  # no report: the run never finished
-    code, _, err = _cli(["verify", str(partial)], capsys)
+    code, _, err = run_cli(["verify", str(partial)], capsys)
     assert code == 2 and "neither a finished run directory" in err
     assert TINY["data.test_per_class"] == 30  # the recorded split is the run's own
