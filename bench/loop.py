@@ -24,7 +24,7 @@ from ltcompress import models
 from ltcompress.config import DataConfig, TrainConfig
 from ltcompress.data import LTData, iterate, load, to_batch
 from ltcompress.data.samplers import epoch_stream
-from ltcompress.distill import autocast, freeze, pick_device, train
+from ltcompress.distill import LoopOptions, amp_dtype, autocast, freeze, pick_device, train
 from ltcompress.logit_cache import LogitCache
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
@@ -58,7 +58,7 @@ def bare_loop(teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, 
         order = epoch_stream("instance", data.train.labels, 0, epoch)
         for xb, yb in iterate(data.train, order, batch, drop_last=True):
             x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
-            with autocast(device):
+            with autocast(device, amp_dtype(device)):
                 with torch.no_grad():
                     zt = teacher(x)
                 loss = kd_loss(student(x), zt, y, 4.0, 0.1, 0.9)
@@ -78,7 +78,7 @@ def toolkit_loop(data: LTData, batch: int, device: torch.device, epochs: int,
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), epochs)
     method = METHODS.get("kd")(METHODS.get("kd").make_params({}), ctx)
     result = train(student, method, data, TrainConfig(epochs=epochs, batch_size=batch), device, stage="student",
-                   seed=0, teacher=teacher, teacher_cache=cache, progress=False)
+                   seed=0, teacher=teacher, options=LoopOptions(teacher_cache=cache, progress=False))
     return [r["seconds"] for r in result.history]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +18,66 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # torchvision's PIL mapping
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """The one colour rule training and this runtime share: PIL's plain ``convert`` (alpha dropped, as timm's
+    and torchvision's loaders do), except 16-bit gray ("I;16*", "I"), which PIL would clip at 255: its top
+    8 bits are kept instead."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    return image if image.mode == mode else image.convert(mode)
+
+
+def pixels(image: Image.Image, pre: dict[str, Any]) -> np.ndarray:
+    """One image -> uint8 [channels, input_size, input_size], before mean/std. ``geometry`` "pad" (the default
+    for bundles written before it existed): resize to source_size (bilinear) when it differs, centred zero
+    padding. "crop": timm's evaluation transform, exactly as torchvision runs it on a PIL image."""
+    img = to_mode(image, pre["source_mode"])
+    size = int(pre["input_size"])
+    if pre.get("geometry", "pad") == "crop":
+        arr = _resize_centre_crop(img, size, float(pre.get("crop_pct", 1.0)), pre.get("interpolation", "bilinear"))
+    else:
+        if img.size != (pre["source_size"], pre["source_size"]):
+            img = img.resize((pre["source_size"], pre["source_size"]), Image.BILINEAR)
+        arr = _chw(img)
+        (h, w) = arr.shape[1:]
+        canvas = np.zeros((arr.shape[0], size, size), dtype=np.uint8)
+        top, left = (size - h) // 2, (size - w) // 2
+        canvas[:, top:top + h, left:left + w] = arr
+        arr = canvas
+    if arr.shape[0] == 1 and pre["channels"] > 1:
+        arr = np.repeat(arr, pre["channels"], axis=0)
+    return np.ascontiguousarray(arr)
+
+
+def _chw(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _resize_centre_crop(img: Image.Image, size: int, crop_pct: float, interpolation: str) -> np.ndarray:
+    """timm ``transforms_imagenet_eval`` (crop_mode center) = torchvision Resize(floor(size / crop_pct)) on the
+    shorter side + CenterCrop(size), with PIL + numpy: the same output-size rule, the same PIL resample
+    call, the same crop rounding (and zero padding, only reachable with crop_pct > 1)."""
+    scale = math.floor(size / crop_pct)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = scale, int(scale * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), RESAMPLE[interpolation])
+    arr = _chw(img)
+    c, h, w = arr.shape
+    if size > w or size > h:
+        left, top = max(size - w, 0) // 2, max(size - h, 0) // 2
+        padded = np.zeros((c, max(h, size), max(w, size)), dtype=np.uint8)
+        padded[:, top:top + h, left:left + w] = arr
+        arr, (c, h, w) = padded, padded.shape
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return arr[:, top:top + size, left:left + size]
 
 
 class Bundle:
@@ -32,22 +93,10 @@ class Bundle:
         self.input_name = self.session.get_inputs()[0].name
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One image -> float32 [C, H, W]: source mode and size, centred zero padding, channels, mean/std."""
-        p = self.pre
-        img = image.convert(p["source_mode"])
-        if img.size != (p["source_size"], p["source_size"]):
-            img = img.resize((p["source_size"], p["source_size"]), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        size, (h, w) = p["input_size"], arr.shape[1:]
-        canvas = np.zeros((arr.shape[0], size, size), dtype=np.uint8)
-        top, left = (size - h) // 2, (size - w) // 2
-        canvas[:, top:top + h, left:left + w] = arr
-        if canvas.shape[0] == 1 and p["channels"] > 1:
-            canvas = np.repeat(canvas, p["channels"], axis=0)
-        x = canvas.astype(np.float32) / 255.0
-        mean = np.asarray(p["mean"], dtype=np.float32)[:, None, None]
-        std = np.asarray(p["std"], dtype=np.float32)[:, None, None]
+        """One image -> float32 [C, H, W]: the run's pixels (`pixels`), then mean/std."""
+        x = pixels(image, self.pre).astype(np.float32) / 255.0
+        mean = np.asarray(self.pre["mean"], dtype=np.float32)[:, None, None]
+        std = np.asarray(self.pre["std"], dtype=np.float32)[:, None, None]
         return (x - mean) / std
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ KEYWORDS = {
     "teacher": "teacher.arch", "student": "student.arch", "method": "method.name", "dataset": "data.dataset",
     "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
     "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
-    "device": "run.device", "int8": "export.int8",
+    "device": "run.device", "int8": "export.int8", "student_init": "student.init", "student_weights": "student.weights",
 }
 
 
@@ -76,136 +76,40 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     and evaluate the gates.
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
-    ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init, data_dir,
-    method_args, seed, device, int8 (also export a calibrated INT8 model, stage ``int8``). `resume=True`
-    continues the interrupted run named by `name` from its last checkpoint (the settings must be the same).
-    Under torchrun every rank trains and rank 0 alone writes the run and returns the result; the other ranks
-    return None. Raises an LTCompressError subclass for errors; a failed gate is not an error.
+    ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init,
+    student_init, student_weights, data_dir, method_args, seed, device, int8 (also export a calibrated INT8
+    model, stage ``int8``). `resume=True` continues the interrupted run named by `name` from its last checkpoint
+    (the settings must be the same). Under torchrun every rank trains and rank 0 alone writes the run and
+    returns the result; the other ranks return None. Raises an LTCompressError subclass for errors; a failed
+    gate is not an error.
     """
-    import torch
-
-    from ltcompress import data as data_stage
-    from ltcompress import checkpoint, dist, distill, gates as gate_mod, models, onnx_export, report, rundir
-    from ltcompress import teacher as teacher_stage
-    from ltcompress import verify
-    from ltcompress.data.samplers import SAMPLERS
-    from ltcompress.errors import Interrupted, VerificationError
-    from ltcompress.methods import METHODS, method_info
-    from ltcompress.methods.base import MethodContext
+    from ltcompress import dist, rundir
+    from ltcompress.errors import Interrupted
 
     cfg = config or build_config(preset, overrides, teacher=teacher, student=student, method=method,
                                  dataset=dataset, gates=gates, **keywords)
-    # --- everything a user can get wrong is checked before any work starts
-    method_cls = METHODS.get(cfg.method.name)
-    params = method_cls.make_params(cfg.method.args)
-    student_arch = models.resolve_name(cfg.student.arch)
-    teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
-    teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
-    parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
     owns_group = not dist.active()
-    device = dist.init_from_env(distill.pick_device(cfg.run.device))  # torchrun: join the process group
-    for section, recipe in (("teacher", cfg.teacher.train), ("student", cfg.student.train)):
-        SAMPLERS.get(recipe.sampler)
-        if recipe.batch_size % dist.world():
-            raise UsageError(f"{section}.train.batch_size {recipe.batch_size} is the global batch and must be "
-                             f"divisible by the {dist.world()} processes")
-    if not dist.is_main():  # only rank 0 writes files and shows progress
-        progress = False
-        log.setLevel(logging.WARNING)
-    cache = teacher_stage.cache_root(cfg.run.cache_dir)
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    data = data_stage.load(cfg.data, cache)
-    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
-    gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
-    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
-    loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
-    timings["data"] = _since(t)
-    log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
-             len(data.test), data.class_counts.tolist())
-
+    plan = _validate(cfg, progress and dist.is_main())
     if not dist.is_main():
         try:
-            _follow(cfg, data, teacher_plan, loss, student_arch, device, resume)
+            _follow(plan, resume)
         finally:
             if owns_group:
                 dist.shutdown()
         return None
-    resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
-                                              "method_params": dataclasses.asdict(params)}}
     if resume:
         run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
-        _check_same_config(run, resolved)
+        _check_same_config(run, plan.resolved)
+        _check_same_data(run, plan.data)
     else:
-        run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, student_arch))
-        run.write_config(resolved)
+        run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, plan.student_arch))
+        run.write_config(plan.resolved)
+        if plan.data.manifest:
+            rundir.atomic_write_text(run.file("data-manifest.txt"), "\n".join(plan.data.manifest) + "\n")
     handler = _log_to(run.file("run.log"))
     try:
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
-        t = time.perf_counter()
-        teacher_obj = (teacher_stage.obtain(teacher_plan, cfg, data, device, run, progress, resume)
-                       if teacher_plan else None)
-        teacher_module = teacher_obj.module if teacher_obj else None
-        timings["teacher"] = _since(t)
-
-        t = time.perf_counter()
-        ckpt = run.file("checkpoints") / "student-last.pt"
-        teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
-        saved = checkpoint.load(ckpt) if resume else None
-        if saved is not None and saved.get("teacher_sha256") != teacher_sha:
-            raise UsageError(f"cannot resume {run.path}: its student was distilled from teacher sha256 "
-                             f"{str(saved.get('teacher_sha256'))[:12]}, this run has {str(teacher_sha)[:12]}; pass "
-                             f"the original --teacher-weights, or start a new run")
-
-        def save_checkpoint(state: dict[str, Any]) -> None:
-            rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": resolved})
-
-        student_model, train_pass = _distill(cfg, loss, data, student_arch, device, teacher_module, teacher_sha,
-                                             saved, run.log_metrics, save_checkpoint, progress)
-        distill.save_weights(student_model, run.file("student.safetensors"))
-        timings["distill"] = _since(t)
-
-        t = time.perf_counter()
-        onnx_path = onnx_export.export(student_model, data.spec, run.file("student.onnx"), cfg.export.opset)
-        int8_path = run.file("student.int8.onnx") if cfg.export.int8 else None
-        int8_info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path) if int8_path else None
-        timings["export"] = _since(t)
-
-        t = time.perf_counter()
-        result = verify.run(data, groups, student_model, onnx_path, cfg.export, device, cfg.run.eval_batch_size,
-                            teacher=teacher_module, int8_path=int8_path)
-        gate_results = [g.to_dict() for g in gate_mod.evaluate(parsed_gates, result.stages, result.predictions,
-                                                               data.test.labels, groups, data.class_names)]
-        report.write_predictions(run, data.test.labels, result.predictions)
-        timings["verify"] = _since(t)
-
-        info = method_info(cfg.method.name)
-        rep = report.build(
-            run=run, config=resolved, gates=gate_results, stages=result.stages,
-            parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
-            teacher=teacher_obj.provenance if teacher_obj else None,
-            method={**info.to_dict(), "params": dataclasses.asdict(params),
-                    "diagnostics": loss.diagnostics(train_pass, groups)},
-            data_info=_data_info(data, groups, cfg), timings=timings, device=str(device),
-            flips=result.flips, artifacts=_artifacts(run, onnx_path, int8_path, int8_info, cfg.export.opset))
-        report.write(run, rep)
-        report.write_html(run, rep)
-        if not result.parity_ok:
-            p = result.parity
-            raise VerificationError(
-                f"the ONNX export does not reproduce the torch student: max logit difference "
-                f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
-                f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
-        if rep["passed"]:
-            report.write_bundle(run, onnx_path, int8_path, data.class_names,
-                                _preprocess(data, onnx_export.INPUT_NAME))
-            log.info("all gates passed; edge bundle: %s", run.file("bundle"))
-        else:
-            log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
-        return CompressResult(run.path, rep["passed"], gate_results, rep["failed_gates"], result.stages, rep)
+        return _finish(plan, run, _run(plan, run, resume))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
                           f"command plus --name {run.path.name} --resume") from None
@@ -217,22 +121,203 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
             dist.shutdown()
 
 
-def _distill(cfg: CompressConfig, loss: Any, data: Any, student_arch: str, device: Any, teacher: Any,
-             teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any,
-             progress: bool) -> tuple[Any, Any]:
+@dataclass
+class Plan:
+    """A run with everything a user can get wrong already checked, before any file is written."""
+
+    cfg: CompressConfig
+    student_arch: str
+    student_init: tuple[str, str]  # (pretrained | scratch | file, why)
+    params: Any
+    loss: Any  # the method's loss module
+    gates: list[Any]
+    device: Any
+    progress: bool
+    data: Any
+    groups: dict[str, list[int]]
+    teacher_plan: Any
+    resolved: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _validate(cfg: CompressConfig, progress: bool) -> Plan:
+    """Names, gates, devices, batch sizes and the data itself, checked before anything is written."""
+    import torch
+
+    from ltcompress import data as data_stage
+    from ltcompress import dist, distill, gates as gate_mod, models
+    from ltcompress import teacher as teacher_stage
+    from ltcompress.data.samplers import SAMPLERS
+    from ltcompress.methods import METHODS
+    from ltcompress.methods.base import MethodContext
+
+    method_cls = METHODS.get(cfg.method.name)
+    params = method_cls.make_params(cfg.method.args)
+    student_arch = models.resolve_name(cfg.student.arch)
+    teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
+    teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
+    parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
+    device = dist.init_from_env(distill.pick_device(cfg.run.device))  # torchrun: join the process group
+    distill.amp_dtype(device, cfg.run.precision)
+    for section, recipe in (("teacher", cfg.teacher.train), ("student", cfg.student.train)):
+        SAMPLERS.get(recipe.sampler)
+        if recipe.batch_size % dist.world():
+            raise UsageError(f"{section}.train.batch_size {recipe.batch_size} is the global batch and must be "
+                             f"divisible by the {dist.world()} processes")
+    if not dist.is_main():  # only rank 0 writes files and shows progress
+        log.setLevel(logging.WARNING)
+    student_init = _student_init(cfg, student_arch)
+    pre = models.pretrained_preprocessing(student_arch) if student_init[0] == "pretrained" else None
+    t = time.perf_counter()
+    data = data_stage.load(cfg.data, teacher_stage.cache_root(cfg.run.cache_dir), pre)
+    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
+    stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
+    gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
+    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
+    loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
+    timings = {"data": _since(t)}
+    log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
+             len(data.test), _counts_text(data.class_counts))
+    resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
+                                              "method_params": dataclasses.asdict(params)}}
+    return Plan(cfg, student_arch, student_init, params, loss, parsed_gates, device, progress, data, groups,
+                teacher_plan, resolved, timings)
+
+
+def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
+    """Where the student starts: a weights file, pretrained weights timm can provide here, or scratch."""
+    from ltcompress import models
+
+    if cfg.student.weights:
+        return "file", cfg.student.weights
+    init, reason = models.resolve_init(cfg.student.init, arch, "student")
+    log.info("student init: %s (%s, student.init %s)", init, reason, cfg.student.init)
+    return init, reason
+
+
+def _counts_text(counts: Any) -> str:
+    """Class counts for the log: all of them when few, else a summary (1,000 classes would flood it)."""
+    if len(counts) <= 20:
+        return str(counts.tolist())
+    return f"{len(counts)} classes, {int(counts.max())} down to {int(counts.min())} images"
+
+
+@dataclass
+class Outputs:
+    teacher: Any
+    student: Any
+    train_pass: Any
+    onnx_path: Path
+    int8_path: Path | None
+    int8_info: dict[str, Any] | None
+    verification: Any
+    gate_results: list[dict[str, Any]]
+
+
+def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
+    """Teacher, distillation, export and verification, timed stage by stage."""
+    from ltcompress import checkpoint, distill, gates as gate_mod, onnx_export, report, rundir
+    from ltcompress import teacher as teacher_stage
+    from ltcompress import verify
+
+    cfg, data, t = plan.cfg, plan.data, time.perf_counter()
+    teacher_obj = (teacher_stage.obtain(plan.teacher_plan, cfg, data, plan.device, run, plan.progress, resume)
+                   if plan.teacher_plan else None)
+    plan.timings["teacher"] = _since(t)
+    t = time.perf_counter()
+    ckpt = run.file("checkpoints") / "student-last.pt"
+    teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
+    saved = checkpoint.load(ckpt) if resume else None
+    if saved is not None and saved.get("teacher_sha256") != teacher_sha:
+        raise UsageError(f"cannot resume {run.path}: its student was distilled from teacher sha256 "
+                         f"{str(saved.get('teacher_sha256'))[:12]}, this run has {str(teacher_sha)[:12]}; pass "
+                         f"the original --teacher-weights, or start a new run")
+
+    def save_checkpoint(state: dict[str, Any]) -> None:
+        rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": plan.resolved})
+
+    module = teacher_obj.module if teacher_obj else None
+    student, train_pass = _distill(plan, module, teacher_sha, saved, run.log_metrics, save_checkpoint)
+    distill.save_weights(student, run.file("student.safetensors"))
+    plan.timings["distill"] = _since(t)
+    t = time.perf_counter()
+    onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
+    int8_path = run.file("student.int8.onnx") if cfg.export.int8 else None
+    int8_info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path) if int8_path else None
+    plan.timings["export"] = _since(t)
+    t = time.perf_counter()
+    result = verify.run(data, plan.groups, student, onnx_path, cfg.export, plan.device, cfg.run.eval_batch_size,
+                        teacher=module, int8_path=int8_path)
+    gate_results = [g.to_dict() for g in gate_mod.evaluate(plan.gates, result.stages, result.predictions,
+                                                           result.labels, plan.groups, data.class_names)]
+    report.write_predictions(run, result.labels, result.predictions)
+    plan.timings["verify"] = _since(t)
+    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results)
+
+
+def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
+    """report.json and report.html always; exit 4 for an export that does not reproduce torch; the bundle
+    only when every gate passed."""
+    from ltcompress import onnx_export, report
+    from ltcompress.errors import VerificationError
+    from ltcompress.methods import method_info
+
+    cfg, data, result = plan.cfg, plan.data, out.verification
+    rep = report.build(
+        run=run, config=plan.resolved, gates=out.gate_results, stages=result.stages,
+        parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
+        teacher=out.teacher.provenance if out.teacher else None,
+        method={**method_info(cfg.method.name).to_dict(), "params": dataclasses.asdict(plan.params),
+                "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups)},
+        data_info=_data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
+        flips=result.flips, artifacts=_artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
+    rep["student"] = _student_info(plan)
+    report.write(run, rep)
+    report.write_html(run, rep)
+    if not result.parity_ok:
+        p = result.parity
+        raise VerificationError(
+            f"the ONNX export does not reproduce the torch student: max logit difference "
+            f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
+            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
+    if rep["passed"]:
+        report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names,
+                            _preprocess(data, onnx_export.INPUT_NAME))
+        log.info("all gates passed; edge bundle: %s", run.file("bundle"))
+    else:
+        log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
+    return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
+
+
+def _student_info(plan: Plan) -> dict[str, Any]:
+    recipe = plan.cfg.student.train
+    return {"arch": plan.student_arch, "init": plan.student_init[0], "init_reason": plan.student_init[1],
+            "ema": recipe.ema, "ema_decay": recipe.ema_decay if recipe.ema else None,
+            "exported_weights": "ema" if recipe.ema else "last epoch", "precision": plan.cfg.run.precision,
+            "compile": plan.cfg.run.compile}
+
+
+def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any,
+             checkpoint: Any) -> tuple[Any, Any]:
     """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
     import torch
 
     from ltcompress import dist, distill, models
 
+    cfg, data = plan.cfg, plan.data
     torch.manual_seed(cfg.run.seed)
-    student = models.create(student_arch, data.num_classes, data.spec.channels)
-    student, train_pass = distill.prepare_method(loss, student, teacher, data, device, cfg.run.eval_batch_size)
+    init = plan.student_init[0]
+    student, _ = models.build(plan.student_arch, data.num_classes, data.spec.channels,
+                              "scratch" if init == "file" else init, cfg.student.weights, role="student")
+    student, train_pass = distill.prepare_method(plan.loss, student, teacher, data, plan.device,
+                                                 cfg.run.eval_batch_size)
     teacher_sha = dist.broadcast_object(teacher_sha)
-    distill.train(student, loss, data, cfg.student.train, device, stage="student", seed=cfg.run.seed,
+    cache = _logit_cache(cfg, data, plan.device, teacher_sha) if teacher is not None else None
+    options = distill.LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
+    distill.train(student, plan.loss, data, cfg.student.train, plan.device, stage="student", seed=cfg.run.seed,
                   teacher=teacher, on_epoch=on_epoch, checkpoint=checkpoint, resume=dist.broadcast_object(saved),
-                  teacher_cache=_logit_cache(cfg, data, device, teacher_sha) if teacher is not None else None,
-                  progress=progress)
+                  options=options)
     return student, train_pass
 
 
@@ -243,26 +328,24 @@ def _logit_cache(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) 
     import torch
 
     from ltcompress import dist
-    from ltcompress.data.batches import AUGMENTATION
     from ltcompress.logit_cache import LogitCache
     from ltcompress.teacher import cache_root
 
     recipe = cfg.student.train
     spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),
-            "augmentation": AUGMENTATION, "sampler": recipe.sampler, "seed": cfg.run.seed,
+            "augmentation": _augmentation(data), "sampler": recipe.sampler, "seed": cfg.run.seed,
             "batch_size": recipe.batch_size, "rank": dist.rank(), "world": dist.world(), "device": device.type,
             "torch": torch.__version__}
     return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
 
 
-def _follow(cfg: CompressConfig, data: Any, teacher_plan: Any, loss: Any, student_arch: str, device: Any,
-            resume: bool) -> None:
+def _follow(plan: Plan, resume: bool) -> None:
     """Ranks other than 0 under torchrun: the same collective steps as rank 0 (teacher, distillation), no files."""
     from ltcompress import teacher as teacher_stage
 
-    teacher_obj = teacher_stage.obtain(teacher_plan, cfg, data, device, None, False, resume) if teacher_plan else None
-    _distill(cfg, loss, data, student_arch, device, teacher_obj.module if teacher_obj else None, None, None, None,
-             None, False)
+    teacher_obj = (teacher_stage.obtain(plan.teacher_plan, plan.cfg, plan.data, plan.device, None, False, resume)
+                   if plan.teacher_plan else None)
+    _distill(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)
 
 
 def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:
@@ -279,6 +362,38 @@ def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:
         run.close()
         raise UsageError(f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
                          f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run")
+
+
+def _augmentation(data: Any) -> str:
+    """What the training augmentation is, as the teacher-logit cache key records it."""
+    from ltcompress.data.batches import AUGMENTATION
+
+    opts = data.pipeline.options
+    if data.pipeline.augment == "crop_flip" and not (opts.re_prob or opts.mixup or opts.cutmix):
+        return AUGMENTATION
+    keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
+    return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
+        f"{k}={getattr(opts, k)}" for k in keys)
+
+
+def _check_same_data(run: Any, data: Any) -> None:
+    """A resumed run must see the files it started with: name what was added, removed or changed."""
+    from ltcompress.errors import DataError
+
+    path = run.file("data-manifest.txt")
+    if not data.manifest or not path.is_file():
+        return
+    before = {line.split(" ", 4)[4]: line for line in path.read_text().splitlines() if line}
+    now = {line.split(" ", 4)[4]: line for line in data.manifest}
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
+    if added or removed or changed:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("added", added), ("removed", removed), ("changed", changed)) if v]
+        run.close()
+        raise DataError(f"cannot resume {run.path}: the data changed since the run began: {'; '.join(parts)}. "
+                        f"Restore the files, or start a new run")
 
 
 def _since(start: float) -> float:
@@ -303,6 +418,9 @@ def _data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> 
         "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
         "skipped_images": len(data.skipped), "skipped": list(data.skipped),
+        "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
+                     "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
+                     "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},
     }
 
 
@@ -322,4 +440,5 @@ def _artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dic
 def _preprocess(data: Any, input_name: str) -> dict[str, Any]:
     s = data.spec
     return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,
-            "source_size": s.source_size, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}
+            "source_size": s.source_size, "geometry": s.geometry, "crop_pct": s.crop_pct,
+            "interpolation": s.interpolation, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}

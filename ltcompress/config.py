@@ -34,6 +34,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     sampler: str = "instance"  # instance | class_balanced | sqrt
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    warmup: float = 0.3  # share of the steps spent warming up (one-cycle pct_start)
+    ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3); the exported model is the EMA one
+    ema_decay: float = 0.9998
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,22 @@ class DataConfig:
     train_list: str | None = None  # imagefolder list files, relative to data_dir
     test_list: str | None = None
     class_names_file: str | None = None
+    # --- real-scale pipeline (imagefolder and anything too large for memory)
+    in_memory: bool | str = "auto"  # auto: in memory when the decoded split fits data.memory_budget_gb; true | false
+    memory_budget_gb: float = 2.0  # auto keeps a dataset in memory when its decoded uint8 images fit in this
+    workers: int | None = None  # DataLoader worker processes for the lazy path; None: from the CPU count
+    prefetch: int = 2  # batches each worker decodes ahead
+    normalize: str = "auto"  # auto | sample | pretrained: mean/std from a seeded sample, or the student's weights'
+    stats_sample: int = 1024  # images the mean/std are estimated from (normalize: sample)
+    augment: str = "auto"  # auto (dataset's own) | crop_flip (pad-crop + flip, vectorised) | timm (per image)
+    crop_pct: float | None = None  # timm eval centre crop: resize shorter side to size / crop_pct; None: model's
+    interpolation: str | None = None  # bilinear | bicubic; None: the student's pretrained_cfg, else bilinear
+    auto_augment: str | None = None  # timm: rand-m9-mstd0.5 (RandAugment), trivialaugment, augmix-m5-w3 ...
+    color_jitter: float = 0.4  # timm's default; ignored when auto_augment is set
+    re_prob: float = 0.0  # timm random erasing probability (on the normalised batch, per image)
+    mixup: float = 0.0  # timm Mixup alpha (0: off)
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
+    mix_prob: float = 1.0  # chance a batch is mixed at all when mixup or cutmix is on
 
 
 @dataclass(frozen=True)
@@ -64,11 +83,15 @@ class TeacherConfig:
     loss: str = "auto"  # auto: the method's own choice (dive: bsce, others: ce); or a teacher-free method's name
     seed: int | None = None  # None: run.seed. Fix it to share one teacher across student seeds
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the recipe a teacher that starts from pretrained weights is fine-tuned with (lower rate, short warm-up)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01, warmup=0.1))
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     arch: str = "mobilenetv3_small_100"
+    init: str = "auto"  # auto | pretrained | scratch: where distillation starts
+    weights: str | None = None  # a local file to start from (its head is replaced when the class count differs)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -95,6 +118,8 @@ class RunConfig:
     runs_dir: str = "runs"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (CUDA: bf16, else fp16 + GradScaler; CPU: fp32) | bf16 | fp16 | fp32
+    compile: bool = False  # torch.compile the student (opt-in; pays off on GPUs, not on small CPUs)
     cache_dir: str | None = None
     eval_batch_size: int = 256
     teacher_cache: bool = False  # reuse the teacher's logits from an earlier run with the same stream (exact)
@@ -272,8 +297,16 @@ def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
 
 
 def _check_values(cfg: CompressConfig) -> None:
+    def init_ok(init: str) -> bool:  # a named start, or a weights file to start from
+        return init in ("auto", "pretrained", "scratch") or Path(init).expanduser().is_file()
+
     checks = [
-        (cfg.teacher.init in ("auto", "pretrained", "scratch"), "teacher.init must be auto, pretrained or scratch"),
+        (init_ok(cfg.teacher.init), f"teacher.init must be auto, pretrained, scratch or a weights file (no such "
+                                    f"file: {cfg.teacher.init!r})"),
+        (init_ok(cfg.student.init), f"student.init must be auto, pretrained, scratch or a weights file (no such "
+                                    f"file: {cfg.student.init!r})"),
+        (cfg.student.weights is None or Path(cfg.student.weights).expanduser().is_file(),
+         f"student.weights (--student-weights) {cfg.student.weights} does not exist"),
         (cfg.data.profile in ("exp", "step"), "data.profile must be exp or step"),
         (cfg.data.n_max >= 1, "data.n_max must be at least 1"),
         (cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),
@@ -290,6 +323,29 @@ def _check_values(cfg: CompressConfig) -> None:
             (section.lr > 0, "train.lr must be positive"),
             (section.grad_clip is None or section.grad_clip > 0, "train.grad_clip must be positive (or null)"),
         ]
-    for ok, message in checks:
+    for ok, message in checks + _data_checks(cfg):
         if not ok:
             raise UsageError(message)
+
+
+def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
+    d = cfg.data
+    return [
+        (d.in_memory in ("auto", True, False), "data.in_memory must be auto, true or false"),
+        (d.memory_budget_gb > 0, "data.memory_budget_gb must be positive"),
+        (d.workers is None or d.workers >= 0, "data.workers must be 0 (decode in the main process) or more"),
+        (d.prefetch >= 1, "data.prefetch must be at least 1"),
+        (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
+        (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
+        (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
+        (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
+        (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),
+        (0 <= d.re_prob <= 1, "data.re_prob must be in [0, 1]"),
+        (d.mixup >= 0 and d.cutmix >= 0, "data.mixup and data.cutmix must be 0 (off) or positive"),
+        (0 <= d.mix_prob <= 1, "data.mix_prob must be in [0, 1]"),
+        (cfg.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision must be auto, bf16, fp16 or fp32"),
+    ] + [(0 <= t.warmup < 1, f"{where}.warmup must be in [0, 1)") for where, t in
+         (("teacher.train", cfg.teacher.train), ("teacher.finetune", cfg.teacher.finetune),
+          ("student.train", cfg.student.train))] + [
+        (0 < t.ema_decay < 1, f"{where}.ema_decay must be in (0, 1)") for where, t in
+        (("teacher.train", cfg.teacher.train), ("student.train", cfg.student.train))]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -23,7 +22,8 @@ from tqdm.auto import tqdm
 from ltcompress import dist
 from ltcompress.checkpoint import StopRequest, rng_state, set_rng_state
 from ltcompress.config import TrainConfig
-from ltcompress.data import LTData, iterate, to_batch
+from ltcompress.data import LTData, eval_batches, train_batches
+from ltcompress.data.loader import TrainBatch
 from ltcompress.data.samplers import epoch_stream, rank_share
 from ltcompress.errors import DivergenceError, UsageError
 from ltcompress.logit_cache import LogitCache
@@ -55,10 +55,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: auto is bf16 on GPUs that have it, fp16 (with a GradScaler) on those that do not,
+    and full fp32 on the CPU. None: no autocast."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("run.precision fp16 needs a CUDA GPU; use auto, bf16 or fp32 on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -70,7 +80,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 class TrainModule(nn.Module):
     """The student and the method (with any parameters of its own) in one module whose forward returns the
-    loss, so a single DistributedDataParallel wrapper sees every trainable parameter."""
+    loss, so a single DistributedDataParallel wrapper sees every trainable parameter. A mixed batch (Mixup,
+    CutMix) is scored against both label sets: lam * loss(y) + (1 - lam) * loss(y_mix)."""
 
     def __init__(self, student: nn.Module, method: Method) -> None:
         super().__init__()
@@ -78,13 +89,17 @@ class TrainModule(nn.Module):
         self.method = method
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: float, teacher_logits: torch.Tensor | None = None,
-                teacher_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                teacher_features: torch.Tensor | None = None, y_mix: torch.Tensor | None = None,
+                lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         if self.method.needs_features:
             features, logits = features_and_logits(self.student, x)
         else:
             features, logits = None, self.student(x)
-        step = StepInputs(logits, y, epoch, teacher_logits, features, teacher_features)
-        return self.method(step), logits
+        loss = self.method(StepInputs(logits, y, epoch, teacher_logits, features, teacher_features))
+        if y_mix is not None:
+            other = self.method(StepInputs(logits, y_mix, epoch, teacher_logits, features, teacher_features))
+            loss = lam * loss + (1.0 - lam) * other
+        return loss, logits
 
 
 @torch.no_grad()
@@ -93,21 +108,20 @@ def training_pass(teacher: nn.Module, student: nn.Module, data: LTData, device: 
     """The frozen teacher's logits (and features) on the un-augmented training set, plus the student's feature
     width (one eval-mode forward on two images: BatchNorm statistics are untouched)."""
     freeze(teacher.to(device, memory_format=torch.channels_last))
-    logits, feats = [], []
-    for xb, yb in iterate(data.train, np.arange(len(data.train)), batch, drop_last=False):
-        x = to_batch(xb, yb, data.spec, device)[0]
+    logits, feats, labels = [], [], []
+    for x, y in eval_batches(data, data.train, batch, device):
         if features:
             f, z = features_and_logits(teacher, x)
             feats.append(f.float().cpu())
         else:
             z = teacher(x)
         logits.append(z.float().cpu())
+        labels.append(y.cpu())
     was_training = student.training
     student.to(device).eval()
     dim = int(features_and_logits(student, x[:2])[0].shape[1])
     student.train(was_training)
-    return TrainingPass(torch.as_tensor(data.train.labels), torch.cat(logits),
-                        torch.cat(feats) if features else None, dim)
+    return TrainingPass(torch.cat(labels), torch.cat(logits), torch.cat(feats) if features else None, dim)
 
 
 def prepare_method(method: Method, student: nn.Module, teacher: nn.Module | None, data: LTData,
@@ -122,134 +136,243 @@ def prepare_method(method: Method, student: nn.Module, teacher: nn.Module | None
     return student, train_pass
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the loop runs beyond the recipe: precision, torch.compile, a teacher-logit cache, progress bars."""
+
+    precision: str = "auto"
+    compile: bool = False
+    teacher_cache: LogitCache | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data: weights, optimizer, schedule, loss scaler, EMA, the
+    augmentation generator, and where in which epoch the loop stands (with that epoch's running sums)."""
+
+    module: TrainModule
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None
+    generator: torch.Generator
+    history: list[dict[str, Any]]
+    epoch: int = 0
+    step: int = 0
+    sums: tuple[float, int, int] = (0.0, 0, 0)
+
+    def checkpoint(self, stage: str) -> dict[str, Any]:
+        ranks = dist.gather_objects({"generator": self.generator.get_state(), "rng": rng_state(),
+                                     "sums": [float(self.sums[0]), int(self.sums[1]), int(self.sums[2])]})
+        state = {"stage": stage, "model": self.module.student.state_dict(), "method": self.module.method.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "history": list(self.history), "ranks": ranks}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def restore(self, saved: Mapping[str, Any], stage: str, steps: int) -> None:
+        if len(saved["ranks"]) != dist.world():
+            raise UsageError(f"the checkpoint was written by {len(saved['ranks'])} process(es); resume with as many "
+                             f"(torchrun --nproc_per_node)")
+        own = saved["ranks"][dist.rank()]
+        self.module.student.load_state_dict(saved["model"])
+        self.module.method.load_state_dict(saved["method"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and "ema" in saved:
+            self.ema.load_state_dict(saved["ema"])
+        self.generator.set_state(own["generator"])
+        set_rng_state(own["rng"])
+        self.history, self.epoch, self.step = list(saved["history"]), saved["epoch"], saved["step"]
+        self.sums = tuple(own["sums"])
+        log.info("%s: resuming at epoch %d, step %d of %d", stage, self.epoch + 1, self.step, steps)
+
+
+def build_state(model: nn.Module, method: Method, recipe: TrainConfig, device: torch.device, steps: int,
+                seed: int, options: LoopOptions) -> TrainState:
+    """SGD + one-cycle (warm-up share `recipe.warmup`) over student and method parameters, one DDP wrapper,
+    a GradScaler for fp16, and an EMA of the student when the recipe asks for one."""
+    module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
+    if options.compile:
+        module.student.compile()
+    wrapped: nn.Module = module
+    if dist.world() > 1:  # one DDP wrapper over student + method parameters; unused ones only where a method has its own
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=any(True for _ in method.parameters()))
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
+                                                    pct_start=recipe.warmup, cycle_momentum=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, options.precision) is torch.float16)
+    ema = None
+    if recipe.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=recipe.ema_decay)
+    generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * dist.rank())
+    return TrainState(module, wrapped, optimizer, scheduler, scaler, ema, generator, [])
+
+
+class Loop:
+    """One training run's fixed parts (data, recipe, teacher, device); `epoch` and `step` move a TrainState."""
+
+    def __init__(self, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, stage: str,
+                 seed: int, teacher: nn.Module | None, options: LoopOptions) -> None:
+        self.method, self.data, self.recipe, self.device = method, data, recipe, device
+        self.stage, self.seed, self.teacher, self.options = stage, seed, teacher, options
+        world = dist.world()
+        global_batch = min(recipe.batch_size, len(data.train))
+        if global_batch < recipe.batch_size:
+            log.warning("%s.train.batch_size %d is larger than the %d training images; using %d", stage,
+                        recipe.batch_size, len(data.train), global_batch)
+        if global_batch % world:
+            raise UsageError(f"{stage}.train.batch_size {global_batch} is not divisible by the {world} processes")
+        self.global_batch, self.batch = global_batch, global_batch // world
+        self.steps = len(data.train) // global_batch  # drop_last: a batch of 1 would break BatchNorm
+        self.dtype = amp_dtype(device, options.precision)
+        self.mixer = _mixer(data, device)
+        if teacher is not None:
+            freeze(teacher.to(device, memory_format=torch.channels_last))
+
+    def epoch(self, state: TrainState, stop: StopRequest, bar: Any,
+              checkpoint: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        """One epoch from where `state` stands; returns its record (loss, accuracy, images/s)."""
+        t0, epoch, skip = time.perf_counter(), state.epoch, state.step
+        cache = self.options.teacher_cache if self.teacher is not None and not self.method.needs_features else None
+        cached = cache.load(epoch, self.steps * self.batch) if cache is not None else None
+        stored = [] if cache is not None and cached is None and skip == 0 else None  # a whole epoch, or nothing
+        order = rank_share(epoch_stream(self.recipe.sampler, self.data.train.labels, self.seed, epoch), dist.rank(),
+                           dist.world())[:self.steps * self.batch]
+        batches = train_batches(self.data, order, self.batch, self.device, key=(self.seed, epoch, dist.rank()),
+                                first_step=skip, generator=state.generator, mixer=self.mixer)
+        for i, batch in enumerate(batches, start=skip):
+            stopping = self.step(state, batch, epoch + 1 + i / self.steps, stop,
+                                 lambda x: self._teacher(x, cached, i, stored))
+            state.step = i + 1
+            bar.update(1)
+            if stopping:
+                if checkpoint is not None:
+                    checkpoint(state.checkpoint(self.stage))
+                raise KeyboardInterrupt
+        seconds = time.perf_counter() - t0
+        dist.average_buffers(state.module)
+        loss_sum, correct, seen = dist.sum_values([state.sums[0], int(state.sums[1]), state.sums[2]])
+        record = {"stage": self.stage, "epoch": epoch + 1, "epochs": self.recipe.epochs, "loss": loss_sum / seen,
+                  "train_acc": correct / seen, "lr": state.scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
+                  "images_per_s": round((seen - skip * self.global_batch) / seconds, 1)}
+        if stored is not None:
+            cache.save(epoch, torch.cat(stored))
+        if self.options.teacher_cache is not None and self.teacher is not None:
+            record["teacher_logits"] = "cache" if cached is not None else "computed"
+        return record
+
+    def _teacher(self, x: torch.Tensor, cached: torch.Tensor | None, i: int,
+                 stored: list[torch.Tensor] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The teacher's logits (and features) for batch `i`: from the logit cache, or a no-grad forward."""
+        if cached is not None:
+            return cached[i * self.batch:(i + 1) * self.batch].to(self.device, non_blocking=True), None
+        if self.teacher is None:
+            return None, None
+        features = None
+        with torch.no_grad():
+            if self.method.needs_features:
+                features, logits = features_and_logits(self.teacher, x)
+            else:
+                logits = self.teacher(x)
+        if stored is not None:
+            stored.append(logits)
+        return logits, features
+
+    def step(self, state: TrainState, batch: TrainBatch, progress: float, stop: StopRequest,
+             teacher: Callable[[torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]) -> bool:
+        """One optimizer step; True when Ctrl-C asks the run to stop after it (on any rank)."""
+        with autocast(self.device, self.dtype):
+            teacher_logits, teacher_features = teacher(batch.x)
+            loss, logits = state.wrapped(batch.x, batch.y, progress, teacher_logits, teacher_features, batch.y_mix,
+                                         batch.lam)
+        # the one host sync per step: divergence (on any rank) must stop every rank at this step
+        value, stopping = dist.step_flags(loss, stop.requested)
+        if not math.isfinite(value):
+            raise DivergenceError(
+                f"{self.stage} training diverged: loss {value} at epoch {state.epoch + 1}, step {state.step + 1}; "
+                f"{self._kept(state)}. Lower the learning rate (e.g. --set {self.stage}.train.lr="
+                f"{self.recipe.lr / 10:g}) or clip gradients (--set {self.stage}.train.grad_clip=5)")
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if self.recipe.grad_clip is not None:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.optimizer.param_groups[0]["params"], self.recipe.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.module.student, step=state.epoch * self.steps + state.step + 1)
+        loss_sum, correct, seen = state.sums
+        correct = correct + (logits.detach().argmax(1) == batch.y).sum()  # summed on the device: no extra sync
+        state.sums = (loss_sum + value * len(batch.y), correct, seen + len(batch.y))
+        return stopping
+
+    def _kept(self, state: TrainState) -> str:
+        if state.epoch == 0 and state.step == 0 and not state.history:
+            return "no checkpoint was written before it (it diverged in its first epoch)"
+        return "the last good checkpoint is kept in the run's checkpoints/"
+
+
+def _mixer(data: LTData, device: torch.device) -> Any:
+    """timm random erasing and Mixup/CutMix on the normalised batch, when the data options turn them on."""
+    opts = data.pipeline.options
+    if not (opts.re_prob or opts.mixup or opts.cutmix):
+        return None
+    from ltcompress.data.transforms import BatchAugment
+
+    return BatchAugment(opts, data.num_classes, device)
+
+
 def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, *,
           stage: str, seed: int, teacher: nn.Module | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           checkpoint: Callable[[dict[str, Any]], None] | None = None, resume: Mapping[str, Any] | None = None,
-          teacher_cache: LogitCache | None = None, progress: bool = True) -> TrainResult:
+          options: LoopOptions = LoopOptions()) -> TrainResult:
     """Train `model` with `method` for `recipe.epochs`. `on_epoch(record)` logs each epoch; `checkpoint(state)`
     saves the training state after each epoch and on Ctrl-C (then KeyboardInterrupt is raised). `resume`, a
-    state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches.
-    `teacher_cache` reads the teacher's logits per epoch where it has them and stores those it computes."""
+    state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches. With
+    an EMA in the recipe, `model` ends holding the EMA weights (what gets exported)."""
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
-    rank, world = dist.rank(), dist.world()
-    module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
-    wrapped: nn.Module = module
-    if world > 1:  # one DDP wrapper over student + method parameters; unused ones only where a method has its own
-        wrapped = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=any(True for _ in method.parameters()))
-    if teacher is not None:
-        freeze(teacher.to(device, memory_format=torch.channels_last))
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                                weight_decay=recipe.weight_decay)
-    n = len(data.train)
-    global_batch = min(recipe.batch_size, n)
-    if global_batch % world:
-        raise UsageError(f"{stage}.train.batch_size {global_batch} is not divisible by the {world} processes")
-    batch, steps = global_batch // world, n // global_batch  # drop_last: a batch of 1 would break BatchNorm
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
-                                                    cycle_momentum=False)
-    generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank)
-    history: list[dict[str, Any]] = []
-    first_epoch, first_step, sums = 0, 0, (0.0, 0, 0)
+    loop = Loop(method, data, recipe, device, stage, seed, teacher, options)
+    state = build_state(model, method, recipe, device, loop.steps, seed, options)
     if resume is not None:
-        if len(resume["ranks"]) != world:
-            raise UsageError(f"the checkpoint was written by {len(resume['ranks'])} process(es); resume with as many "
-                             f"(torchrun --nproc_per_node)")
-        own = resume["ranks"][rank]
-        model.load_state_dict(resume["model"])
-        method.load_state_dict(resume["method"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(own["generator"])
-        set_rng_state(own["rng"])
-        history, first_epoch, first_step, sums = list(resume["history"]), resume["epoch"], resume["step"], own["sums"]
-        log.info("%s: resuming at epoch %d, step %d of %d", stage, first_epoch + 1, first_step, steps)
-
-    def save(epoch: int, step: int, running: tuple[float, int, int]) -> None:
-        ranks = dist.gather_objects({"generator": generator.get_state(), "rng": rng_state(), "sums": list(running)})
-        if checkpoint is not None:
-            checkpoint({"stage": stage, "model": model.state_dict(), "method": method.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "step": step, "history": list(history), "ranks": ranks})
-
+        state.restore(resume, stage, loop.steps)
     start = time.perf_counter()
-    bar = tqdm(total=recipe.epochs * steps, initial=first_epoch * steps + first_step, desc=f"{stage}", unit="step",
-               dynamic_ncols=True, disable=None if progress else True, leave=False)
+    bar = tqdm(total=recipe.epochs * loop.steps, initial=state.epoch * loop.steps + state.step, desc=stage,
+               unit="step", dynamic_ncols=True, disable=None if options.progress else True, leave=False)
     stop = StopRequest()
     try:
         with stop.installed():
-            for epoch in range(first_epoch, recipe.epochs):
-                t0 = time.perf_counter()
-                loss_sum, correct, seen = sums if epoch == first_epoch else (0.0, 0, 0)
-                skip = first_step if epoch == first_epoch else 0
-                cached = stored = None
-                if teacher is not None and teacher_cache is not None and not method.needs_features:
-                    cached = teacher_cache.load(epoch, steps * batch)
-                    stored = [] if cached is None and skip == 0 else None  # a whole epoch, or nothing
-                order = rank_share(epoch_stream(recipe.sampler, data.train.labels, seed, epoch), rank, world)
-                batches = iterate(data.train, order[skip * batch:steps * batch], batch, drop_last=True)
-                for i, (xb, yb) in enumerate(batches, start=skip):
-                    x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
-                    with autocast(device):
-                        teacher_logits = teacher_features = None
-                        if cached is not None:
-                            teacher_logits = cached[i * batch:(i + 1) * batch].to(device, non_blocking=True)
-                        elif teacher is not None:
-                            with torch.no_grad():
-                                if method.needs_features:
-                                    teacher_features, teacher_logits = features_and_logits(teacher, x)
-                                else:
-                                    teacher_logits = teacher(x)
-                            if stored is not None:
-                                stored.append(teacher_logits)
-                        loss, logits = wrapped(x, y, epoch + 1 + i / steps, teacher_logits, teacher_features)
-                    # the one host sync per step: divergence (on any rank) must stop every rank at this step
-                    value, stopping = dist.step_flags(loss, stop.requested)
-                    if not math.isfinite(value):
-                        raise DivergenceError(
-                            f"{stage} training diverged: loss {value} at epoch {epoch + 1}, step {i + 1}; the last "
-                            f"good checkpoint is kept in the run's checkpoints/. Lower the learning rate "
-                            f"(e.g. --set {stage}.train.lr={recipe.lr / 10:g}) or clip gradients "
-                            f"(--set {stage}.train.grad_clip=5)")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if recipe.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += value * len(y)
-                    correct += (logits.detach().argmax(1) == y).sum()  # summed on the device: no extra sync
-                    seen += len(y)
-                    bar.update(1)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{recipe.epochs}", loss=f"{value:.3f}", refresh=False)
-                    if stopping:
-                        save(epoch, i + 1, (loss_sum, int(correct), seen))
-                        raise KeyboardInterrupt
-                seconds = time.perf_counter() - t0
-                dist.average_buffers(module)
-                total_loss, total_correct, total_seen = dist.sum_values([loss_sum, int(correct), seen])
-                record = {"stage": stage, "epoch": epoch + 1, "epochs": recipe.epochs, "loss": total_loss / total_seen,
-                          "train_acc": total_correct / total_seen, "lr": scheduler.get_last_lr()[0],
-                          "seconds": round(seconds, 3),
-                          "images_per_s": round((total_seen - skip * global_batch) / seconds, 1)}
-                if stored is not None:
-                    teacher_cache.save(epoch, torch.cat(stored))
-                if teacher_cache is not None and teacher is not None:
-                    record["teacher_logits"] = "cache" if cached is not None else "computed"
-                history.append(record)
-                log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, epoch + 1, recipe.epochs,
-                         record["loss"], record["train_acc"], record["images_per_s"])
+            while state.epoch < recipe.epochs:
+                record = loop.epoch(state, stop, bar, checkpoint)
+                state.history.append(record)
+                log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, record["epoch"],
+                         recipe.epochs, record["loss"], record["train_acc"], record["images_per_s"])
                 if on_epoch is not None:
                     on_epoch(record)
-                save(epoch + 1, 0, (0.0, 0, 0))
+                state.epoch, state.step, state.sums = state.epoch + 1, 0, (0.0, 0, 0)
+                if checkpoint is not None:
+                    checkpoint(state.checkpoint(stage))
     finally:
         bar.close()
+    if state.ema is not None:
+        model.load_state_dict(state.ema.module.state_dict())
     model.eval()
-    return TrainResult(history, time.perf_counter() - start)
+    return TrainResult(state.history, time.perf_counter() - start)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

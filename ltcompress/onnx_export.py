@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ltcompress.config import CALIBRATIONS, ExportConfig
-from ltcompress.data import InputSpec, LTData, iterate, to_batch
+from ltcompress.data import InputSpec, LTData, eval_batches
 from ltcompress.errors import VerificationError
 from ltcompress.rundir import io_errors
 
@@ -79,9 +79,7 @@ def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path
     """The run's INT8 model: calibrate on `cfg.calibration_size` un-augmented training images chosen the
     `cfg.calibration` way; returns what the report records about the calibration."""
     idx = calibration_indices(data.train.labels, cfg.calibration_size, cfg.calibration, seed)
-    cpu = torch.device("cpu")
-    batches = (to_batch(xb, yb, data.spec, cpu)[0].contiguous().numpy()
-               for xb, yb in iterate(data.train, idx, 32, drop_last=False))
+    batches = (x.contiguous().numpy() for x, _ in eval_batches(data, data.train, 32, torch.device("cpu"), idx))
     quantize(fp32_path, batches, path)
     per_class = np.bincount(data.train.labels[idx], minlength=data.num_classes)
     return {"method": "static QDQ, uint8 activations, int8 per-channel weights, MinMax",

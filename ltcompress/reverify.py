@@ -93,10 +93,10 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
 
     preds = {k: verify_stage.ort_logits(p, data.test, data, cfg.run.eval_batch_size).argmax(1)
              for k, p in models.items()}
-    stages = verify_stage.measure(preds, data.test.labels, groups, data.class_names)
-    flips = verify_stage.flips(preds, data.test.labels, groups, data.class_names)
-    results = [g.to_dict() for g in gate_mod.evaluate(parsed, stages, preds, data.test.labels, groups,
-                                                      data.class_names)]
+    labels = verify_stage.split_labels(data, data.test)
+    stages = verify_stage.measure(preds, labels, groups, data.class_names)
+    flips = verify_stage.flips(preds, labels, groups, data.class_names)
+    results = [g.to_dict() for g in gate_mod.evaluate(parsed, stages, preds, labels, groups, data.class_names)]
     result = VerifyResult(folder, all(r["passed"] for r in results), results, [r for r in results if not r["passed"]],
                           stages, flips, {k: v for k, v in recorded.get("stages", {}).items() if k in stages})
     if out is not None:

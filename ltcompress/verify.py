@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ltcompress.config import ExportConfig
-from ltcompress.data import LTData, Split, iterate, to_batch
+from ltcompress.data import LTData, Split, eval_batches
 from ltcompress.metrics import STAGES, agreement, flip_rates, summarize
 
 log = logging.getLogger("ltcompress")
@@ -27,6 +27,7 @@ class Verification:
     predictions: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     flips: dict[str, dict[str, Any]] = field(default_factory=dict)  # "a->b" -> flip rates (metrics.flip_rates)
     int8_parity: dict[str, Any] | None = None  # reported and left to gates: quantization is meant to change logits
+    labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))  # of the images measured
 
     @property
     def parity_ok(self) -> bool:
@@ -49,8 +50,7 @@ def torch_logits(model: nn.Module, split: Split, data: LTData, device: torch.dev
     """fp32 logits (no autocast, no TF32), so they are comparable with ONNX Runtime's."""
     model.eval().to(device)
     with full_fp32():
-        out = [model(to_batch(xb, yb, data.spec, device)[0]).float().cpu()
-               for xb, yb in iterate(split, np.arange(len(split)), batch, drop_last=False)]
+        out = [model(x).float().cpu() for x, _ in eval_batches(data, split, batch, device)]
     return torch.cat(out).numpy()
 
 
@@ -59,10 +59,16 @@ def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.nd
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    cpu = torch.device("cpu")
-    out = [session.run(None, {name: to_batch(xb, yb, data.spec, cpu)[0].contiguous().numpy()})[0]
-           for xb, yb in iterate(split, np.arange(len(split)), batch, drop_last=False)]
+    out = [session.run(None, {name: x.contiguous().numpy()})[0]
+           for x, _ in eval_batches(data, split, batch, torch.device("cpu"))]
     return np.concatenate(out)
+
+
+def split_labels(data: LTData, split: Split) -> np.ndarray:
+    """The labels of the images a pass really measures (skipped unreadable ones left out)."""
+    if not split.lazy or not data.pipeline.options.skip_corrupt:
+        return split.labels
+    return np.concatenate([y.numpy() for _, y in eval_batches(data, split, 256, torch.device("cpu"))])
 
 
 def check_parity(reference: np.ndarray, exported: np.ndarray, cfg: ExportConfig) -> dict[str, Any]:
@@ -89,13 +95,14 @@ def run(data: LTData, groups: dict[str, list[int]], student: nn.Module, onnx_pat
     if int8_path is not None:
         logits["int8"] = ort_logits(int8_path, test, data, batch)
     preds = {k: v.argmax(1) for k, v in logits.items()}
-    stages = measure(preds, test.labels, groups, data.class_names)
+    labels = split_labels(data, test)
+    stages = measure(preds, labels, groups, data.class_names)
     parity = check_parity(logits["student"], logits["fp32"], cfg)
     int8_parity = None
     if "int8" in logits:
         int8_parity = {"max_abs_logit_diff": float(np.abs(logits["student"] - logits["int8"]).max()),
                        "top1_agreement": stages["int8"]["agreement_with_student"], "judged_by": "gates"}
-    return Verification(stages, parity, preds, flips(preds, test.labels, groups, data.class_names), int8_parity)
+    return Verification(stages, parity, preds, flips(preds, labels, groups, data.class_names), int8_parity, labels)
 
 
 def measure(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],

@@ -12,7 +12,6 @@ from PIL import Image
 from ltcompress.config import DataConfig
 from ltcompress.data import load
 from ltcompress.data.cifar import CIFAR10, CIFAR100
-from ltcompress.data.core import convert_image
 from ltcompress.data.samplers import class_distribution, epoch_stream, rank_share
 from ltcompress.errors import DataError, UsageError
 
@@ -151,21 +150,23 @@ def test_imagefolder_any_size_and_mode(tmp_path):
     assert gray.train.images.shape == (20, 1, 32, 32)
 
 
-def test_imagefolder_pixels_match_the_bundle_preprocessing(tmp_path):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_imagefolder_pixels_match_the_bundle_preprocessing(tmp_path, in_memory):
+    """What the run feeds its models (decoded in memory, or lazily in a worker) is what the bundle computes."""
+    import torch
+
+    from ltcompress.api import _preprocess
+    from ltcompress.data import eval_batches
     from ltcompress.edge.runtime import Bundle
 
-    data = load(folder_cfg(folder_dataset(tmp_path)), tmp_path)
-    path = sorted((tmp_path / "test" / "cat").iterdir())[0]
+    data = load(folder_cfg(folder_dataset(tmp_path), in_memory=in_memory, workers=1), tmp_path)
+    assert data.in_memory is in_memory and data.spec.geometry == "crop"
     bundle = Bundle.__new__(Bundle)  # preprocessing only: no model needed
-    bundle.pre = {"source_mode": data.spec.source_mode, "source_size": data.spec.source_size,
-                  "input_size": data.spec.size, "channels": data.spec.channels, "mean": list(data.spec.mean),
-                  "std": list(data.spec.std)}
-    with Image.open(path) as img:
-        runtime = bundle.preprocess(img)
-        loader = convert_image(img, "RGB", 32, 32, 3)
-    mean, std = np.array(data.spec.mean)[:, None, None], np.array(data.spec.std)[:, None, None]
-    np.testing.assert_allclose(runtime, (loader / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
-    assert np.array_equal(data.test.images[0], loader)
+    bundle.pre = _preprocess(data, "input")
+    x, _ = next(eval_batches(data, data.test, 4, torch.device("cpu")))
+    for i, path in enumerate(data.test.files[:4]):
+        with Image.open(path) as img:
+            np.testing.assert_allclose(bundle.preprocess(img), x[i].numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_list_files_in_imagenet_lt_format(tmp_path):

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from conftest import free_port, tiny_cli_args
 from ltcompress import dist, models
 from ltcompress.config import TrainConfig
-from ltcompress.distill import prepare_method, train
+from ltcompress.distill import LoopOptions, prepare_method, train
 from test_distill import COUNTS, make, tiny_data
 
 # Accuracy of a 2-process run against a 1-process run with the same global batch, on the 300 test images of the
@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, port: int, out: str, method_name: str) -> Non
         method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
         student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
         result = train(student, method, data, TrainConfig(epochs=2, batch_size=16), cpu, stage="student", seed=0,
-                       teacher=teacher, progress=False)
+                       teacher=teacher, options=LoopOptions(progress=False))
         torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": result.history},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:

@@ -6,7 +6,7 @@ import torch
 from ltcompress import models
 from ltcompress.config import TrainConfig
 from ltcompress.data import InputSpec, LTData, Split
-from ltcompress.distill import prepare_method, train
+from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
 
@@ -33,7 +33,7 @@ def student_after(method_name, teacher, seed=0, **recipe):
     method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
     student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
     result = train(student, method, data, TrainConfig(epochs=2, batch_size=16, **recipe), cpu, stage="student",
-                   seed=seed, teacher=teacher, progress=False)
+                   seed=seed, teacher=teacher, options=LoopOptions(progress=False))
     return student, result
 
 

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 from ltcompress import models
 from ltcompress.config import TrainConfig
-from ltcompress.distill import prepare_method, train
+from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.logit_cache import LogitCache
 from test_distill import COUNTS, make, tiny_data
 
@@ -18,7 +18,7 @@ def _student(method_name="bkd", cache=None):
     method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
     student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
     result = train(student, method, data, TrainConfig(epochs=2, batch_size=8), cpu, stage="student", seed=0,
-                   teacher=teacher, teacher_cache=cache, progress=False)
+                   teacher=teacher, options=LoopOptions(teacher_cache=cache, progress=False))
     return student.state_dict(), [h.get("teacher_logits") for h in result.history]
 
 

@@ -15,7 +15,7 @@ from conftest import TINY_MODELS, tiny_cli_args
 from ltcompress import checkpoint, models
 from ltcompress.cli import main
 from ltcompress.config import TrainConfig
-from ltcompress.distill import prepare_method, train
+from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.rundir import atomic_torch_save
 from test_distill import COUNTS, make, tiny_data
 
@@ -35,7 +35,7 @@ def _train(stop_after_epoch=None, resume=None, saved=None):
             os.kill(os.getpid(), signal.SIGINT)
 
     train(student, method, data, TrainConfig(epochs=EPOCHS, batch_size=8), cpu, stage="student", seed=0,
-          teacher=teacher, on_epoch=on_epoch, resume=resume, progress=False,
+          teacher=teacher, on_epoch=on_epoch, resume=resume, options=LoopOptions(progress=False),
           checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)))
     return student
 

@@ -1,16 +1,20 @@
-"""Stage 1: long-tailed datasets held in memory as uint8 tensors, batches, samplers, class counts, shot groups.
+"""Stage 1: long-tailed datasets, batches, samplers, class counts, shot groups.
 
-Images stay uint8 [N, C, H, W] at the run's input size; augmentation and normalisation run per batch, so the
-data pipeline costs almost nothing next to the models and needs no worker processes on a 2-core machine.
+Small data is held in memory as uint8 [N, C, H, W] at the run's input size, augmented and normalised per batch
+(no worker processes needed); image folders too large for memory are decoded one image at a time in DataLoader
+workers (data/loader.py). Normalisation is the student's pretrained weights' own, or estimated from the data.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ltcompress.config import DataConfig
 from ltcompress.data.batches import iterate, random_crop_flip, to_batch
 from ltcompress.data.core import InputSpec, LTData, Split, longtail_counts, longtail_indices, shot_groups
+from ltcompress.data.loader import eval_batches, train_batches
+from ltcompress.errors import UsageError
 from ltcompress.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig, Path], LTData]] = Registry("dataset")
@@ -24,9 +28,24 @@ DATASETS.register("imagefolder", "ltcompress.data.imagefolder:load_imagefolder",
                   summary="your images: a folder per class, or ImageNet-LT-style list files")
 
 
-def load(cfg: DataConfig, cache_root: Path) -> LTData:
-    return DATASETS.get(cfg.dataset)(cfg, cache_root)
+def load(cfg: DataConfig, cache_root: Path, pretrained: Mapping[str, Any] | None = None) -> LTData:
+    """The dataset, preprocessed the way the student's weights expect when it starts from pretrained ones
+    (`pretrained`: their mean, std, crop_pct and interpolation), else with statistics of the data itself."""
+    pre = dict(pretrained or {})
+    normalize = cfg.normalize if cfg.normalize != "auto" else ("pretrained" if pre else "sample")
+    if normalize == "pretrained" and not pre:
+        raise UsageError("data.normalize=pretrained needs a student that starts from pretrained weights "
+                         "(student.init pretrained, or weights timm knows); use data.normalize=sample")
+    cfg = dataclasses.replace(cfg, normalize=normalize, crop_pct=cfg.crop_pct or pre.get("crop_pct"),
+                              interpolation=cfg.interpolation or pre.get("interpolation"))
+    data = DATASETS.get(cfg.dataset)(cfg, cache_root)
+    if normalize == "pretrained":
+        mean, std = tuple(pre["mean"]), tuple(pre["std"])
+        if data.spec.channels == 1:
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, mean=mean, std=std))
+    return data
 
 
-__all__ = ["DATASETS", "InputSpec", "LTData", "Split", "iterate", "load", "longtail_counts", "longtail_indices",
-           "random_crop_flip", "shot_groups", "to_batch"]
+__all__ = ["DATASETS", "InputSpec", "LTData", "Split", "eval_batches", "iterate", "load", "longtail_counts",
+           "longtail_indices", "random_crop_flip", "shot_groups", "to_batch", "train_batches"]

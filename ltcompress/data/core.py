@@ -3,6 +3,7 @@ images to the run's input (the exact steps the edge bundle's runtime repeats on 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -15,9 +16,11 @@ from ltcompress.errors import DataError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One preprocessing for both models and the edge bundle: convert to `source_mode`, resize to
-    `source_size` (bilinear) when the image differs, zero-pad to `size` (centred), repeat a gray channel to
-    `channels`, then normalise with mean/std."""
+    """One evaluation preprocessing for both models and the edge bundle. Convert to `source_mode`, then by
+    `geometry`: ``pad`` resizes to `source_size` (bilinear) when the image differs and zero-pads to `size`
+    (centred); ``crop`` is timm's evaluation transform: resize the shorter side to ``floor(size / crop_pct)``
+    with `interpolation`, then centre-crop `size`. Finally a gray channel is repeated to `channels` and the
+    image is normalised with mean/std."""
 
     size: int
     channels: int
@@ -25,15 +28,39 @@ class InputSpec:
     std: tuple[float, ...]
     source_mode: str  # PIL mode: "L" or "RGB"
     source_size: int
+    geometry: str = "pad"  # pad | crop
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
 
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, C, H, W] at the run's input size
+    """A split's labels and its images: decoded in memory (uint8 [N, C, H, W] at the run's input size), or
+    image files decoded one at a time when a batch needs them (`files`, the lazy path)."""
+
+    images: np.ndarray | None  # uint8 [N, C, H, W] at the run's input size; None on the lazy path
     labels: np.ndarray  # int64 [N]
+    files: tuple[str, ...] | None = None  # image paths, in label order with `labels`, when lazy
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def lazy(self) -> bool:
+        return self.images is None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How batches are made from the splits: the training augmentation (`crop_flip`, vectorised on uint8
+    batches, or `timm`, per image in worker processes), the worker count, and the data options the timm
+    transforms, random erasing and Mixup/CutMix read."""
+
+    augment: str = "crop_flip"
+    workers: int = 0
+    prefetch: int = 2
+    options: DataConfig = field(default_factory=DataConfig)
+    in_memory_reason: str = "array-backed dataset"
 
 
 @dataclass(frozen=True)
@@ -44,11 +71,17 @@ class LTData:
     class_names: tuple[str, ...]
     spec: InputSpec
     fingerprint: str
-    skipped: tuple[str, ...] = field(default=())  # corrupt images skipped (only with data.skip_corrupt)
+    skipped: list[str] = field(default_factory=list)  # unreadable images skipped (only with data.skip_corrupt)
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    manifest: tuple[str, ...] = field(default=())  # file-backed data: one "label size mtime path" line per file
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def in_memory(self) -> bool:
+        return not (self.train.lazy or self.test.lazy)
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list[int]:
@@ -135,24 +168,52 @@ def from_arrays(images: np.ndarray, mode: str, source_size: int, size: int, chan
     return np.stack([convert_image(Image.fromarray(img), mode, source_size, size, channels) for img in images])
 
 
+EXACT_STATS_BYTES = 512 * 2**20  # in-memory splits up to this float64 size get exact statistics, as before
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 [N, C, H, W] images scaled to [0, 1]."""
+    """Per-channel mean and std of uint8 [N, C, H, W] images scaled to [0, 1] (exact; small splits only)."""
     pixels = images.astype(np.float64) / 255.0
     return (tuple(float(v) for v in pixels.mean(axis=(0, 2, 3))),
             tuple(float(v) for v in pixels.std(axis=(0, 2, 3))))
 
 
-def fingerprint(name: str, splits: Iterable[Split]) -> str:
+def streamed_stats(images: Iterable[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std from uint8 [C, H, W] images one at a time: integer sums, no copy of the data."""
+    total = squares = None
+    count = 0
+    for img in images:
+        flat = img.reshape(img.shape[0], -1).astype(np.int64)
+        s, q = flat.sum(axis=1), (flat * flat).sum(axis=1)
+        total, squares = (s, q) if total is None else (total + s, squares + q)
+        count += flat.shape[1]
+    if total is None:
+        raise DataError("no readable image to compute the normalisation statistics from")
+    mean = total / (255.0 * count)
+    var = np.maximum(squares / (255.0 ** 2 * count) - mean ** 2, 0.0)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
+
+
+def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """A bounded, seeded sample of image indices for the statistics."""
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=min(n, size), replace=False))
+
+
+def fingerprint(name: str, splits: Iterable[Split], manifest: Iterable[str] = ()) -> str:
+    """In-memory splits: their pixels and labels; file-backed ones: the manifest (paths, sizes, mtimes, labels)."""
     h = hashlib.sha256(name.encode())
     for split in splits:
-        h.update(split.images.tobytes())
-        h.update(split.labels.tobytes())
+        if split.images is not None:
+            h.update(split.images.tobytes())
+            h.update(split.labels.tobytes())
+    for line in manifest:
+        h.update(line.encode())
+        h.update(b"\n")
     return h.hexdigest()
 
 
-def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names: tuple[str, ...],
-             mode: str, source_size: int, skipped: tuple[str, ...] = ()) -> LTData:
-    """Checks that hold for every dataset (labels in range, every class trained, a test split), then LTData."""
+def check_splits(name: str, train: Split, test: Split, class_names: tuple[str, ...]) -> np.ndarray:
+    """Checks that hold for every dataset (labels in range, every class trained, a test split); the class counts."""
     num_classes = len(class_names)
     for split_name, split in (("training", train), ("test", test)):
         if len(split) == 0:
@@ -164,9 +225,40 @@ def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names:
     if (counts == 0).any():
         missing = [class_names[c] for c in np.flatnonzero(counts == 0)]
         raise DataError(f"{name}: no training image for class {', '.join(missing[:5])}")
-    mean, std = channel_stats(train.images)
+    return counts
+
+
+def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names: tuple[str, ...],
+             mode: str, source_size: int, skipped: list[str] | None = None) -> LTData:
+    """An in-memory dataset (pad geometry, crop-flip augmentation unless data.augment says timm)."""
+    counts = check_splits(name, train, test, class_names)
+    mean, std = memory_stats(train.images, cfg)
     spec = InputSpec(cfg.input_size, train.images.shape[1], mean, std, mode, source_size)
-    return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped)
+    augment = "crop_flip" if cfg.augment == "auto" else cfg.augment
+    pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg)
+    return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped or [],
+                  pipeline)
+
+
+def memory_stats(images: np.ndarray, cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact statistics for a small in-memory split (as they always were), a seeded sample for a large one;
+    none when the pretrained model's own mean/std will be used (data.load puts them in)."""
+    if cfg.normalize == "pretrained":
+        return (0.0,) * images.shape[1], (1.0,) * images.shape[1]
+    if images.size * 8 <= EXACT_STATS_BYTES:
+        return channel_stats(images)
+    return streamed_stats(images[i] for i in sample_indices(len(images), cfg.stats_sample, cfg.seed))
+
+
+def resolve_workers(cfg: DataConfig) -> int:
+    """data.workers, else one fewer than the CPUs this process may use (at most 8): decoding overlaps training."""
+    if cfg.workers is not None:
+        return cfg.workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
 
 
 def subset(name: str, cfg: DataConfig, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,

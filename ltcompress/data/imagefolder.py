@@ -5,24 +5,31 @@
   train and test (``data.train_list``, ``data.test_list``, relative to --data-dir), class names from
   ``data.class_names_file`` (one per line, in label order) or else the folder each class's images sit in.
 
-Images of any size and mode are converted to the run's channels and resized to its input size, as the edge
-bundle's runtime does. The data is taken as it is (already long-tailed): no subsetting.
+The data is taken as it is (already long-tailed): no subsetting. Evaluation images go through timm's transform
+(shorter side to size / crop_pct, centre crop), which the edge bundle's runtime repeats. Data that fits
+``data.memory_budget_gb`` once decoded is decoded once into memory; larger data stays on disk and is decoded one
+image at a time in worker processes (``data.in_memory``). Statistics come from a bounded sample, and the
+fingerprint from the list of files, their sizes and modification times: nothing reads all pixels up front.
 """
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ltcompress.config import DataConfig
-from ltcompress.data.core import LTData, Split, assemble, convert_image, source_mode
+from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint, memory_stats,
+                                  resolve_workers, sample_indices, source_mode, streamed_stats)
 from ltcompress.errors import DataError
 
+log = logging.getLogger("ltcompress")
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+Entries = list[tuple[Path, int]]
 
 
-def _folder_entries(root: Path, names: tuple[str, ...] | None) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
+def _folder_entries(root: Path, names: tuple[str, ...] | None) -> tuple[Entries, tuple[str, ...]]:
     classes = names or tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     if not classes:
         raise DataError(f"{root} has no class folders")
@@ -34,7 +41,7 @@ def _folder_entries(root: Path, names: tuple[str, ...] | None) -> tuple[list[tup
     return entries, classes
 
 
-def _list_entries(root: Path, list_file: Path) -> list[tuple[Path, int]]:
+def _list_entries(root: Path, list_file: Path) -> Entries:
     if not list_file.is_file():
         raise DataError(f"list file {list_file} does not exist")
     entries = []
@@ -52,7 +59,7 @@ def _list_entries(root: Path, list_file: Path) -> list[tuple[Path, int]]:
     return entries
 
 
-def _names_from_lists(entries: list[tuple[Path, int]]) -> tuple[str, ...]:
+def _names_from_lists(entries: Entries) -> tuple[str, ...]:
     """Each class is named after the folder its images sit in when that is unambiguous, else by its label."""
     num = max(label for _, label in entries) + 1
     folders: dict[int, set[str]] = {}
@@ -62,30 +69,7 @@ def _names_from_lists(entries: list[tuple[Path, int]]) -> tuple[str, ...]:
     return names if len(set(names)) == num else tuple(str(c) for c in range(num))
 
 
-def _read(entries: list[tuple[Path, int]], cfg: DataConfig, mode: str, skipped: list[str]) -> Split:
-    images, labels = [], []
-    for path, label in entries:
-        try:
-            with Image.open(path) as img:
-                images.append(convert_image(img, mode, cfg.input_size, cfg.input_size, cfg.channels))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            if not cfg.skip_corrupt:
-                raise DataError(f"cannot read image {path}: {exc}. Fix or remove it, or pass "
-                                f"--set data.skip_corrupt=true to skip (and count) unreadable images") from None
-            skipped.append(str(path))
-            continue
-        labels.append(label)
-    shape = (0, cfg.channels, cfg.input_size, cfg.input_size)
-    return Split(np.stack(images) if images else np.zeros(shape, np.uint8), np.asarray(labels, dtype=np.int64))
-
-
-def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
-    if not cfg.data_dir:
-        raise DataError("imagefolder needs --data-dir FOLDER (with train/<class>/ and test/<class>/ folders, or "
-                        "list files given by --set data.train_list=... --set data.test_list=...)")
-    root = Path(cfg.data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"--data-dir {root} is not a folder")
+def _entries(cfg: DataConfig, root: Path) -> tuple[Entries, Entries, tuple[str, ...]]:
     names = None
     if cfg.class_names_file:
         names_path = root / cfg.class_names_file
@@ -103,14 +87,100 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
                 if not 0 <= label < len(names):
                     raise DataError(f"{root / list_name}: label {label} of {path} is out of range "
                                     f"0..{len(names) - 1} ({len(names)} class names)")
-    else:
-        for split in ("train", "test"):
-            if not (root / split).is_dir():
-                raise DataError(f"{root} has no {split}/ folder (expected train/<class>/ and test/<class>/), and "
-                                f"no list files were given")
-        train_entries, names = _folder_entries(root / "train", names)
-        test_entries, _ = _folder_entries(root / "test", names)
+        return train_entries, test_entries, names
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder (expected train/<class>/ and test/<class>/), and "
+                            f"no list files were given")
+    train_entries, names = _folder_entries(root / "train", names)
+    test_entries, _ = _folder_entries(root / "test", names)
+    return train_entries, test_entries, names
+
+
+def manifest(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
+    """One line per file, 'split label size mtime_ns path': what the fingerprint and a resume check compare."""
+    lines = []
+    for name, entries in splits.items():
+        for path, label in entries:
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise DataError(f"cannot read image {path}: {exc.strerror}") from None
+            rel = os.path.relpath(path, root)
+            lines.append(f"{name} {label} {st.st_size} {st.st_mtime_ns} {rel}")
+    return tuple(lines)
+
+
+def in_memory(cfg: DataConfig, images: int, channels: int) -> tuple[bool, str]:
+    """data.in_memory, with auto deciding by the decoded size against data.memory_budget_gb."""
+    need = images * channels * cfg.input_size ** 2 / 2 ** 30
+    if cfg.in_memory == "auto":
+        fits = need <= cfg.memory_budget_gb
+        return fits, f"auto: {need:.2f} GiB decoded {'fits' if fits else 'exceeds'} {cfg.memory_budget_gb:g} GiB"
+    return bool(cfg.in_memory), f"data.in_memory={str(cfg.in_memory).lower()} ({need:.2f} GiB decoded)"
+
+
+def _decode_all(split: Split, spec: InputSpec, pipeline: Pipeline, skipped: list[str]) -> Split:
+    """A lazy split decoded once into memory (in worker processes), dropping skipped images."""
+    import torch
+
+    from ltcompress.data.loader import SampleSet, decoded
+    from ltcompress.data.transforms import eval_transform
+
+    dataset = SampleSet(split, np.arange(len(split)), eval_transform(spec), None)
+    parts, labels = [], []
+    for x, y in decoded(pipeline, skipped, dataset, 256, False, torch.device("cpu")):
+        parts.append(x.numpy())
+        labels.append(y.numpy())
+    gone = set(skipped)
+    keep = [f for f in split.files if f not in gone]
+    shape = (0, spec.channels, spec.size, spec.size)
+    images = np.concatenate(parts) if parts else np.zeros(shape, np.uint8)
+    return Split(images, np.concatenate(labels) if labels else np.zeros(0, np.int64), tuple(keep))
+
+
+def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
+    if not cfg.data_dir:
+        raise DataError("imagefolder needs --data-dir FOLDER (with train/<class>/ and test/<class>/ folders, or "
+                        "list files given by --set data.train_list=... --set data.test_list=...)")
+    root = Path(cfg.data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a folder")
+    train_entries, test_entries, names = _entries(cfg, root)
+    lines = manifest(root, {"train": train_entries, "test": test_entries})
     mode = source_mode(3, cfg.channels)
+    spec = InputSpec(cfg.input_size, cfg.channels, (0.0,) * cfg.channels, (1.0,) * cfg.channels, mode,
+                     cfg.input_size, "crop", cfg.crop_pct or 0.875, cfg.interpolation or "bilinear")
+    keep, reason = in_memory(cfg, len(train_entries) + len(test_entries), cfg.channels)
+    augment = "timm" if cfg.augment == "auto" else cfg.augment
+    pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg, reason)
+    train, test = (Split(None, np.asarray([label for _, label in entries], dtype=np.int64),
+                         tuple(str(p) for p, _ in entries)) for entries in (train_entries, test_entries))
     skipped: list[str] = []
-    train, test = _read(train_entries, cfg, mode, skipped), _read(test_entries, cfg, mode, skipped)
-    return assemble(f"imagefolder {root}", cfg, train, test, names, mode, cfg.input_size, tuple(skipped))
+    if keep:
+        train, test = (_decode_all(split, spec, pipeline, skipped) for split in (train, test))
+    name = f"imagefolder {root}"
+    counts = check_splits(name, train, test, names)
+    mean, std = _stats(cfg, train, spec, pipeline, skipped)
+    spec = InputSpec(spec.size, spec.channels, mean, std, mode, spec.source_size, spec.geometry, spec.crop_pct,
+                     spec.interpolation)
+    log.info("data: %s, %s", "in memory" if keep else "decoded lazily in %d worker(s)" % pipeline.workers, reason)
+    return LTData(train, test, counts, names, spec, fingerprint(name, (), lines), skipped, pipeline, lines)
+
+
+def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,
+           skipped: list[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std from a bounded, seeded sample of training images (decoded in workers when lazy)."""
+    if cfg.normalize == "pretrained":  # data.load puts in the student's own
+        return (0.0,) * spec.channels, (1.0,) * spec.channels
+    if not train.lazy:
+        return memory_stats(train.images, cfg)
+    import torch
+
+    from ltcompress.data.loader import SampleSet, decoded
+    from ltcompress.data.transforms import eval_transform
+
+    idx = sample_indices(len(train), cfg.stats_sample, cfg.seed)
+    dataset = SampleSet(train, idx, eval_transform(spec), None)
+    batches = decoded(pipeline, skipped, dataset, 64, False, torch.device("cpu"))
+    return streamed_stats(img for x, _ in batches for img in x.numpy())
