@@ -239,6 +239,7 @@ class Loop:
         self.steps = len(data.train) // global_batch  # drop_last: a batch of 1 would break BatchNorm
         self.dtype = amp_dtype(device, options.precision)
         self.mixer = _mixer(data, device)
+        self.first_epoch = 0
         if teacher is not None:
             freeze(teacher.to(device, memory_format=torch.channels_last))
 
@@ -258,6 +259,8 @@ class Loop:
                                  lambda x: self._teacher(x, cached, i, stored))
             state.step = i + 1
             bar.update(1)
+            if i == skip and epoch == self.first_epoch:
+                log.info("%s: first training step done", self.stage)  # bench/scale.py times the start-up by it
             if stopping:
                 if checkpoint is not None:
                     checkpoint(state.checkpoint(self.stage))
@@ -351,6 +354,7 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     state = build_state(model, method, recipe, device, loop.steps, seed, options)
     if resume is not None:
         state.restore(resume, stage, loop.steps)
+    loop.first_epoch = state.epoch
     start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * loop.steps, initial=state.epoch * loop.steps + state.step, desc=stage,
                unit="step", dynamic_ncols=True, disable=None if options.progress else True, leave=False)
