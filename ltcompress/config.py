@@ -57,6 +57,7 @@ class DataConfig:
     train_list: str | None = None  # imagefolder list files, relative to data_dir
     test_list: str | None = None
     class_names_file: str | None = None
+    confine_paths: bool = True  # list-file paths must stay inside data_dir (false: allow absolute and ../ paths)
     # --- real-scale pipeline (imagefolder and anything too large for memory)
     in_memory: bool | str = "auto"  # auto: in memory when the decoded split fits data.memory_budget_gb; true | false
     memory_budget_gb: float = 2.0  # auto keeps a dataset in memory when its decoded uint8 images fit in this

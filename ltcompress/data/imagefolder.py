@@ -22,6 +22,7 @@ import numpy as np
 from ltcompress.config import DataConfig
 from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint, memory_stats,
                                   resolve_workers, sample_indices, source_mode, streamed_stats)
+from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list
 from ltcompress.errors import DataError
 
 log = logging.getLogger("ltcompress")
@@ -41,47 +42,18 @@ def _folder_entries(root: Path, names: tuple[str, ...] | None) -> tuple[Entries,
     return entries, classes
 
 
-def _list_entries(root: Path, list_file: Path) -> Entries:
-    if not list_file.is_file():
-        raise DataError(f"list file {list_file} does not exist")
-    entries = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        path, _, label = line.strip().rpartition(" ")
-        try:
-            entries.append((root / path.strip(), int(label)))
-        except ValueError:
-            raise DataError(f"{list_file}:{number}: expected 'relative/path.jpg label', got {line.strip()!r}") from None
-    for path, _ in entries:
-        if not path.is_file():
-            raise DataError(f"{list_file} names {path}, which does not exist")
-    return entries
-
-
-def _names_from_lists(entries: Entries) -> tuple[str, ...]:
-    """Each class is named after the folder its images sit in when that is unambiguous, else by its label."""
-    num = max(label for _, label in entries) + 1
-    folders: dict[int, set[str]] = {}
-    for path, label in entries:
-        folders.setdefault(label, set()).add(path.parent.name)
-    names = tuple(next(iter(folders[c])) if len(folders.get(c, ())) == 1 else str(c) for c in range(num))
-    return names if len(set(names)) == num else tuple(str(c) for c in range(num))
-
-
 def _entries(cfg: DataConfig, root: Path) -> tuple[Entries, Entries, tuple[str, ...]]:
-    names = None
-    if cfg.class_names_file:
-        names_path = root / cfg.class_names_file
-        if not names_path.is_file():
-            raise DataError(f"class names file {names_path} does not exist")
-        names = tuple(line.strip() for line in names_path.read_text().splitlines() if line.strip())
+    names = _names_file(cfg, root)
     if cfg.train_list or cfg.test_list:
         if not (cfg.train_list and cfg.test_list):
             raise DataError("give both data.train_list and data.test_list")
-        train_entries = _list_entries(root, root / cfg.train_list)
-        test_entries = _list_entries(root, root / cfg.test_list)
-        names = names or _names_from_lists(train_entries + test_entries)
+        train_entries = read_list(root, root / cfg.train_list, cfg.confine_paths)
+        test_entries = read_list(root, root / cfg.test_list, cfg.confine_paths)
+        if names is None and cfg.train_list.lower().endswith(".json"):
+            names = class_names_from_json(root / cfg.train_list)
+        if names is None:  # from the training list only: Places-LT keeps every test image in one folder
+            top = max(label for _, label in train_entries + test_entries)
+            names = names_from_folders(root, train_entries, top + 1)
         for list_name, entries in ((cfg.train_list, train_entries), (cfg.test_list, test_entries)):
             for path, label in entries:
                 if not 0 <= label < len(names):
@@ -95,6 +67,18 @@ def _entries(cfg: DataConfig, root: Path) -> tuple[Entries, Entries, tuple[str, 
     train_entries, names = _folder_entries(root / "train", names)
     test_entries, _ = _folder_entries(root / "test", names)
     return train_entries, test_entries, names
+
+
+def _names_file(cfg: DataConfig, root: Path) -> tuple[str, ...] | None:
+    """data.class_names_file: one name per line in label order, or an iNaturalist categories JSON."""
+    if not cfg.class_names_file:
+        return None
+    path = root / cfg.class_names_file
+    if not path.is_file():
+        raise DataError(f"class names file {path} does not exist")
+    if path.suffix.lower() == ".json":
+        return class_names_from_json(path)
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
 def manifest(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
