@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ltcompress.config import DataConfig
-from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint, memory_stats,
+from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint,
                                   resolve_workers, sample_indices, source_mode, streamed_stats)
 from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list
 from ltcompress.errors import DataError
@@ -157,14 +157,14 @@ def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,
     """Mean/std from a bounded, seeded sample of training images (decoded in workers when lazy)."""
     if cfg.normalize == "pretrained":  # data.load puts in the student's own
         return (0.0,) * spec.channels, (1.0,) * spec.channels
-    if not train.lazy:
-        return memory_stats(train.images, cfg)
+    idx = sample_indices(len(train), cfg.stats_sample, cfg.seed)
+    if not train.lazy:  # the same sample and arithmetic as the lazy path: storage never changes the numbers
+        return streamed_stats(train.images[i] for i in idx)
     import torch
 
     from ltcompress.data.loader import SampleSet, decoded
     from ltcompress.data.transforms import eval_transform
 
-    idx = sample_indices(len(train), cfg.stats_sample, cfg.seed)
     dataset = SampleSet(train, idx, eval_transform(spec), None)
     batches = decoded(pipeline, skipped, dataset, 64, False, torch.device("cpu"))
     return streamed_stats(img for x, _ in batches for img in x.numpy())
