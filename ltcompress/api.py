@@ -159,10 +159,10 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
     device = dist.init_from_env(distill.pick_device(cfg.run.device))  # torchrun: join the process group
     distill.amp_dtype(device, cfg.run.precision)
-    for section, recipe in (("teacher", cfg.teacher.train), ("student", cfg.student.train)):
+    for section, recipe in config_mod.recipes(cfg):
         SAMPLERS.get(recipe.sampler)
         if recipe.batch_size % dist.world():
-            raise UsageError(f"{section}.train.batch_size {recipe.batch_size} is the global batch and must be "
+            raise UsageError(f"{section}.batch_size {recipe.batch_size} is the global batch and must be "
                              f"divisible by the {dist.world()} processes")
     if not dist.is_main():  # only rank 0 writes files and shows progress
         log.setLevel(logging.WARNING)
@@ -189,8 +189,8 @@ def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
     """Where the student starts: a weights file, pretrained weights timm can provide here, or scratch."""
     from ltcompress import models
 
-    if cfg.student.weights:
-        return "file", cfg.student.weights
+    if cfg.student.weights or cfg.student.init not in ("auto", "pretrained", "scratch"):
+        return "file", cfg.student.weights or cfg.student.init
     init, reason = models.resolve_init(cfg.student.init, arch, "student")
     log.info("student init: %s (%s, student.init %s)", init, reason, cfg.student.init)
     return init, reason
@@ -307,9 +307,10 @@ def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str,
 
     cfg, data = plan.cfg, plan.data
     torch.manual_seed(cfg.run.seed)
-    init = plan.student_init[0]
-    student, _ = models.build(plan.student_arch, data.num_classes, data.spec.channels,
-                              "scratch" if init == "file" else init, cfg.student.weights, role="student")
+    init = cfg.student.init if plan.student_init[0] == "file" else plan.student_init[0]
+    student, info = models.build(plan.student_arch, data.num_classes, data.spec.channels, init, cfg.student.weights,
+                                 role="student")
+    plan.student_init = (info["init"], info["reason"])  # auto may still fall back if a download fails
     student, train_pass = distill.prepare_method(plan.loss, student, teacher, data, plan.device,
                                                  cfg.run.eval_batch_size)
     teacher_sha = dist.broadcast_object(teacher_sha)

@@ -70,8 +70,15 @@ def cli(debug: bool, quiet: bool) -> None:
                                            "training sample), verify and gate it as stage int8.")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False),
               help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).")
-@click.option("--teacher-init", type=click.Choice(["auto", "pretrained", "scratch"]),
-              help="Where a teacher trained here starts (auto: pretrained when the hub answers, else scratch).")
+@click.option("--teacher-init", metavar="auto|pretrained|scratch|FILE",
+              help="Where a teacher trained here starts: auto (pretrained weights when timm / huggingface_hub can "
+                   "provide them, from the HF cache under HF_HUB_OFFLINE, else scratch), pretrained, scratch, or "
+                   "a weights file (e.g. ImageNet .safetensors) fine-tuned under a new head.")
+@click.option("--student-init", metavar="auto|pretrained|scratch|FILE",
+              help="Where the student starts (as --teacher-init; default auto).")
+@click.option("--student-weights", type=click.Path(dir_okay=False),
+              help="Weights file the student starts from (.safetensors or .pt/.pth, weights_only=True); a head for "
+                   "another class count is replaced by a new one.")
 @click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE",
               help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).")
 @click.option("--epochs", type=int, help="Student (distillation) epochs.")
@@ -91,7 +98,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(preset: str | None, teacher: str | None, student: str | None, method: str | None, dataset: str | None,
         data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
-        method_args: tuple[str, ...], epochs: int | None, teacher_epochs: int | None, seed: int | None,
+        student_init: str | None, student_weights: str | None, method_args: tuple[str, ...], epochs: int | None,
+        teacher_epochs: int | None, seed: int | None,
         device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...],
         teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool, int8: bool) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
@@ -112,6 +120,7 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
                       gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
+                      student_init=student_init, student_weights=student_weights,
                       data_dir=data_dir, method_args=_key_values(method_args, "--method-arg") or None, seed=seed,
                       device=device, resume=resume)
     if result is None:  # a torchrun rank other than 0: rank 0 reports

@@ -280,8 +280,11 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
                 f"Valid keys{' in ' + where if where else ''}: {', '.join(names)}."
             )
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, full)
+        if dataclasses.is_dataclass(hint):  # over the field's own default: teacher.finetune keeps its lr
+            default = next(f for f in dataclasses.fields(cls) if f.name == key)
+            base = default.default_factory() if default.default_factory is not dataclasses.MISSING else hint()
+            merged = _deep_merge(dataclasses.asdict(base), value) if isinstance(value, Mapping) else value
+            kwargs[key] = _build(hint, merged, full)
         else:
             kwargs[key] = coerce(value, hint, full)
     return cls(**kwargs)
@@ -295,6 +298,12 @@ def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
     cfg = _build(CompressConfig, merged, "")
     _check_values(cfg)
     return cfg
+
+
+def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
+    """Every training recipe with its dotted key, for checks that apply to all of them."""
+    return (("teacher.train", cfg.teacher.train), ("teacher.finetune", cfg.teacher.finetune),
+            ("student.train", cfg.student.train))
 
 
 def _check_values(cfg: CompressConfig) -> None:
@@ -317,12 +326,12 @@ def _check_values(cfg: CompressConfig) -> None:
         (cfg.export.calibration in CALIBRATIONS, f"export.calibration must be one of {', '.join(CALIBRATIONS)}"),
         (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
     ]
-    for section in (cfg.teacher.train, cfg.student.train):
+    for where, section in recipes(cfg):
         checks += [
-            (section.epochs >= 1, "train.epochs must be at least 1"),
-            (section.batch_size >= 2, "train.batch_size must be at least 2"),
-            (section.lr > 0, "train.lr must be positive"),
-            (section.grad_clip is None or section.grad_clip > 0, "train.grad_clip must be positive (or null)"),
+            (section.epochs >= 1, f"{where}.epochs must be at least 1"),
+            (section.batch_size >= 2, f"{where}.batch_size must be at least 2"),
+            (section.lr > 0, f"{where}.lr must be positive"),
+            (section.grad_clip is None or section.grad_clip > 0, f"{where}.grad_clip must be positive (or null)"),
         ]
     for ok, message in checks + _data_checks(cfg):
         if not ok:
@@ -345,8 +354,5 @@ def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
         (d.mixup >= 0 and d.cutmix >= 0, "data.mixup and data.cutmix must be 0 (off) or positive"),
         (0 <= d.mix_prob <= 1, "data.mix_prob must be in [0, 1]"),
         (cfg.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision must be auto, bf16, fp16 or fp32"),
-    ] + [(0 <= t.warmup < 1, f"{where}.warmup must be in [0, 1)") for where, t in
-         (("teacher.train", cfg.teacher.train), ("teacher.finetune", cfg.teacher.finetune),
-          ("student.train", cfg.student.train))] + [
-        (0 < t.ema_decay < 1, f"{where}.ema_decay must be in (0, 1)") for where, t in
-        (("teacher.train", cfg.teacher.train), ("student.train", cfg.student.train))]
+    ] + [(0 <= t.warmup < 1, f"{where}.warmup must be in [0, 1)") for where, t in recipes(cfg)] + [
+        (0 < t.ema_decay < 1, f"{where}.ema_decay must be in (0, 1)") for where, t in recipes(cfg)]

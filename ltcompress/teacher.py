@@ -1,8 +1,9 @@
 """Stage 2: a frozen teacher for the dataset's classes, with its provenance.
 
 Sources: a local weights file (safetensors, or torch files loaded with ``weights_only=True``), or training here
-on the long-tailed data with the method's teacher loss. Trained teachers are cached by a hash of the resolved
-teacher-stage config and the data fingerprint, so the next run with the same settings reuses them.
+on the long-tailed data with the method's teacher loss, from scratch (recipe teacher.train) or fine-tuned from
+pretrained weights or a weights file (recipe teacher.finetune). Trained teachers are cached by a hash of the resolved
+teacher-stage config (including the recipe that ran) and the data fingerprint, so the next run reuses them.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ltcompress import checkpoint, dist, models
-from ltcompress.config import CompressConfig
+from ltcompress.config import CompressConfig, TrainConfig
 from ltcompress.data import LTData
-from ltcompress.distill import freeze, save_weights, train
+from ltcompress.distill import LoopOptions, freeze, save_weights, train
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
@@ -49,32 +49,9 @@ def cache_root(configured: str | None) -> Path:
 
 
 # ---------------------------------------------------------------- weights from a file
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UsageError(f"--teacher-weights {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise UsageError(f"--teacher-weights {path} is not a readable safetensors file: {exc}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--teacher-weights {path} cannot be loaded safely (weights_only=True): {reason}. "
-                         f"Save a plain state_dict (torch.save(model.state_dict(), ...)) or .safetensors") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UsageError(f"--teacher-weights {path} does not hold a state_dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """Exit 2 for a file made for another class count or another architecture."""
-    state = _read_state_dict(path)
+    """A finished teacher for this dataset; exit 2 for a file made for another class count or architecture."""
+    state = models.read_state_dict(path, "--teacher-weights")
     model = models.create(arch, num_classes, in_chans)
     head = model.get_classifier()
     head_keys = [n for n, p in model.named_parameters() if any(p is q for q in head.parameters())]
@@ -96,18 +73,9 @@ def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3
 
 
 # ---------------------------------------------------------------- trained here, cached
-def resolve_init(requested: str, arch: str) -> tuple[str, str]:
-    """auto: pretrained when the hub answers (checked in well under a second), else scratch; logged."""
-    if requested == "scratch":
-        return "scratch", "requested"
-    reachable = models.hub_reachable()
-    if requested == "pretrained" and not reachable:
-        raise UsageError(f"--teacher-init pretrained needs the Hugging Face hub, which is offline or unreachable "
-                         f"(HF_HUB_OFFLINE or no network). Pass --teacher-weights FILE, or --teacher-init scratch to "
-                         f"train {arch} here from scratch")
-    if reachable:
-        return "pretrained", "hub reachable"
-    return "scratch", "hub offline or unreachable"
+def recipe_for(cfg: CompressConfig, init: str) -> tuple[str, TrainConfig]:
+    """A teacher starting from pretrained weights (or a weights file) is fine-tuned with its own recipe."""
+    return ("scratch", cfg.teacher.train) if init == "scratch" else ("finetune", cfg.teacher.finetune)
 
 
 def resolve_loss(requested: str, method_cls: type) -> str:
@@ -125,30 +93,34 @@ def resolve_loss(requested: str, method_cls: type) -> str:
     return requested
 
 
-def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData) -> str:
+def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData, init_sha256: str = "") -> str:
+    """Hash of everything the trained teacher depends on, including which recipe ran and what it started from."""
+    recipe_name, train_cfg = recipe_for(cfg, init)
     # options left off (None) stay out of the key, so keys from before an option existed stay valid
-    recipe = {k: v for k, v in dataclasses.asdict(cfg.teacher.train).items() if v is not None}
+    recipe = {k: v for k, v in dataclasses.asdict(train_cfg).items() if v is not None}
     spec = {
         "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss, "recipe": recipe,
         "input_size": cfg.data.input_size, "sampler": recipe.pop("sampler"), "seed": cfg.teacher_seed,
         "data": data.fingerprint,
     }
+    if recipe_name != "scratch":
+        spec["recipe_name"] = recipe_name
+    if init_sha256:
+        spec["init_sha256"] = init_sha256
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _build_untrained(arch: str, init: str, data: LTData) -> tuple[nn.Module, str]:
-    """Returns the model to train and how init really happened (auto may fall back to scratch)."""
-    if init == "pretrained":
-        try:
-            model = models.create(arch, data.num_classes, data.spec.channels, pretrained=True)
-        except Exception as exc:  # no weights for this arch, hub error mid-way, ...
-            raise UsageError(f"could not load pretrained weights for {arch}: {str(exc).splitlines()[0]}. "
-                             f"Use --teacher-init scratch or --teacher-weights FILE") from None
-        mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
-        if mean and std and (tuple(mean) != data.spec.mean or tuple(std) != data.spec.std):
-            model = models.Renormalize(model, data.spec.mean, data.spec.std, mean, std)
-        return model, "pretrained"
-    return models.create(arch, data.num_classes, data.spec.channels), "scratch"
+def _build_untrained(p: TeacherPlan, cfg: CompressConfig, data: LTData) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to train and how its init really happened (online auto may fall back to scratch). A start
+    from other weights whose normalisation differs from the data's is wrapped in Renormalize."""
+    request = "scratch" if p.init == "scratch" else cfg.teacher.init
+    model, info = models.build(p.arch, data.num_classes, data.spec.channels, request, role="teacher")
+    if info["init"] == "scratch":
+        return model, info
+    mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
+    if mean and std and (tuple(mean) != tuple(data.spec.mean) or tuple(std) != tuple(data.spec.std)):
+        model = models.Renormalize(model, data.spec.mean, data.spec.std, mean, std)
+    return model, info
 
 
 @dataclass(frozen=True)
@@ -172,8 +144,9 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
         provenance = {"arch": arch, "source": "file", "path": str(path.resolve()),
                       "weights_sha256": sha256_file(path), "trained_here": False}
         return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance)
-    init, reason = resolve_init(cfg.teacher.init, arch)
-    return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data))
+    init, reason = models.resolve_init(cfg.teacher.init, arch, "teacher")
+    start_sha = sha256_file(Path(cfg.teacher.init).expanduser()) if init == "file" else ""
+    return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data, start_sha))
 
 
 def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir | None,
@@ -189,47 +162,80 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
             write_json(run.file("teacher.json"), p.provenance)
         return Teacher(freeze(p.loaded), p.provenance)
     log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
-    entry = cache_root(cfg.run.cache_dir) / "teachers" / p.key[:24]
-    weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
-    meta = dist.broadcast_object(json.loads(meta_path.read_text()) if run and meta_path.is_file() and
-                                 weights.is_file() else None)
-    if meta is not None:
-        model = _wrap_like(models.create(p.arch, data.num_classes, data.spec.channels), meta, data)
-        if run is not None:
-            model.load_state_dict(load_file(str(weights)))
-        dist.broadcast_module(model)
-        log.info("teacher: reusing cached %s (key %s, %s)", p.arch, p.key[:12], entry)
-        source = "cache"
-    else:
+    hit = _from_cache(p, cfg, data, run)
+    if hit is None:
         torch.manual_seed(cfg.teacher_seed)  # before building: the head's initial weights depend on it
-        model, init = _build_untrained(p.arch, p.init, data)
-        method_cls = METHODS.get(p.loss)
-        ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.teacher.train.epochs)
-        method = method_cls(method_cls.make_params({}), ctx)
-        log.info("teacher: training %s here (%s init, loss %s, %d epochs, cache key %s)", p.arch, init, p.loss,
-                 cfg.teacher.train.epochs, p.key[:12])
-        path = run.file("checkpoints") / "teacher-last.pt" if run else None
-        resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
-        result = train(model, method, data, cfg.teacher.train, device, stage="teacher", seed=cfg.teacher_seed,
-                       on_epoch=run.log_metrics if run else None,
-                       checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()}))
-                       if path else None,
-                       resume=resume, progress=progress)
-        meta = {"arch": p.arch, "init": init, "init_reason": p.reason, "loss": p.loss,
-                "recipe": dataclasses.asdict(cfg.teacher.train), "data_fingerprint": data.fingerprint,
-                "cache_key": p.key, "train_seconds": round(result.seconds, 1),
-                "renormalize": isinstance(model, models.Renormalize)}
-        if run is not None:
-            save_weights(model, weights)
-            write_json(meta_path, meta)  # written last: marks the cache entry complete
+        model, info = _build_untrained(p, cfg, data)
+        info = dist.broadcast_object(info)  # rank 0's start decides (DDP syncs the weights from it)
+        if info["init"] != p.init:  # online auto fell back to scratch: the scratch recipe, the scratch key
+            p = dataclasses.replace(p, init=info["init"], reason=info["reason"],
+                                    key=cache_key(cfg, p.arch, info["init"], p.loss, data))
+            hit = _from_cache(p, cfg, data, run)
+    if hit is not None:
+        (model, meta), source = hit, "cache"
+    else:
+        meta = _train_here(p, model, info, cfg, data, device, run, progress, resume_from_checkpoint)
         source = "trained"
     if run is None:
         return Teacher(freeze(model), {**meta, "source": source})
-    link_or_copy(weights, run.file("teacher.safetensors"))
-    provenance = {**meta, "source": source, "trained_here": True, "weights_sha256": sha256_file(weights),
-                  "cache_path": str(entry)}
+    entry = _entry(cfg, p.key)
+    link_or_copy(entry / "teacher.safetensors", run.file("teacher.safetensors"))
+    provenance = {**meta, "source": source, "trained_here": True,
+                  "weights_sha256": sha256_file(entry / "teacher.safetensors"), "cache_path": str(entry)}
     write_json(run.file("teacher.json"), provenance)
     return Teacher(freeze(model), provenance)
+
+
+def _entry(cfg: CompressConfig, key: str) -> Path:
+    return cache_root(cfg.run.cache_dir) / "teachers" / key[:24]
+
+
+def _from_cache(p: TeacherPlan, cfg: CompressConfig, data: LTData,
+                run: RunDir | None) -> tuple[nn.Module, dict[str, Any]] | None:
+    """A teacher trained earlier with the same key: rank 0 reads it and sends it to the others."""
+    entry = _entry(cfg, p.key)
+    weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
+    meta = dist.broadcast_object(json.loads(meta_path.read_text()) if run and meta_path.is_file() and
+                                 weights.is_file() else None)
+    if meta is None:
+        return None
+    meta = {"recipe_name": recipe_for(cfg, p.init)[0], **meta}  # entries from before recipes had names
+    model = _wrap_like(models.create(p.arch, data.num_classes, data.spec.channels), meta, data)
+    if run is not None:
+        model.load_state_dict(load_file(str(weights)))
+    dist.broadcast_module(model)
+    log.info("teacher: reusing cached %s (key %s, %s recipe, %s)", p.arch, p.key[:12],
+             meta.get("recipe_name", "scratch"), entry)
+    return model, meta
+
+
+def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: CompressConfig, data: LTData,
+                device: torch.device, run: RunDir | None, progress: bool, resume_from_checkpoint: bool
+                ) -> dict[str, Any]:
+    """Train with the recipe the init calls for (finetune from pretrained / a file, else train) and store the
+    result in the cache; returns the metadata that records which recipe ran."""
+    recipe_name, recipe = recipe_for(cfg, info["init"])
+    method_cls = METHODS.get(p.loss)
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), recipe.epochs)
+    method = method_cls(method_cls.make_params({}), ctx)
+    log.info("teacher: training %s here (%s init, loss %s, %s recipe, %d epochs, lr %g, cache key %s)", p.arch,
+             info["init"], p.loss, recipe_name, recipe.epochs, recipe.lr, p.key[:12])
+    path = run.file("checkpoints") / "teacher-last.pt" if run else None
+    resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
+    result = train(model, method, data, recipe, device, stage="teacher", seed=cfg.teacher_seed,
+                   on_epoch=run.log_metrics if run else None,
+                   checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()}))
+                   if path else None,
+                   resume=resume, options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress))
+    meta = {"arch": p.arch, "init": info["init"], "init_reason": info["reason"], "init_source": info,
+            "loss": p.loss, "recipe_name": recipe_name, "recipe": dataclasses.asdict(recipe),
+            "data_fingerprint": data.fingerprint, "cache_key": p.key, "train_seconds": round(result.seconds, 1),
+            "renormalize": isinstance(model, models.Renormalize)}
+    if run is not None:
+        entry = _entry(cfg, p.key)
+        save_weights(model, entry / "teacher.safetensors")
+        write_json(entry / "teacher.json", meta)  # written last: marks the cache entry complete
+    return meta
 
 
 def _wrap_like(model: nn.Module, meta: dict[str, Any], data: LTData) -> nn.Module:

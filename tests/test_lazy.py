@@ -259,3 +259,38 @@ def test_sigkill_of_the_main_process_leaves_no_orphan_workers(tree, tmp_path):
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.slow
+def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tree, tmp_path, monkeypatch):
+    """The real workload in miniature: a photo folder decoded lazily at 224 px, timm transforms, both models
+    starting from weights found offline in a Hugging Face cache; the bundle classifies the files as verify did."""
+    from huggingface_hub import constants
+
+    from ltcompress import compress
+    from ltcompress.edge.runtime import Bundle
+    from test_pretrained import cache_weights
+
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    for arch in TINY_MODELS.values():
+        cache_weights(hub, arch)
+    overrides = {"data.input_size": 224, "data.in_memory": False, "data.workers": 2, "teacher.finetune.epochs": 1,
+                 "student.train.epochs": 1, "teacher.finetune.batch_size": 8, "student.train.batch_size": 8,
+                 "student.train.ema": True}
+    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="kd",
+                      dataset="imagefolder", data_dir=str(tree), teacher_init="pretrained", student_init="auto",
+                      runs_dir=str(tmp_path / "runs"), overrides=overrides, progress=False)
+    assert result.passed
+    rep = result.report
+    assert rep["student"]["init"] == "pretrained" and rep["student"]["exported_weights"] == "ema"
+    assert rep["teacher"]["init"] == "pretrained" and rep["teacher"]["recipe_name"] == "finetune"
+    data = rep["data"]
+    assert data["pipeline"]["in_memory"] is False and data["pipeline"]["augment"] == "timm"
+    assert data["pipeline"]["normalize"] == "pretrained" and list(data["input"]["mean"]) == [0.485, 0.456, 0.406]
+    assert data["input"]["size"] == 224 and data["input"]["geometry"] == "crop" and data["input"]["crop_pct"] == 0.95
+    bundle = Bundle(result.bundle_dir)
+    files = sorted((tree / "test").rglob("*.*"))  # the loader's order: class folders, then names
+    got = [r["class_index"] for r in bundle.classify(files)]
+    assert got == np.load(result.run_dir / "predictions.npz")["fp32"].tolist()

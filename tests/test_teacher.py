@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from ltcompress import models
 from ltcompress.errors import UsageError
 from ltcompress.rundir import sha256_file
-from ltcompress.teacher import load_weights_file, resolve_init
+from ltcompress.teacher import load_weights_file
 
 
 def _state(num_classes):
@@ -54,13 +54,17 @@ def test_missing_file_is_exit_2(tmp_path):
         load_weights_file("test_resnet", tmp_path / "nope.safetensors", 10)
 
 
-def test_offline_hub_never_waits(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert models.hub_reachable() is False
-    assert resolve_init("auto", "resnet50") == ("scratch", "hub offline or unreachable")
-    assert resolve_init("scratch", "resnet50")[0] == "scratch"
+def test_offline_without_cached_weights_never_waits(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty Hugging Face cache
+    assert not hasattr(models, "hub_reachable")  # no hostname probing: huggingface_hub's own semantics
+    init, reason = models.resolve_init("auto", "resnet50", "teacher")
+    assert init == "scratch" and "HF_HUB_OFFLINE" in reason
+    assert models.resolve_init("scratch", "resnet50", "teacher")[0] == "scratch"
     with pytest.raises(UsageError, match="--teacher-weights"):
-        resolve_init("pretrained", "resnet50")
+        models.resolve_init("pretrained", "resnet50", "teacher")
 
 
 def test_model_aliases_and_unknown_names():
