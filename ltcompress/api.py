@@ -83,13 +83,13 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     returns the result; the other ranks return None. Raises an LTCompressError subclass for errors; a failed
     gate is not an error.
     """
-    from ltcompress import dist, rundir
+    from ltcompress import checkpoint, dist, rundir
     from ltcompress.errors import Interrupted
 
     cfg = config or build_config(preset, overrides, teacher=teacher, student=student, method=method,
                                  dataset=dataset, gates=gates, **keywords)
     owns_group = not dist.active()
-    plan = _validate(cfg, progress and dist.is_main())
+    plan = _validate(cfg, progress)
     if not dist.is_main():
         try:
             _follow(plan, resume)
@@ -99,8 +99,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         return None
     if resume:
         run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
-        _check_same_config(run, plan.resolved)
-        _check_same_data(run, plan.data)
+        checkpoint.check_same_config(run, plan.resolved)
+        checkpoint.check_same_data(run, plan.data.manifest)
     else:
         run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, plan.student_arch))
         run.write_config(plan.resolved)
@@ -166,6 +166,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
                              f"divisible by the {dist.world()} processes")
     if not dist.is_main():  # only rank 0 writes files and shows progress
         log.setLevel(logging.WARNING)
+        progress = False
     student_init = _student_init(cfg, student_arch)
     pre = models.pretrained_preprocessing(student_arch) if student_init[0] == "pretrained" else None
     t = time.perf_counter()
@@ -270,8 +271,9 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         teacher=out.teacher.provenance if out.teacher else None,
         method={**method_info(cfg.method.name).to_dict(), "params": dataclasses.asdict(plan.params),
                 "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups)},
-        data_info=_data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
-        flips=result.flips, artifacts=_artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
+        data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
+        flips=result.flips,
+        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
     rep["student"] = _student_info(plan)
     report.write(run, rep)
     report.write_html(run, rep)
@@ -283,7 +285,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
             f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
     if rep["passed"]:
         report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names,
-                            _preprocess(data, onnx_export.INPUT_NAME))
+                            report.preprocess(data, onnx_export.INPUT_NAME))
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
         log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
@@ -349,22 +351,6 @@ def _follow(plan: Plan, resume: bool) -> None:
     _distill(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)
 
 
-def _check_same_config(run: Any, resolved: dict[str, Any]) -> None:
-    """A resumed run must continue with exactly the settings it started with."""
-    import yaml
-
-    from ltcompress.checkpoint import differences
-
-    saved = yaml.safe_load(run.file("config.yaml").read_text())
-    current = config_mod._plain(resolved)
-    saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
-    changed = differences(saved, current)
-    if changed:
-        run.close()
-        raise UsageError(f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
-                         f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run")
-
-
 def _augmentation(data: Any) -> str:
     """What the training augmentation is, as the teacher-logit cache key records it."""
     from ltcompress.data.batches import AUGMENTATION
@@ -375,26 +361,6 @@ def _augmentation(data: Any) -> str:
     keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
     return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
         f"{k}={getattr(opts, k)}" for k in keys)
-
-
-def _check_same_data(run: Any, data: Any) -> None:
-    """A resumed run must see the files it started with: name what was added, removed or changed."""
-    from ltcompress.errors import DataError
-
-    path = run.file("data-manifest.txt")
-    if not data.manifest or not path.is_file():
-        return
-    before = {line.split(" ", 4)[4]: line for line in path.read_text().splitlines() if line}
-    now = {line.split(" ", 4)[4]: line for line in data.manifest}
-    added = sorted(set(now) - set(before))
-    removed = sorted(set(before) - set(now))
-    changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
-    if added or removed or changed:
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("added", added), ("removed", removed), ("changed", changed)) if v]
-        run.close()
-        raise DataError(f"cannot resume {run.path}: the data changed since the run began: {'; '.join(parts)}. "
-                        f"Restore the files, or start a new run")
 
 
 def _since(start: float) -> float:
@@ -408,38 +374,3 @@ def _log_to(path: Path) -> logging.Handler:
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
     return handler
-
-
-def _data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> dict[str, Any]:
-    return {
-        "dataset": cfg.data.dataset, "num_classes": data.num_classes, "class_names": list(data.class_names),
-        "class_counts": data.class_counts.tolist(), "train_size": len(data.train), "test_size": len(data.test),
-        "shot_groups": {k: [data.class_names[c] for c in v] for k, v in groups.items()},
-        "shot_thresholds": {"many_above": cfg.data.many_threshold, "few_below": cfg.data.few_threshold},
-        "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
-        "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
-        "skipped_images": len(data.skipped), "skipped": list(data.skipped),
-        "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
-                     "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
-                     "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},
-    }
-
-
-def _artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None,
-               opset: int) -> dict[str, Any]:
-    from ltcompress import rundir
-
-    out: dict[str, Any] = {"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
-                           "onnx_sha256": rundir.sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size,
-                           "opset": opset}
-    if int8_path is not None:
-        out.update({"student_int8_onnx": str(int8_path), "int8_sha256": rundir.sha256_file(int8_path),
-                    "int8_bytes": int8_path.stat().st_size, "int8": int8_info})
-    return out
-
-
-def _preprocess(data: Any, input_name: str) -> dict[str, Any]:
-    s = data.spec
-    return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,
-            "source_size": s.source_size, "geometry": s.geometry, "crop_pct": s.crop_pct,
-            "interpolation": s.interpolation, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ltcompress.errors import UsageError
+from ltcompress.errors import DataError, UsageError
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,3 +76,39 @@ class StopRequest:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def check_same_config(run: Any, resolved: dict[str, Any]) -> None:
+    """A resumed run must continue with exactly the settings it started with."""
+    import yaml
+
+    from ltcompress.config import plain
+
+    saved = yaml.safe_load(run.file("config.yaml").read_text())
+    current = plain(resolved)
+    saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
+    changed = differences(saved, current)
+    if changed:
+        run.close()
+        raise UsageError(f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
+                         f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run")
+
+
+def check_same_data(run: Any, manifest: tuple[str, ...]) -> None:
+    """A resumed run must see the files it started with: name what was added, removed or changed."""
+    path = run.file("data-manifest.txt")
+    if not manifest or not path.is_file():
+        return
+    def by_file(lines: Any) -> dict[str, str]:  # "split label size mtime path" keyed by "split path"
+        return {f"{parts[0]} {parts[4]}": line for line in lines if line for parts in [line.split(" ", 4)]}
+
+    before, now = by_file(path.read_text().splitlines()), by_file(manifest)
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
+    if added or removed or changed:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("added", added), ("removed", removed), ("changed", changed)) if v]
+        run.close()
+        raise DataError(f"cannot resume {run.path}: the data changed since the run began: {'; '.join(parts)}. "
+                        f"Restore the files, or start a new run")

@@ -139,18 +139,18 @@ class CompressConfig:
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @property
     def teacher_seed(self) -> int:
         return self.run.seed if self.teacher.seed is None else self.teacher.seed
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 

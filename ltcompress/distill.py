@@ -202,7 +202,7 @@ def build_state(model: nn.Module, method: Method, recipe: TrainConfig, device: t
     if options.compile:
         module.student.compile()
     wrapped: nn.Module = module
-    if dist.world() > 1:  # one DDP wrapper over student + method parameters; unused ones only where a method has its own
+    if dist.world() > 1:  # one DDP wrapper over student + method parameters; unused ones only if a method has its own
         wrapped = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=any(True for _ in method.parameters()))
@@ -262,8 +262,7 @@ class Loop:
             if i == skip and epoch == self.first_epoch:
                 log.info("%s: first training step done", self.stage)  # bench/scale.py times the start-up by it
             if stopping:
-                if checkpoint is not None:
-                    checkpoint(state.checkpoint(self.stage))
+                _save(state, self.stage, checkpoint)
                 raise KeyboardInterrupt
         seconds = time.perf_counter() - t0
         dist.average_buffers(state.module)
@@ -329,6 +328,13 @@ class Loop:
         return "the last good checkpoint is kept in the run's checkpoints/"
 
 
+def _save(state: TrainState, stage: str, checkpoint: Callable[[dict[str, Any]], None] | None) -> None:
+    """Every rank takes part in gathering the state (a collective); the caller with a `checkpoint` writes it."""
+    saved = state.checkpoint(stage)
+    if checkpoint is not None:
+        checkpoint(saved)
+
+
 def _mixer(data: LTData, device: torch.device) -> Any:
     """timm random erasing and Mixup/CutMix on the normalised batch, when the data options turn them on."""
     opts = data.pipeline.options
@@ -369,8 +375,7 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                 if on_epoch is not None:
                     on_epoch(record)
                 state.epoch, state.step, state.sums = state.epoch + 1, 0, (0.0, 0, 0)
-                if checkpoint is not None:
-                    checkpoint(state.checkpoint(stage))
+                _save(state, stage, checkpoint)
     finally:
         bar.close()
     if state.ema is not None:

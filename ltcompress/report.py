@@ -2,6 +2,7 @@
 gate passed)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -11,8 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ltcompress.config import bundled_dir
-from ltcompress.rundir import RunDir, atomic_write_text, io_errors, write_json
+from ltcompress.config import CompressConfig, bundled_dir
+from ltcompress.rundir import RunDir, atomic_write_text, io_errors, sha256_file, write_json
 
 REPORT_SCHEMA = 1
 _EDGE_FILES = ("runtime.py",)
@@ -108,3 +109,36 @@ def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_nam
     atomic_write_text(bundle / "labels.json", json.dumps(list(class_names), indent=2) + "\n")
     write_json(bundle / "preprocess.json", preprocess)
     return bundle
+
+
+def data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> dict[str, Any]:
+    return {
+        "dataset": cfg.data.dataset, "num_classes": data.num_classes, "class_names": list(data.class_names),
+        "class_counts": data.class_counts.tolist(), "train_size": len(data.train), "test_size": len(data.test),
+        "shot_groups": {k: [data.class_names[c] for c in v] for k, v in groups.items()},
+        "shot_thresholds": {"many_above": cfg.data.many_threshold, "few_below": cfg.data.few_threshold},
+        "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
+        "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
+        "skipped_images": len(data.skipped), "skipped": list(data.skipped),
+        "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
+                     "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
+                     "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},
+    }
+
+
+def artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None,
+               opset: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
+                           "onnx_sha256": sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size,
+                           "opset": opset}
+    if int8_path is not None:
+        out.update({"student_int8_onnx": str(int8_path), "int8_sha256": sha256_file(int8_path),
+                    "int8_bytes": int8_path.stat().st_size, "int8": int8_info})
+    return out
+
+
+def preprocess(data: Any, input_name: str) -> dict[str, Any]:
+    s = data.spec
+    return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,
+            "source_size": s.source_size, "geometry": s.geometry, "crop_pct": s.crop_pct,
+            "interpolation": s.interpolation, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}

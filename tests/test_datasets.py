@@ -155,14 +155,14 @@ def test_imagefolder_pixels_match_the_bundle_preprocessing(tmp_path, in_memory):
     """What the run feeds its models (decoded in memory, or lazily in a worker) is what the bundle computes."""
     import torch
 
-    from ltcompress.api import _preprocess
+    from ltcompress.report import preprocess
     from ltcompress.data import eval_batches
     from ltcompress.edge.runtime import Bundle
 
     data = load(folder_cfg(folder_dataset(tmp_path), in_memory=in_memory, workers=1), tmp_path)
     assert data.in_memory is in_memory and data.spec.geometry == "crop"
     bundle = Bundle.__new__(Bundle)  # preprocessing only: no model needed
-    bundle.pre = _preprocess(data, "input")
+    bundle.pre = preprocess(data, "input")
     x, _ = next(eval_batches(data, data.test, 4, torch.device("cpu")))
     for i, path in enumerate(data.test.files[:4]):
         with Image.open(path) as img:

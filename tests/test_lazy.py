@@ -2,7 +2,6 @@
 same batches as the in-memory path, and bad input at scale (a corrupt image met mid-epoch, a folder changed
 before --resume, Ctrl-C and SIGKILL with workers running)."""
 import copy
-import dataclasses
 import os
 import signal
 import subprocess
