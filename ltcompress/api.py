@@ -175,7 +175,8 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
     gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
     teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs)
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs,
+                        cfg.data.many_threshold, cfg.data.few_threshold)
     loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
     timings = {"data": _since(t)}
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
@@ -268,13 +269,12 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     rep = report.build(
         run=run, config=plan.resolved, gates=out.gate_results, stages=result.stages,
         parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
-        teacher=out.teacher.provenance if out.teacher else None,
+        teacher=out.teacher.provenance if out.teacher else None, student=_student_info(plan),
         method={**method_info(cfg.method.name).to_dict(), "params": dataclasses.asdict(plan.params),
                 "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups)},
         data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
         flips=result.flips,
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
-    rep["student"] = _student_info(plan)
     report.write(run, rep)
     report.write_html(run, rep)
     if not result.parity_ok:

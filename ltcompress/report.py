@@ -43,7 +43,7 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
-          method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
+          student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
           flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
           device: str) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
@@ -59,6 +59,7 @@ def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], tea
         "flips": flips,
         "data": data_info,
         "teacher": teacher,
+        "student": student,
         "method": method,
         "artifacts": artifacts,
         "config": config,

@@ -216,7 +216,8 @@ def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: Com
     result in the cache; returns the metadata that records which recipe ran."""
     recipe_name, recipe = recipe_for(cfg, info["init"])
     method_cls = METHODS.get(p.loss)
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), recipe.epochs)
+    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), recipe.epochs,
+                        cfg.data.many_threshold, cfg.data.few_threshold)
     method = method_cls(method_cls.make_params({}), ctx)
     log.info("teacher: training %s here (%s init, loss %s, %s recipe, %d epochs, lr %g, cache key %s)", p.arch,
              info["init"], p.loss, recipe_name, recipe.epochs, recipe.lr, p.key[:12])

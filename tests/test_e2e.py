@@ -22,7 +22,7 @@ from ltcompress.metrics import SUMMARY_KEYS
 from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
-REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "method",
+REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "student", "method",
                "artifacts", "config", "environment", "command", "flips"}
 COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
 

@@ -143,28 +143,52 @@ def naive_ldam_drw(zs, zt, y, p, counts, epoch, epochs, extra):
 
 def naive_krdistill(zs, zt, y, p, counts, epoch, epochs, extra):
     method, fs, ft = extra["method"], extra["fs"], extra["ft"]
-    W = method.projector.weight.double().tolist()
-    b = method.projector.bias.double().tolist()
-    protos = method.prototypes.double().tolist()
     total_n = sum(counts)
     out = 0.0
     for i in range(len(y)):
         loss = _ce(zs[i], y[i])
-        zr = [v - p.tau * math.log(n / total_n) for v, n in zip(zt[i], counts)]
-        top = max(range(len(zr)), key=lambda c: zr[c])
-        zr[top], zr[y[i]] = zr[y[i]], zr[top]
-        loss += p.alpha * p.T ** 2 * _kl_probs(_probs(zr, p.T), _probs(zs[i], p.T))
-        proj = [sum(W[r][k] * fs[i][k] for k in range(len(fs[i]))) + b[r] for r in range(len(W))]
-        target = [(1 - p.lam) * a + p.lam * m for a, m in zip(ft[i], protos[y[i]])]
-        na, nt = math.sqrt(sum(v * v for v in proj)), math.sqrt(sum(v * v for v in target))
-        loss += p.beta * sum((a / na - t / nt) ** 2 for a, t in zip(proj, target))
+        if p.logit_term:
+            zr = [(v / p.T if p.prior_after_temper else v) - p.tau * math.log(n / total_n)
+                  for v, n in zip(zt[i], counts)]
+            if p.swap == "all" or (p.swap == "tail" and counts[y[i]] <= method.ctx.many_threshold):
+                top = max(range(len(zr)), key=lambda c: zr[c])
+                zr[top], zr[y[i]] = zr[y[i]], zr[top]
+            target = _probs(zr, 1.0 if p.prior_after_temper else p.T)
+            loss += p.alpha * p.T ** 2 * _kl_probs(target, _probs(zs[i], p.T))
+        if p.feature_term:
+            W, b = method.projector.weight.double().tolist(), method.projector.bias.double().tolist()
+            proto = method.prototypes.double().tolist()[y[i]]
+            proj = [sum(W[r][k] * fs[i][k] for k in range(len(fs[i]))) + b[r] for r in range(len(W))]
+            target = [(1 - p.lam) * a + p.lam * m for a, m in zip(ft[i], proto)]
+            na, nt = math.sqrt(sum(v * v for v in proj)), math.sqrt(sum(v * v for v in target))
+            ramp = min(epoch / p.feature_warmup, 1.0) if p.feature_warmup > 0 else 1.0
+            loss += p.beta * ramp * sum((a / na - t / nt) ** 2 for a, t in zip(proj, target))
         out += loss
     return out / len(y)
 
 
+def naive_ltkd(zs, zt, y, p, counts, epoch, epochs, extra):
+    ctx = extra["method"].ctx
+    groups = [[c for c, n in enumerate(counts) if n > ctx.many_threshold],
+              [c for c, n in enumerate(counts) if ctx.few_threshold <= n <= ctx.many_threshold],
+              [c for c, n in enumerate(counts) if n < ctx.few_threshold]]
+    groups = [g for g in groups if g]  # absent groups dropped
+    pi = [sum(counts[c] for c in g) / sum(counts) for g in groups]
+    total = 0.0
+    for i in range(len(y)):
+        ps, pt = _probs(zs[i], p.T), _probs(zt[i], p.T)
+        mass_s, mass_t = [sum(ps[c] for c in g) for g in groups], [sum(pt[c] for c in g) for g in groups]
+        rebalanced = [m / share for m, share in zip(mass_t, pi)]
+        cross = _kl_probs([v / sum(rebalanced) for v in rebalanced], mass_s)
+        within = sum(_kl_probs([pt[c] / mass_t[k] for c in g], [ps[c] / mass_s[k] for c in g])
+                     for k, g in enumerate(groups)) / len(groups)
+        total += _ce(zs[i], y[i]) + p.T ** 2 * (p.alpha * cross + p.beta * within)
+    return total / len(y)
+
+
 REFERENCES = {"ce": naive_ce, "kd": naive_kd, "bkd": naive_bkd, "bsce": naive_bsce, "la": naive_la,
               "dkd": naive_dkd, "dive": naive_dive, "rekd": naive_rekd, "ldam_drw": naive_ldam_drw,
-              "krdistill": naive_krdistill}
+              "krdistill": naive_krdistill, "ltkd": naive_ltkd}
 NAMES = METHODS.names()
 
 
@@ -329,39 +353,6 @@ def test_dkd_weighted_decomposition_is_kd_per_sample():
     assert not torch.allclose(tckd + nckd, kd)  # the plain sum is not KD
 
 
-def test_rekd_weighted_decomposition_is_kd_per_sample():
-    from ltcompress.methods.dkd import binary_log_probs
-    from ltcompress.methods.rekd import rekd_terms, topk_mask
-
-    zs, zt, y = batch(9)
-    T = 4.0
-    top = topk_mask(zs, 3)
-    tisd, ntid = rekd_terms(zs, zt, top, T)
-    mass = binary_log_probs(zt, top, T).exp()  # teacher's [P(M), P(not M)]
-    binary = T * T * F.kl_div(binary_log_probs(zs, top, T), binary_log_probs(zt, top, T), log_target=True,
-                              reduction="none").sum(1)
-    kd = T * T * F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True,
-                          reduction="none").sum(1)
-    torch.testing.assert_close(mass[:, 0] * tisd + mass[:, 1] * ntid + binary, kd)
-
-
-@pytest.mark.parametrize("k", [1, C - 1, C])
-def test_rekd_refuses_k_outside_2_to_c_minus_2(k):
-    with pytest.raises(UsageError, match="2 <= k <= C - 2") as info:
-        build("rekd", k=k)
-    assert info.value.exit_code == 2
-    build("rekd", k=2)
-    build("rekd", k=C - 2)
-
-
-def test_rekd_default_k_is_capped_and_topk_source_matters():
-    assert build("rekd").k == min(5, C - 2)
-    zs, zt, y = batch(10)
-    student_top = build("rekd", topk_from="student")(StepInputs(zs, y, 30.0, zt))
-    teacher_top = build("rekd", topk_from="teacher")(StepInputs(zs, y, 30.0, zt))
-    assert abs(float(student_top) - float(teacher_top)) > 1e-4
-
-
 @pytest.mark.parametrize("name", ["dkd", "rekd"])
 def test_warmup_scales_with_the_run(name):
     zs, zt, y = batch(11)
@@ -370,29 +361,6 @@ def test_warmup_scales_with_the_run(name):
     kd_part_long = float(long_run(StepInputs(zs, y, 1.0, zt)) - ce)  # warm-up 1/20 after epoch 1 of 240
     kd_part_short = float(short_run(StepInputs(zs, y, 1.0, zt)) - ce)  # warm-up over 2 epochs of 24
     assert kd_part_short == pytest.approx(10 * kd_part_long, rel=1e-4)
-
-
-def test_krdistill_rectification_puts_the_true_class_first():
-    from ltcompress.methods.krdistill import rectify_logits
-
-    zs, zt, y = batch(12, n=64)
-    rect = rectify_logits(zt, y, COUNTS, tau=1.0)
-    assert torch.equal(rect.argmax(1), y)
-    prior_free = zt - (COUNTS / COUNTS.sum()).log()
-    already = prior_free.argmax(1) == y
-    assert already.any() and not already.all()
-    torch.testing.assert_close(rect[already], prior_free[already])
-    assert torch.equal(rect.sort(1).values, prior_free.sort(1).values)  # entries swapped, none changed
-
-
-def test_krdistill_parts_switch_off():
-    zs, zt, y = batch(13)
-    ce = F.cross_entropy(zs, y)
-    none = build("krdistill", logit_term=False, feature_term=False)
-    assert not none.needs_features and not list(none.parameters())
-    torch.testing.assert_close(none(step(none, zs, zt, y, 1.0)), ce)
-    logits_only = build("krdistill", feature_term=False)
-    assert float(logits_only(step(logits_only, zs, zt, y, 1.0))) > float(ce)
 
 
 def test_ldam_margins_and_cosine_classifier():

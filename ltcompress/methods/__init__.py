@@ -80,3 +80,7 @@ register_method("krdistill", "ltcompress.methods.krdistill:KRDistill", status="r
                 summary="KRDistill (reading): KD to prior-rectified teacher logits plus cosine matching of "
                         "prototype-rectified teacher features",
                 source="Huang et al., arXiv 2409.07694 (abstract only; our reading)")
+register_method("ltkd", "ltcompress.methods.ltkd:LTKD", status="reading",
+                summary="LTKD (reading): CE plus KD split over shot groups: KL to prior-removed teacher group "
+                        "masses plus within-group KL with every group weighted equally",
+                source="Kim, CVPR 2026, arXiv 2506.18496 (abstract only; our reading)")

@@ -17,10 +17,14 @@ from ltcompress.registry import did_you_mean
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What the pipeline knows when a method is built: training class counts and the run's length."""
+    """What the pipeline knows when a method is built: training class counts, the run's length, and the run's
+    shot-group thresholds (``data.many_threshold`` / ``data.few_threshold``), so a method that works per shot
+    group (ltkd, krdistill's tail-only swap) uses the same groups as the report."""
 
     class_counts: torch.Tensor  # float [C], training images per class
     epochs: int
+    many_threshold: int = 100  # Many: more than this many training images
+    few_threshold: int = 20  # Few: fewer than this; Medium: the rest
 
     @property
     def num_classes(self) -> int:

@@ -6,6 +6,10 @@ arXiv 2409.07694). READING: only the abstract could be read; each of our two par
 2. Representation rectification: pull the teacher's penultimate feature toward its class prototype (the class
    mean over the training set), and match the student's projected feature to it in cosine distance. The
    projector trains with the student and is never exported.
+
+The parts of this reading that are questionable (docs/methods.md) are switchable; each switch defaults to the
+reading as first shipped: ``prior_after_temper`` (remove the prior before or after tempering), ``swap`` (which
+samples get the rank swap), ``feature_warmup`` (a linear ramp of the feature term's weight ``beta``).
 """
 from __future__ import annotations
 
@@ -15,18 +19,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltcompress.methods.base import Method, StepInputs, TrainingPass, tempered_kl
+from ltcompress.methods.base import Method, MethodContext, StepInputs, TrainingPass, tempered_kl
+
+SWAPS = ("all", "tail", "none")
 
 
 def rectify_logits(teacher_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor,
-                   tau: float) -> torch.Tensor:
-    """``zt - tau * log pi``, then swap the arg-max entry with the target's where they differ."""
+                   tau: float, swap_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``zt - tau * log pi``, then swap the arg-max entry with the target's where they differ, in the rows
+    ``swap_rows`` marks (bool ``[B]``; None: every row)."""
     prior = class_counts.float() / class_counts.float().sum()
     z = teacher_logits.float() - tau * prior.log()[None, :]
     top = z.argmax(dim=1, keepdim=True)
     y = targets[:, None]
+    if swap_rows is not None:
+        top = torch.where(swap_rows[:, None], top, y)  # top == y leaves a row as it is
     z_top, z_y = z.gather(1, top), z.gather(1, y)
     return z.scatter(1, top, z_y).scatter(1, y, z_top)  # a no-op where top == y
+
+
+def rectified_target(teacher_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor, T: float,
+                     tau: float, prior_after_temper: bool, swap_rows: torch.Tensor | None) -> torch.Tensor:
+    """Log-probabilities of the rectified teacher target. ``prior_after_temper`` False (as shipped):
+    ``softmax(rect(zt - tau log pi) / T)``, where tempering divides the prior's effect by T; True:
+    ``softmax(rect(zt / T - tau log pi))``, the full-strength correction of bkd and logit adjustment. The swap
+    acts on the logits the prior was removed from, so in both cases the true class ranks first where swapped."""
+    if prior_after_temper:
+        return F.log_softmax(rectify_logits(teacher_logits.float() / T, targets, class_counts, tau, swap_rows), 1)
+    return F.log_softmax(rectify_logits(teacher_logits, targets, class_counts, tau, swap_rows) / T, 1)
 
 
 def feature_distance(student_projected: torch.Tensor, teacher_features: torch.Tensor, prototypes: torch.Tensor,
@@ -41,7 +61,11 @@ def feature_distance(student_projected: torch.Tensor, teacher_features: torch.Te
 @dataclass(frozen=True)
 class KRDistillParams:
     """Our defaults (the paper's are unknown): T 4, alpha 1 (logit term), beta 1 (feature term), lam 0.5,
-    tau 1; `logit_term` and `feature_term` switch the two parts."""
+    tau 1; `logit_term` and `feature_term` switch the two parts. The switches below default to the reading as
+    first shipped, so each can be measured alone: `prior_after_temper` (remove the prior after tempering, at
+    full strength), `swap` ("all" misranked samples, only "tail" ones: label in the Medium or Few shot group,
+    i.e. at most `data.many_threshold` training images, or "none"), `feature_warmup` (epochs of this run, not
+    scaled, over which the feature weight ramps as ``beta * min(epoch / feature_warmup, 1)``; 0: no ramp)."""
 
     T: float = 4.0
     alpha: float = 1.0
@@ -50,20 +74,27 @@ class KRDistillParams:
     tau: float = 1.0
     logit_term: bool = True
     feature_term: bool = True
+    prior_after_temper: bool = False
+    swap: str = "all"
+    feature_warmup: float = 0.0
 
     def validate(self) -> None:
-        if self.T <= 0 or not 0 <= self.lam <= 1:
-            raise ValueError("need T > 0 and 0 <= lam <= 1")
+        if self.T <= 0 or not 0 <= self.lam <= 1 or self.feature_warmup < 0:
+            raise ValueError("need T > 0, 0 <= lam <= 1 and feature_warmup >= 0")
+        if self.swap not in SWAPS:
+            raise ValueError(f"swap must be one of {', '.join(SWAPS)}")
 
 
 class KRDistill(Method):
     Params = KRDistillParams
 
-    def __init__(self, params: KRDistillParams, ctx) -> None:
+    def __init__(self, params: KRDistillParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.needs_features = self.needs_training_pass = params.feature_term
         self.projector: nn.Module | None = None
         self.register_buffer("prototypes", None)
+        # Medium and Few classes (the run's shot groups), for swap="tail"; derived from the context, not saved
+        self.register_buffer("tail_classes", ctx.class_counts <= ctx.many_threshold, persistent=False)
 
     def prepare(self, train_pass: TrainingPass) -> None:
         """Class prototypes (each class's mean teacher feature over the un-augmented training set) and the
@@ -72,15 +103,30 @@ class KRDistill(Method):
         self.prototypes = torch.stack([feats[labels == c].mean(0) for c in range(self.ctx.num_classes)]).float()
         self.projector = nn.Linear(train_pass.student_feature_dim, feats.shape[1])
 
+    def swap_rows(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Which samples get the rank swap: None (all), only those labelled with a tail class, or none."""
+        if self.params.swap == "all":
+            return None
+        if self.params.swap == "none":
+            return torch.zeros_like(targets, dtype=torch.bool)
+        return self.tail_classes[targets]
+
+    def feature_weight(self, epoch: float) -> float:
+        """``beta``, ramped linearly over ``feature_warmup`` epochs (1-based epochs, as dkd's warm-up, so the
+        first step already gets ``beta / feature_warmup``), so the untrained projector can settle first."""
+        p = self.params
+        return p.beta * (min(epoch / p.feature_warmup, 1.0) if p.feature_warmup > 0 else 1.0)
+
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
         loss = F.cross_entropy(step.student_logits.float(), step.targets)
         if p.logit_term:
             counts = self.ctx.class_counts.to(step.teacher_logits.device)
-            rectified = rectify_logits(step.teacher_logits, step.targets, counts, p.tau)
-            loss = loss + p.alpha * tempered_kl(step.student_logits, F.log_softmax(rectified / p.T, 1), p.T)
+            target = rectified_target(step.teacher_logits, step.targets, counts, p.T, p.tau, p.prior_after_temper,
+                                      self.swap_rows(step.targets))
+            loss = loss + p.alpha * tempered_kl(step.student_logits, target, p.T)
         if p.feature_term:
             projected = self.projector(step.student_features.float())
-            loss = loss + p.beta * feature_distance(projected, step.teacher_features, self.prototypes,
-                                                    step.targets, p.lam)
+            loss = loss + self.feature_weight(step.epoch) * feature_distance(
+                projected, step.teacher_features, self.prototypes, step.targets, p.lam)
         return loss
