@@ -83,3 +83,28 @@ def test_grad_clip_bounds_each_update():
 
     # weight decay and momentum still act, but a 1e-6 gradient norm leaves the weights nearly where they began
     assert moved(clipped) < 0.05 * moved(free)
+
+
+def test_precision_choice():
+    from ltcompress.distill import amp_dtype
+    from ltcompress.errors import UsageError
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "fp32") is None
+    assert amp_dtype(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
+        amp_dtype(cpu, "fp16")
+
+
+@pytest.mark.slow
+def test_compiled_student_trains_and_keeps_plain_weight_names():
+    torch.manual_seed(0)
+    method, data = make("ce", 1), tiny_data()
+    student = models.create("test_efficientnet", len(COUNTS))
+    names = set(student.state_dict())
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    train(student, method, data, TrainConfig(epochs=1, batch_size=16), torch.device("cpu"), stage="student", seed=0,
+          options=LoopOptions(compile=True, progress=False))
+    after = student.state_dict()
+    assert set(after) == names  # nn.Module.compile keeps the keys the export and checkpoints use
+    assert any(not torch.equal(before[k], after[k]) for k in names)
