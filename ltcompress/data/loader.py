@@ -63,7 +63,11 @@ class SampleSet(torch.utils.data.Dataset):
     def _open(self, index: int) -> Image.Image:
         if self.split.images is None:
             image = Image.open(self.split.files[index])
-            image.load()
+            try:
+                image.load()  # decode now, so a truncated file fails here, inside the error handling
+            except BaseException:
+                image.close()
+                raise
             return image
         arr = self.split.images[index]
         return Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
