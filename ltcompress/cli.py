@@ -75,7 +75,8 @@ def cli(debug: bool, quiet: bool) -> None:
                    "provide them, from the HF cache under HF_HUB_OFFLINE, else scratch), pretrained, scratch, or "
                    "a weights file (e.g. ImageNet .safetensors) fine-tuned under a new head.")
 @click.option("--student-init", metavar="auto|pretrained|scratch|FILE",
-              help="Where the student starts (as --teacher-init; default auto).")
+              help="Where the student starts (as --teacher-init; default: the preset's, scratch in the "
+                   "embedded ones, else auto).")
 @click.option("--student-weights", type=click.Path(dir_okay=False),
               help="Weights file the student starts from (.safetensors or .pt/.pth, weights_only=True); a head for "
                    "another class count is replaced by a new one.")
