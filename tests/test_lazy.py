@@ -293,3 +293,19 @@ def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tr
     files = sorted((tree / "test").rglob("*.*"))  # the loader's order: class folders, then names
     got = [r["class_index"] for r in bundle.classify(files)]
     assert got == np.load(result.run_dir / "predictions.npz")["fp32"].tolist()
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_hang(tree, monkeypatch):
+    from ltcompress.data import loader
+    from ltcompress.errors import DataError
+
+    data = folder_data(tree, workers=1)
+    parent = os.getpid()
+
+    def die(self, position):
+        if os.getpid() != parent:  # in the worker: killed as the OOM killer would
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(loader.SampleSet, "__getitem__", die)
+    with pytest.raises(DataError, match="data-loading worker failed.*lower data.workers"):
+        list(eval_batches(data, data.test, 4, torch.device("cpu")))
