@@ -178,7 +178,7 @@ def naive_ltkd(zs, zt, y, p, counts, epoch, epochs, extra):
     for i in range(len(y)):
         ps, pt = _probs(zs[i], p.T), _probs(zt[i], p.T)
         mass_s, mass_t = [sum(ps[c] for c in g) for g in groups], [sum(pt[c] for c in g) for g in groups]
-        rebalanced = [m / share for m, share in zip(mass_t, pi)]
+        rebalanced = [m / share ** p.tau for m, share in zip(mass_t, pi)]
         cross = _kl_probs([v / sum(rebalanced) for v in rebalanced], mass_s)
         within = sum(_kl_probs([pt[c] / mass_t[k] for c in g], [ps[c] / mass_s[k] for c in g])
                      for k, g in enumerate(groups)) / len(groups)

@@ -191,11 +191,11 @@ def test_ltkd_with_a_single_group_is_kd():
 
 
 @pytest.mark.parametrize("many, few", [(100, 20), (50, 10), (1000, 20), (100, 3), (1, 1)])
-@pytest.mark.parametrize("alpha, beta, T", [(1.0, 1.0, 4.0), (0.3, 2.0, 2.0)])
-def test_ltkd_matches_naive_reference_for_any_grouping(many, few, alpha, beta, T):
+@pytest.mark.parametrize("alpha, beta, T, tau", [(1.0, 1.0, 4.0, 1.0), (0.3, 2.0, 2.0, 0.5), (1.0, 1.0, 4.0, 0.0)])
+def test_ltkd_matches_naive_reference_for_any_grouping(many, few, alpha, beta, T, tau):
     zs, zt, y = batch(21, n=16)
     cls = METHODS.get("ltkd")
-    method = cls(cls.make_params({"alpha": alpha, "beta": beta, "T": T}),
+    method = cls(cls.make_params({"alpha": alpha, "beta": beta, "T": T, "tau": tau}),
                  MethodContext(COUNTS, 10, many_threshold=many, few_threshold=few))
     got = float(method(StepInputs(zs, y, 1.0, zt)))
     want = naive_ltkd(zs.double().tolist(), zt.double().tolist(), y.tolist(), method.params, COUNTS.tolist(),

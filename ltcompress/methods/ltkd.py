@@ -64,10 +64,11 @@ def ltkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, membe
 
 def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
               membership: torch.Tensor, group_prior: torch.Tensor, T: float, alpha: float,
-              beta: float) -> torch.Tensor:
-    """``CE + T**2 * (alpha * KL(P~_t || P_s) + beta * (1/|G|) sum_g KL(p_t(.|g) || p_s(.|g)))``, batch mean."""
+              beta: float, tau: float = 1.0) -> torch.Tensor:
+    """``CE + T**2 * (alpha * KL(P~_t || P_s) + beta * (1/|G|) sum_g KL(p_t(.|g) || p_s(.|g)))``, batch mean,
+    with ``P~_t(g) ∝ P_t(g) / pi_g**tau``."""
     log_mass_s, log_mass_t, within = ltkd_terms(student_logits, teacher_logits, membership, T)
-    rebalanced = F.log_softmax(log_mass_t - group_prior.to(log_mass_t.dtype).log()[None, :], dim=1)
+    rebalanced = F.log_softmax(log_mass_t - tau * group_prior.to(log_mass_t.dtype).log()[None, :], dim=1)
     cross = kl_rows(rebalanced, log_mass_s).mean()
     return (F.cross_entropy(student_logits.float(), targets)
             + T * T * (alpha * cross + beta * within.mean(dim=1).mean()))
@@ -76,15 +77,16 @@ def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 @dataclass(frozen=True)
 class LTKDParams:
     """Our defaults (the paper's values are unknown: ablate them): T 4, alpha 1 (rebalanced cross-group term),
-    beta 1 (equally weighted within-group term)."""
+    beta 1 (equally weighted within-group term), tau 1 (how much of the group prior is removed: 0 none, 1 all)."""
 
     T: float = 4.0
     alpha: float = 1.0
     beta: float = 1.0
+    tau: float = 1.0
 
     def validate(self) -> None:
-        if self.T <= 0 or self.alpha < 0 or self.beta < 0:
-            raise ValueError("need T > 0, alpha >= 0 and beta >= 0")
+        if self.T <= 0 or self.alpha < 0 or self.beta < 0 or self.tau < 0:
+            raise ValueError("need T > 0, alpha >= 0, beta >= 0 and tau >= 0")
 
 
 class LTKD(Method):
@@ -102,4 +104,4 @@ class LTKD(Method):
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
         return ltkd_loss(step.student_logits, step.teacher_logits, step.targets, self.membership,
-                         self.group_prior, p.T, p.alpha, p.beta)
+                         self.group_prior, p.T, p.alpha, p.beta, p.tau)
