@@ -65,10 +65,11 @@ def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.nd
 
 
 def split_labels(data: LTData, split: Split) -> np.ndarray:
-    """The labels of the images a pass really measures (skipped unreadable ones left out)."""
-    if not split.lazy or not data.pipeline.options.skip_corrupt:
+    """The labels of the images a pass measured: unreadable ones skipped during it (data.skip_corrupt) left out."""
+    if not split.lazy or not data.skipped:
         return split.labels
-    return np.concatenate([y.numpy() for _, y in eval_batches(data, split, 256, torch.device("cpu"))])
+    skipped = set(data.skipped)
+    return np.asarray([y for f, y in zip(split.files, split.labels) if f not in skipped], dtype=np.int64)
 
 
 def check_parity(reference: np.ndarray, exported: np.ndarray, cfg: ExportConfig) -> dict[str, Any]:
