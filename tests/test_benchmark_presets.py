@@ -41,24 +41,34 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines))
 
 
+def _list_splits(root: Path, rng: np.random.Generator, classes: tuple[str, ...], train_rel, test_rel,
+                 mode=lambda label, i: "RGB") -> tuple[list[str], list[str]]:
+    """JPEGs for a list-file benchmark: TRAIN_COUNTS training and TEST_PER_CLASS test images per class at the
+    paths `train_rel(class, i)` / `test_rel(class, serial)`; returns the 'path label' lines of both lists."""
+    train, test, serial = [], [], 1
+    for label, (name, count) in enumerate(zip(classes, TRAIN_COUNTS)):
+        for i in range(count):
+            rel = train_rel(name, i)
+            _jpeg(root / rel, rng, mode(label, i))
+            train.append(f"{rel} {label}")
+        for _ in range(TEST_PER_CLASS):
+            rel = test_rel(name, serial)
+            serial += 1
+            _jpeg(root / rel, rng)
+            test.append(f"{rel} {label}")
+    return train, test
+
+
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 
 
 def imagenet_lt_tree(root: Path) -> Tree:
     """ImageNet-LT (OLTR): train/<wnid>/<wnid>_<n>.JPEG and val/<wnid>/ILSVRC2012_val_<n>.JPEG (the validation
     set sorted into class folders), ImageNet_LT_{train,val,test}.txt; labels in sorted-wnid order."""
-    rng = np.random.default_rng(0)
-    train, test, serial = [], [], 1
-    for label, (wnid, count) in enumerate(zip(WNIDS, TRAIN_COUNTS)):
-        for i in range(count):
-            rel = f"train/{wnid}/{wnid}_{1000 + 37 * i}.JPEG"
-            _jpeg(root / rel, rng, ("RGB", "L", "CMYK")[i % 3] if label == 0 else "RGB")
-            train.append(f"{rel} {label}")
-        for _ in range(TEST_PER_CLASS):
-            rel = f"val/{wnid}/ILSVRC2012_val_{serial:08d}.JPEG"
-            serial += 1
-            _jpeg(root / rel, rng)
-            test.append(f"{rel} {label}")
+    train, test = _list_splits(root, np.random.default_rng(0), WNIDS,
+                               lambda wnid, i: f"train/{wnid}/{wnid}_{1000 + 37 * i}.JPEG",
+                               lambda wnid, n: f"val/{wnid}/ILSVRC2012_val_{n:08d}.JPEG",
+                               lambda label, i: ("RGB", "L", "CMYK")[i % 3] if label == 0 else "RGB")
     _write_lines(root / "ImageNet_LT_train.txt", train)
     _write_lines(root / "ImageNet_LT_val.txt", train[::3])  # ImageNet-LT's val split is drawn from train
     _write_lines(root / "ImageNet_LT_test.txt", test)
@@ -71,18 +81,9 @@ PLACES = ("a/airfield", "a/apartment_building/outdoor", "a/athletic_field/outdoo
 def places_lt_tree(root: Path) -> Tree:
     """Places-LT (OLTR): data_256/<letter>/<category>/<n>.jpg for training, the flat val_256/ folder
     (Places365_val_<n>.jpg) for testing, Places_LT_{train,val,test}.txt."""
-    rng = np.random.default_rng(1)
-    train, test, serial = [], [], 1
-    for label, (category, count) in enumerate(zip(PLACES, TRAIN_COUNTS)):
-        for i in range(count):
-            rel = f"data_256/{category}/{i + 1:08d}.jpg"
-            _jpeg(root / rel, rng)
-            train.append(f"{rel} {label}")
-        for _ in range(TEST_PER_CLASS):
-            rel = f"val_256/Places365_val_{serial:08d}.jpg"
-            serial += 1
-            _jpeg(root / rel, rng)
-            test.append(f"{rel} {label}")
+    train, test = _list_splits(root, np.random.default_rng(1), PLACES,
+                               lambda category, i: f"data_256/{category}/{i + 1:08d}.jpg",
+                               lambda category, n: f"val_256/Places365_val_{n:08d}.jpg")
     _write_lines(root / "Places_LT_train.txt", train)
     _write_lines(root / "Places_LT_val.txt", test[::2])
     _write_lines(root / "Places_LT_test.txt", test)
