@@ -228,6 +228,8 @@ def list_methods_cmd(as_json: bool, params: bool, markdown: bool) -> None:
         kind = "distill" if row["distills"] else "plain"
         click.echo(f"{row['name']:<{width}}  {kind:<7}  {row['status']:<7}  {row['summary']}")
         click.echo(f"{'':<{width}}  source: {row['source']}")
+        if row["reading"]:
+            click.echo(f"{'':<{width}}  reading in force: {row['reading']}")
         if params:
             click.echo(f"{'':<{width}}  params: {', '.join(f'{k}={v}' for k, v in row['params'].items()) or '-'}")
 

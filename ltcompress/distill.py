@@ -216,7 +216,9 @@ def build_state(model: nn.Module, method: Method, recipe: TrainConfig, device: t
     if recipe.ema:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(model, decay=recipe.ema_decay)
+        # timm's warm-up (decay 1 - (1 + step) ** -2/3, capped at ema_decay): without it a run of a few thousand
+        # steps would export weights that still hold most of the random initialisation (0.9998 ** 1560 = 0.73)
+        ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
     generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * dist.rank())
     return TrainState(module, wrapped, optimizer, scheduler, scaler, ema, generator, [])
 

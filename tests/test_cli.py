@@ -110,6 +110,17 @@ def test_readings_are_marked_in_help_and_listing(capsys):
     for name in readings:
         assert f"{name} (a reading)" in " ".join(help_text.split())
         assert any(line.startswith(name) and "reading" in line for line in listing.splitlines())
+    in_force = [line.split(":", 1)[1].strip() for line in listing.splitlines() if "reading in force:" in line]
+    assert in_force == [i.reading for i in list_methods() if i.status == "reading"]
+
+
+def test_a_reading_must_name_the_reading_in_force():
+    from ltcompress.methods import register_method
+
+    with pytest.raises(ValueError, match="reading in force"):
+        register_method("unnamed_reading", "x:Y", summary="s", source="s", status="reading")
+    with pytest.raises(ValueError, match="reading in force"):
+        register_method("exact_with_reading", "x:Y", summary="s", source="s", reading="first")
 
 
 def test_method_args_are_typed_and_checked_before_any_work(tmp_path, capsys, fmnist):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ltcompress.errors import UsageError
-from ltcompress.methods import METHODS
+from ltcompress.methods import METHODS, method_info
 from ltcompress.methods.base import MethodContext, StepInputs, kl_rows
 from test_methods import C, COUNTS, batch, build, features, naive_krdistill, naive_ltkd, step
 
@@ -69,7 +69,9 @@ def test_krdistill_parts_switch_off():
 
 
 # ---------------------------------------------------------------- krdistill switches
-SWITCHES = [{}, {"prior_after_temper": True}, {"swap": "tail"}, {"swap": "none"}, {"feature_warmup": 5.0},
+FIRST_READING = {"T": 4.0, "prior_after_temper": False, "swap": "all"}
+SWITCHES = [{}, FIRST_READING, {"prior_after_temper": False}, {"swap": "all"}, {"swap": "none"},
+            {"feature_warmup": 5.0},
             {"prior_after_temper": True, "swap": "tail", "feature_warmup": 2.5, "tau": 0.5, "lam": 0.2},
             {"swap": "none", "feature_term": False}, {"prior_after_temper": True, "logit_term": False}]
 
@@ -87,20 +89,21 @@ def test_krdistill_switches_match_naive_reference(args):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
 
 
-def test_krdistill_defaults_are_the_shipped_reading():
+def test_krdistill_defaults_are_the_second_reading():
     p = METHODS.get("krdistill").Params()
     assert (p.prior_after_temper, p.swap, p.feature_warmup, p.T, p.tau, p.lam, p.beta) == (
-        False, "all", 0.0, 4.0, 1.0, 0.5, 1.0)
+        True, "tail", 0.0, 2.0, 1.0, 0.5, 1.0)
+    assert "second reading" in method_info("krdistill").reading
 
 
 def test_krdistill_prior_after_temper_is_tau_times_t_before():
     """softmax(zt/T - tau log pi) == softmax((zt - T tau log pi) / T), swap included."""
     zs, zt, y = batch(16, n=32)
-    after = build("krdistill", feature_term=False, prior_after_temper=True, tau=1.0, T=4.0)
-    before = build("krdistill", feature_term=False, tau=4.0, T=4.0)
+    after = build("krdistill", feature_term=False, prior_after_temper=True, tau=1.0, T=4.0, swap="all")
+    before = build("krdistill", feature_term=False, prior_after_temper=False, tau=4.0, T=4.0, swap="all")
     torch.testing.assert_close(after(StepInputs(zs, y, 1.0, zt)), before(StepInputs(zs, y, 1.0, zt)))
-    shipped = build("krdistill", feature_term=False)
-    assert abs(float(after(StepInputs(zs, y, 1.0, zt))) - float(shipped(StepInputs(zs, y, 1.0, zt)))) > 1e-3
+    first = build("krdistill", feature_term=False, **FIRST_READING)
+    assert abs(float(after(StepInputs(zs, y, 1.0, zt))) - float(first(StepInputs(zs, y, 1.0, zt)))) > 1e-3
 
 
 def test_krdistill_swap_tail_touches_only_medium_and_few_labels():

@@ -23,18 +23,22 @@ class MethodInfo:
     source: str
     status: str  # "exact" (follows its source) or "reading" (our reading of an unread source)
     distills: bool  # needs a teacher
+    reading: str = ""  # for a reading: which of our readings the defaults put in force, and where it is measured
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def register_method(name: str, target: Any, *, summary: str, source: str, status: str = "exact",
-                    distills: bool = True) -> None:
-    """Register a method class (or a lazy ``"module:Class"`` string) under `name`."""
+                    distills: bool = True, reading: str = "") -> None:
+    """Register a method class (or a lazy ``"module:Class"`` string) under `name`. A reading says which of our
+    readings its defaults put in force (`reading`), so a report can tell two readings of one name apart."""
     if status not in ("exact", "reading"):
         raise ValueError("status must be 'exact' or 'reading'")
+    if (status == "reading") != bool(reading):
+        raise ValueError("a reading (and only a reading) names the reading in force: pass reading=...")
     METHODS.register(name, target, lazy=isinstance(target, str),
-                     info=MethodInfo(name, summary, source, status, distills))
+                     info=MethodInfo(name, summary, source, status, distills, reading))
 
 
 def method_info(name: str) -> MethodInfo:
@@ -75,12 +79,15 @@ register_method("dive", "ltcompress.methods.dive:DiVE",
 register_method("rekd", "ltcompress.methods.rekd:ReKD", status="reading",
                 summary="ReKD (reading): CE plus KL within each sample's top-K classes and within the rest",
                 source="Xu et al., IEEE TCSVT 2023, doi 10.1109/TCSVT.2023.3325814 (paper unread; follows the "
-                       "public code under this name)")
+                       "public code under this name)",
+                reading="the public code's losses (docs/methods.md)")
 register_method("krdistill", "ltcompress.methods.krdistill:KRDistill", status="reading",
                 summary="KRDistill (reading): KD to prior-rectified teacher logits plus cosine matching of "
                         "prototype-rectified teacher features",
-                source="Huang et al., arXiv 2409.07694 (abstract only; our reading)")
+                source="Huang et al., arXiv 2409.07694 (abstract only; our reading)",
+                reading="second reading (issue 14; docs/methods.md)")
 register_method("ltkd", "ltcompress.methods.ltkd:LTKD", status="reading",
                 summary="LTKD (reading): CE plus KD split over shot groups: KL to prior-removed teacher group "
                         "masses plus within-group KL with every group weighted equally",
-                source="Kim, CVPR 2026, arXiv 2506.18496 (abstract only; our reading)")
+                source="Kim, CVPR 2026, arXiv 2506.18496 (abstract only; our reading)",
+                reading="first reading (issue 14; docs/methods.md)")
