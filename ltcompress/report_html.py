@@ -50,7 +50,8 @@ def render(report: dict[str, Any]) -> str:
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)} <span class='badge {verdict}'>{'PASSED' if report['passed'] else 'FAILED'}</span></h1>",
-        f"<p>{_e(method.get('name', ''))} ({_e(method.get('status', ''))}) on {_e(data['dataset'])}: "
+        f"<p>{_e(method.get('name', ''))} ({_e(method.get('status', ''))}"
+        f"{': ' + _e(method['reading']) if method.get('reading') else ''}) on {_e(data['dataset'])}: "
         f"{len(names)} classes, {data['train_size']} training / {data['test_size']} test images. "
         f"Student <code>{_e(report['config']['resolved']['student_arch'])}</code>.</p>",
         "<h2>Gates</h2>", _gate_table(report),

@@ -214,6 +214,8 @@ def test_every_method_runs_the_real_pipeline(name, workdir, monkeypatch):
     assert rep["parity"]["fp32"]["ok"] and rep["method"]["name"] == name
     assert rep["method"]["status"] == method_info(name).status
     assert rep["method"]["reading"] == method_info(name).reading  # which reading of a name made this student
+    if rep["method"]["reading"]:
+        assert rep["method"]["reading"] in (result.run_dir / "report.html").read_text()
     if cls.uses_teacher:
         assert rep["teacher"]["loss"] == cls.teacher_method  # dive gets a Balanced Softmax teacher
     else:
