@@ -21,14 +21,14 @@ from test_distill import COUNTS, make, tiny_data
 TOLERANCE = 0.10
 
 
-def _worker(rank: int, world: int, port: int, out: str, method_name: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, method_name: str, params: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         teacher = models.create("test_resnet", len(COUNTS))
-        method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
+        method, data, cpu = make(method_name, 2, **params), tiny_data(), torch.device("cpu")
         student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
         result = train(student, method, data, TrainConfig(epochs=2, batch_size=16), cpu, stage="student", seed=0,
                        teacher=teacher, options=LoopOptions(progress=False))
@@ -38,9 +38,10 @@ def _worker(rank: int, world: int, port: int, out: str, method_name: str) -> Non
         torch_dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method_name", ["bkd", "krdistill"])  # krdistill: a method with parameters of its own
-def test_two_gloo_ranks_end_with_identical_parameters(method_name, tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), method_name), nprocs=2)
+# krdistill with its feature term: a method with parameters of its own (the projector)
+@pytest.mark.parametrize("method_name, params", [("bkd", {}), ("krdistill", {"feature_term": True})])
+def test_two_gloo_ranks_end_with_identical_parameters(method_name, params, tmp_path):
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), method_name, params), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for part in ("student", "method"):
         assert a[part].keys() == b[part].keys()

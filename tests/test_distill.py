@@ -23,9 +23,9 @@ def tiny_data(seed=0):
     return LTData(Split(images, labels), test, np.array(COUNTS), ("a", "b", "c", "d"), spec, "synthetic")
 
 
-def make(name, epochs):
+def make(name, epochs, **params):
     cls = METHODS.get(name)
-    return cls(cls.make_params({}), MethodContext(torch.tensor(COUNTS, dtype=torch.float32), epochs))
+    return cls(cls.make_params(params), MethodContext(torch.tensor(COUNTS, dtype=torch.float32), epochs))
 
 
 def student_after(method_name, teacher, seed=0, **recipe):

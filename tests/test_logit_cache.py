@@ -12,10 +12,10 @@ from test_distill import COUNTS, make, tiny_data
 SPEC = {"teacher_sha256": "t" * 64, "data": "d" * 64, "sampler": "instance", "seed": 0}
 
 
-def _student(method_name="bkd", cache=None):
+def _student(method_name="bkd", cache=None, **params):
     torch.manual_seed(0)
     teacher = models.create("test_resnet", len(COUNTS))
-    method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
+    method, data, cpu = make(method_name, 2, **params), tiny_data(), torch.device("cpu")
     student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
     result = train(student, method, data, TrainConfig(epochs=2, batch_size=8), cpu, stage="student", seed=0,
                    teacher=teacher, options=LoopOptions(teacher_cache=cache, progress=False))
@@ -51,7 +51,7 @@ def test_a_stale_or_foreign_file_is_rebuilt_not_used(tmp_path):
 
 def test_methods_that_need_teacher_features_run_the_teacher(tmp_path):
     cache = LogitCache.open(tmp_path, SPEC)
-    _, sources = _student("krdistill", cache=cache)
+    _, sources = _student("krdistill", cache=cache, feature_term=True)
     assert sources == ["computed", "computed"] and not cache.folder.exists()
 
 

@@ -69,11 +69,11 @@ def test_krdistill_parts_switch_off():
 
 
 # ---------------------------------------------------------------- krdistill switches
-FIRST_READING = {"T": 4.0, "prior_after_temper": False, "swap": "all"}
+FIRST_READING = {"T": 4.0, "prior_after_temper": False, "swap": "all", "feature_term": True}
 SWITCHES = [{}, FIRST_READING, {"prior_after_temper": False}, {"swap": "all"}, {"swap": "none"},
-            {"feature_warmup": 5.0},
-            {"prior_after_temper": True, "swap": "tail", "feature_warmup": 2.5, "tau": 0.5, "lam": 0.2},
-            {"swap": "none", "feature_term": False}, {"prior_after_temper": True, "logit_term": False}]
+            {"feature_term": True}, {"feature_term": True, "feature_warmup": 5.0},
+            {"feature_term": True, "swap": "tail", "feature_warmup": 2.5, "tau": 0.5, "lam": 0.2},
+            {"swap": "none", "feature_term": False}, {"feature_term": True, "logit_term": False}]
 
 
 @pytest.mark.parametrize("args", SWITCHES, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "default")
@@ -91,8 +91,9 @@ def test_krdistill_switches_match_naive_reference(args):
 
 def test_krdistill_defaults_are_the_second_reading():
     p = METHODS.get("krdistill").Params()
-    assert (p.prior_after_temper, p.swap, p.feature_warmup, p.T, p.tau, p.lam, p.beta) == (
-        True, "tail", 0.0, 2.0, 1.0, 0.5, 1.0)
+    assert (p.prior_after_temper, p.swap, p.feature_term, p.logit_term, p.feature_warmup, p.T, p.tau, p.lam,
+            p.beta) == (True, "tail", False, True, 0.0, 2.0, 1.0, 0.5, 1.0)
+    assert not METHODS.get("krdistill")(p, MethodContext(COUNTS, 10)).needs_features  # so the logit cache serves it
     assert "second reading" in method_info("krdistill").reading
 
 
@@ -102,7 +103,7 @@ def test_krdistill_prior_after_temper_is_tau_times_t_before():
     after = build("krdistill", feature_term=False, prior_after_temper=True, tau=1.0, T=4.0, swap="all")
     before = build("krdistill", feature_term=False, prior_after_temper=False, tau=4.0, T=4.0, swap="all")
     torch.testing.assert_close(after(StepInputs(zs, y, 1.0, zt)), before(StepInputs(zs, y, 1.0, zt)))
-    first = build("krdistill", feature_term=False, **FIRST_READING)
+    first = build("krdistill", **{**FIRST_READING, "feature_term": False})
     assert abs(float(after(StepInputs(zs, y, 1.0, zt))) - float(first(StepInputs(zs, y, 1.0, zt)))) > 1e-3
 
 
@@ -132,8 +133,8 @@ def test_krdistill_swap_tail_touches_only_medium_and_few_labels():
 
 def test_krdistill_feature_warmup_ramps_beta():
     zs, zt, y = batch(18)
-    method = build("krdistill", logit_term=False, feature_warmup=4.0, beta=2.0)
-    flat = build("krdistill", logit_term=False, beta=2.0)
+    method = build("krdistill", logit_term=False, feature_term=True, feature_warmup=4.0, beta=2.0)
+    flat = build("krdistill", logit_term=False, feature_term=True, beta=2.0)
     flat.projector.load_state_dict(method.projector.state_dict())
     ce = F.cross_entropy(zs, y)
     with torch.no_grad():

@@ -82,8 +82,9 @@ register_method("rekd", "ltcompress.methods.rekd:ReKD", status="reading",
                        "public code under this name)",
                 reading="the public code's losses (docs/methods.md)")
 register_method("krdistill", "ltcompress.methods.krdistill:KRDistill", status="reading",
-                summary="KRDistill (reading): KD to prior-rectified teacher logits plus cosine matching of "
-                        "prototype-rectified teacher features",
+                summary="KRDistill (reading): KD to teacher logits with the label prior removed and the true "
+                        "class ranked first for tail samples; optional cosine matching of prototype-rectified "
+                        "teacher features",
                 source="Huang et al., arXiv 2409.07694 (abstract only; our reading)",
                 reading="second reading (issue 14; docs/methods.md)")
 register_method("ltkd", "ltcompress.methods.ltkd:LTKD", status="reading",

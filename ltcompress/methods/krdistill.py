@@ -1,10 +1,12 @@
 """KRDistill (Huang et al., "Learn from Balance: Rectifying Knowledge Transfer for Long-Tailed Scenarios",
 arXiv 2409.07694). READING: only the abstract could be read; this is our second reading, each part switchable.
+Its defaults are the logit part alone: the feature part, switched on with ``feature_term=True``, made training
+unstable without gradient clipping and gained nothing with it (docs/benchmarks.md, issue 14).
 
 1. Logit rectification: temper the teacher, then remove the label prior at full strength
    (``zt / T - tau * log pi``, as bkd and logit adjustment correct); for samples of tail classes (Medium and
    Few) whose result ranks a wrong class first, swap that entry with the true class's; KD to the result at T.
-2. Representation rectification: pull the teacher's penultimate feature toward its class prototype (the class
+2. Representation rectification (off by default): pull the teacher's penultimate feature toward its class prototype (the class
    mean over the training set), and match the student's projected feature to it in cosine distance. The
    projector trains with the student and is never exported.
 
@@ -61,12 +63,12 @@ def feature_distance(student_projected: torch.Tensor, teacher_features: torch.Te
 @dataclass(frozen=True)
 class KRDistillParams:
     """Our defaults (the paper's are unknown), the second reading, chosen by three seeds at the default preset
-    (docs/benchmarks.md): T 2, alpha 1 (logit term), beta 1 (feature term), lam 0.5, tau 1, the prior removed
-    after tempering (`prior_after_temper`), the swap for "tail" samples only (label in the Medium or Few shot
-    group, i.e. at most `data.many_threshold` training images; or "all" misranked samples, or "none"), no feature
-    warm-up (`feature_warmup`: epochs of this run, not scaled, over which the feature weight ramps as
-    ``beta * min(epoch / feature_warmup, 1)``). `logit_term` and `feature_term` switch the two parts. The first
-    reading is ``T=4, prior_after_temper=False, swap="all"``."""
+    (docs/benchmarks.md): T 2, alpha 1 (logit term), the prior removed after tempering (`prior_after_temper`)
+    with tau 1, the swap for "tail" samples only (label in the Medium or Few shot group, i.e. at most
+    `data.many_threshold` training images; or "all" misranked samples, or "none"), and the feature term off
+    (`feature_term`; when on: beta 1, lam 0.5, no warm-up, `feature_warmup` being the epochs of this run, not
+    scaled, over which its weight ramps as ``beta * min(epoch / feature_warmup, 1)``). The first reading is
+    ``T=4, prior_after_temper=False, swap="all", feature_term=True``."""
 
     T: float = 2.0
     alpha: float = 1.0
@@ -74,7 +76,7 @@ class KRDistillParams:
     lam: float = 0.5
     tau: float = 1.0
     logit_term: bool = True
-    feature_term: bool = True
+    feature_term: bool = False
     prior_after_temper: bool = True
     swap: str = "tail"
     feature_warmup: float = 0.0
