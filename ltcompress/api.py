@@ -293,8 +293,11 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
 
 
 def _student_info(plan: Plan) -> dict[str, Any]:
+    from ltcompress.distill import used_batch
+
     recipe = plan.cfg.student.train
     return {"arch": plan.student_arch, "init": plan.student_init[0], "init_reason": plan.student_init[1],
+            "batch_size_used": used_batch(recipe.batch_size, len(plan.data.train)),
             "ema": recipe.ema, "ema_decay": recipe.ema_decay if recipe.ema else None,
             "exported_weights": "ema" if recipe.ema else "last epoch", "precision": plan.cfg.run.precision,
             "compile": plan.cfg.run.compile}

@@ -121,6 +121,7 @@ def data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> d
         "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
         "skipped_images": len(data.skipped), "skipped": list(data.skipped),
+        "excluded_test_classes": list(data.excluded_test_classes),
         "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
                      "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
                      "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},

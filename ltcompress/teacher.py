@@ -23,7 +23,7 @@ from torch import nn
 from ltcompress import checkpoint, dist, models
 from ltcompress.config import CompressConfig, TrainConfig
 from ltcompress.data import LTData
-from ltcompress.distill import LoopOptions, freeze, save_weights, train
+from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_batch
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
@@ -230,6 +230,7 @@ def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: Com
                    resume=resume, options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress))
     meta = {"arch": p.arch, "init": info["init"], "init_reason": info["reason"], "init_source": info,
             "loss": p.loss, "recipe_name": recipe_name, "recipe": dataclasses.asdict(recipe),
+            "batch_size_used": used_batch(recipe.batch_size, len(data.train)),
             "data_fingerprint": data.fingerprint, "cache_key": p.key, "train_seconds": round(result.seconds, 1),
             "renormalize": isinstance(model, models.Renormalize)}
     if run is not None:
