@@ -42,8 +42,7 @@ class TrainResult:
 
 
 def used_batch(requested: int, train_images: int) -> int:
-    """The global batch a recipe trains with: the requested one, or the whole training set when that is
-    smaller (the loop drops the last incomplete batch, so a larger batch would leave no step at all)."""
+    """The global batch trained with: the one requested, or the whole training set when that is smaller."""
     return min(requested, train_images)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, TINY_MODELS, cli_exit, tiny_cli_args
+from conftest import TINY_MODELS, cli_exit, tiny_cli_args
 from ltcompress import report as report_mod
 from ltcompress.errors import StorageError
 from ltcompress.rundir import atomic_save_file, atomic_write_bytes, write_json
