@@ -22,7 +22,7 @@ from safetensors import safe_open
 from ltcompress.rundir import atomic_save_file, entry_lock
 
 log = logging.getLogger("ltcompress")
-FORMAT = 1
+FORMAT = 2  # 2: each file carries the sha256 of its data (files of format 1 have none and are not read)
 
 
 @dataclass(frozen=True)
