@@ -176,3 +176,14 @@ def test_two_writers_of_one_cache_file_never_share_a_temporary_name(tmp_path):
     names = {temp_name(tmp_path / "teacher.safetensors") for _ in range(100)}
     assert len(names) == 100 and all(n.parent == tmp_path and n.name.startswith(".teacher.safetensors.")
                                      for n in names)
+
+
+@pytest.mark.parametrize("content", [b"run: [unclosed\n", b"\xff\xfe not text", b"- a list\n"])
+def test_resume_with_a_damaged_config_is_one_line_naming_it(tmp_path, capsys, content):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_bytes(content)
+    code = cli_exit(["run", *tiny_cli_args(method="ce", name="r", runs_dir=str(tmp_path / "runs")), "--resume"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and f"cannot resume {run}: its config.yaml is damaged" in last and "Traceback" not in err
