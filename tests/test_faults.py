@@ -66,6 +66,10 @@ def test_writers_past_a_file_size_limit_name_the_file_and_leave_nothing(tmp_path
     with file_size_limit(1000), pytest.raises(StorageError, match=f"cannot write {target}"):
         write_json(target, {"rows": list(range(1000))})
     assert json.loads(target.read_text()) == {"old": True} and leftovers(tmp_path) == []  # the old file stays
+    weights = tmp_path / "student.safetensors"
+    with file_size_limit(1000), pytest.raises(StorageError, match=f"cannot write {weights}: File too large"):
+        atomic_save_file({"w": torch.zeros(1 << 16)}, weights)  # safetensors' own error type once hid this
+    assert not weights.exists() and leftovers(tmp_path) == []
 
 
 def test_onnx_export_on_a_full_disk_is_exit_7_without_a_partial_file(tmp_path):
