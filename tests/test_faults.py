@@ -119,7 +119,8 @@ def test_a_full_disk_while_finishing_leaves_a_run_resume_completes(tmp_path, mon
 
 
 def test_a_class_name_with_dollars_reaches_a_bundle(tmp_path, monkeypatch):
-    """`a $b_$ c` once broke the plots after training (matplotlib mathtext): exit 1 and no report."""
+    """`a $b_$ c` once broke the plots after training (matplotlib mathtext): exit 1 and no report. The batch
+    asked for is larger than the 24 training images: the report records the one used."""
     from PIL import Image
 
     from ltcompress import compress
@@ -133,10 +134,12 @@ def test_a_class_name_with_dollars_reaches_a_bundle(tmp_path, monkeypatch):
                 Image.new("RGB", (20, 20), (40 * c, 100 + i, 7 * i)).save(tmp_path / "data" / split / name / f"{i}.png")
     result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="ce",
                       dataset="imagefolder", data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
-                      overrides={"student.train.epochs": 1, "student.train.batch_size": 8, "data.input_size": 32},
+                      overrides={"student.train.epochs": 1, "student.train.batch_size": 64, "data.input_size": 32},
                       progress=False)
     html = (result.run_dir / "report.html").read_text()
     assert result.passed and (result.run_dir / "bundle" / "model.onnx").is_file() and "plot-missing" not in html
+    assert result.report["student"]["batch_size_used"] == 24
+    assert result.report["config"]["student"]["train"]["batch_size"] == 64
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
