@@ -84,7 +84,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     gate is not an error.
     """
     from ltcompress import checkpoint, dist, rundir
-    from ltcompress.errors import Interrupted
+    from ltcompress.errors import Interrupted, StorageError
 
     cfg = config or build_config(preset, overrides, teacher=teacher, student=student, method=method,
                                  dataset=dataset, gates=gates, **keywords)
@@ -113,6 +113,9 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
                           f"command plus --name {run.path.name} --resume") from None
+    except StorageError as exc:  # nothing is marked finished yet: a resume picks up from the last checkpoint
+        raise StorageError(f"{exc}. Then finish the run with the same command plus --name {run.path.name} "
+                           f"--resume (what is trained is kept)") from exc
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -260,7 +263,9 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
 
 def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     """report.json and report.html always; exit 4 for an export that does not reproduce torch; the bundle
-    only when every gate passed."""
+    only when every gate passed. Finishing is a transaction: report.json, the mark of a finished run, is
+    written last, so a failure anywhere before it (a full disk) leaves a run that --resume completes without
+    training again (the last checkpoint holds the finished student)."""
     from ltcompress import onnx_export, report
     from ltcompress.errors import VerificationError
     from ltcompress.methods import method_info
@@ -275,17 +280,19 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
         flips=result.flips,
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
-    report.write(run, rep)
-    report.write_html(run, rep)
+    html = report.render_html(rep)
     if not result.parity_ok:
+        report.write(run, rep, html)
         p = result.parity
         raise VerificationError(
             f"the ONNX export does not reproduce the torch student: max logit difference "
             f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
             f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
-    if rep["passed"]:
+    if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
         report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names,
-                            report.preprocess(data, onnx_export.INPUT_NAME))
+                            report.preprocess(data, onnx_export.INPUT_NAME), rep, html)
+    report.write(run, rep, html)
+    if rep["passed"]:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
         log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
@@ -293,8 +300,11 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
 
 
 def _student_info(plan: Plan) -> dict[str, Any]:
+    from ltcompress.distill import used_batch
+
     recipe = plan.cfg.student.train
     return {"arch": plan.student_arch, "init": plan.student_init[0], "init_reason": plan.student_init[1],
+            "batch_size_used": used_batch(recipe.batch_size, len(plan.data.train)),
             "ema": recipe.ema, "ema_decay": recipe.ema_decay if recipe.ema else None,
             "exported_weights": "ema" if recipe.ema else "last epoch", "precision": plan.cfg.run.precision,
             "compile": plan.cfg.run.compile}

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ltcompress.errors import DataError, UsageError
+from ltcompress.errors import DataError, StorageError, UsageError
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,7 +84,17 @@ def check_same_config(run: Any, resolved: dict[str, Any]) -> None:
 
     from ltcompress.config import plain
 
-    saved = yaml.safe_load(run.file("config.yaml").read_text())
+    path = run.file("config.yaml")
+    try:
+        saved = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        saved["run"]["name"]  # noqa: B018 - a config.yaml without the run section is damaged too
+    except OSError as exc:
+        run.close()
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        run.close()
+        raise UsageError(f"cannot resume {run.path}: its {path.name} is damaged ({type(exc).__name__}); start a "
+                         f"new run") from exc
     current = plain(resolved)
     saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
     changed = differences(saved, current)

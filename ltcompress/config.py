@@ -57,7 +57,8 @@ class DataConfig:
     train_list: str | None = None  # imagefolder list files, relative to data_dir
     test_list: str | None = None
     class_names_file: str | None = None
-    confine_paths: bool = True  # list-file paths must stay inside data_dir (false: allow absolute and ../ paths)
+    confine_paths: bool = True  # list files, class-names file and their paths stay inside data_dir (false: anywhere)
+    unknown_test_classes: str = "error"  # imagefolder test/<class> with no train/<class>: error (exit 3) | exclude
     # --- real-scale pipeline (imagefolder and anything too large for memory)
     in_memory: bool | str = "auto"  # auto: in memory when the decoded split fits data.memory_budget_gb; true | false
     memory_budget_gb: float = 2.0  # auto keeps a dataset in memory when its decoded uint8 images fit in this
@@ -348,6 +349,7 @@ def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
         (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
         (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
         (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
+        (d.unknown_test_classes in ("error", "exclude"), "data.unknown_test_classes must be error or exclude"),
         (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
         (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),
         (0 <= d.re_prob <= 1, "data.re_prob must be in [0, 1]"),

@@ -41,6 +41,11 @@ class TrainResult:
     seconds: float
 
 
+def used_batch(requested: int, train_images: int) -> int:
+    """The global batch trained with: the one requested, or the whole training set when that is smaller."""
+    return min(requested, train_images)
+
+
 def pick_device(name: str) -> torch.device:
     """auto: CUDA when present, else CPU. Asking for CUDA where there is none is exit 2, not a crash later."""
     if name == "auto":
@@ -231,10 +236,11 @@ class Loop:
         self.method, self.data, self.recipe, self.device = method, data, recipe, device
         self.stage, self.seed, self.teacher, self.options = stage, seed, teacher, options
         world = dist.world()
-        global_batch = min(recipe.batch_size, len(data.train))
+        global_batch = used_batch(recipe.batch_size, len(data.train))
         if global_batch < recipe.batch_size:
-            log.warning("%s.train.batch_size %d is larger than the %d training images; using %d", stage,
-                        recipe.batch_size, len(data.train), global_batch)
+            log.warning("%s.train.batch_size %d is larger than the %d training images; using %d (recorded in "
+                        "report.json as %s.batch_size_used)", stage, recipe.batch_size, len(data.train),
+                        global_batch, stage)
         if global_batch % world:
             raise UsageError(f"{stage}.train.batch_size {global_batch} is not divisible by the {world} processes")
         self.global_batch, self.batch = global_batch, global_batch // world
@@ -242,6 +248,7 @@ class Loop:
         self.dtype = amp_dtype(device, options.precision)
         self.mixer = _mixer(data, device)
         self.first_epoch = 0
+        self.checkpointed = False  # a checkpoint of this stage exists on disk (resumed from one, or one written)
         if teacher is not None:
             freeze(teacher.to(device, memory_format=torch.channels_last))
 
@@ -325,8 +332,8 @@ class Loop:
         return stopping
 
     def _kept(self, state: TrainState) -> str:
-        if state.epoch == 0 and state.step == 0 and not state.history:
-            return "no checkpoint was written before it (it diverged in its first epoch)"
+        if not self.checkpointed:
+            return "no checkpoint of this stage was written before it diverged (none is kept)"
         return "the last good checkpoint is kept in the run's checkpoints/"
 
 
@@ -363,6 +370,7 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     if resume is not None:
         state.restore(resume, stage, loop.steps)
     loop.first_epoch = state.epoch
+    loop.checkpointed = resume is not None and checkpoint is not None
     start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * loop.steps, initial=state.epoch * loop.steps + state.step, desc=stage,
                unit="step", dynamic_ncols=True, disable=None if options.progress else True, leave=False)
@@ -378,6 +386,7 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
                     on_epoch(record)
                 state.epoch, state.step, state.sums = state.epoch + 1, 0, (0.0, 0, 0)
                 _save(state, stage, checkpoint)
+                loop.checkpointed = checkpoint is not None
     finally:
         bar.close()
     if state.ema is not None:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ltcompress.rundir import atomic_save_file
+from ltcompress.rundir import atomic_save_file, entry_lock
 
 log = logging.getLogger("ltcompress")
-FORMAT = 1
+FORMAT = 2  # 2: each file carries the sha256 of its data (files of format 1 have none and are not read)
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,26 @@ class LogitCache:
             return None
         try:
             with safe_open(str(path), framework="pt") as fh:
-                key = (fh.metadata() or {}).get("key")
+                meta = fh.metadata() or {}
                 logits = fh.get_tensor("logits")
         except Exception as exc:
             log.warning("teacher-logit cache %s is unreadable (%s); rebuilding it", path, exc)
             return None
-        if key != self.key or logits.shape[0] != rows:
+        if meta.get("key") != self.key or logits.shape[0] != rows:
             log.warning("teacher-logit cache %s does not match this run; rebuilding it", path)
+            return None
+        if meta.get("sha256") != _checksum(logits):  # damage safetensors cannot see: the bytes of the data
+            log.warning("teacher-logit cache %s is damaged (checksum mismatch); rebuilding it", path)
             return None
         return logits
 
     def save(self, epoch: int, logits: torch.Tensor) -> None:
-        atomic_save_file({"logits": logits.detach().cpu().contiguous()}, self._path(epoch), {"key": self.key})
+        """Written under a unique temporary name and renamed, under the folder's lock: two runs filling the
+        same entry never share a file, and each file carries its key and the checksum of its data."""
+        logits = logits.detach().cpu().contiguous()
+        with entry_lock(self.folder):
+            atomic_save_file({"logits": logits}, self._path(epoch), {"key": self.key, "sha256": _checksum(logits)})
+
+
+def _checksum(logits: torch.Tensor) -> str:
+    return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()

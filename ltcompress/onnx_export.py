@@ -17,7 +17,7 @@ from torch import nn
 from ltcompress.config import CALIBRATIONS, ExportConfig
 from ltcompress.data import InputSpec, LTData, eval_batches
 from ltcompress.errors import VerificationError
-from ltcompress.rundir import io_errors
+from ltcompress.rundir import staged, temp_name
 
 log = logging.getLogger("ltcompress")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -31,19 +31,22 @@ def export(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> Path:
     example = torch.zeros(2, spec.channels, spec.size, spec.size)  # batch 1 would pin the dynamic axis
     batch = torch.export.Dim("batch")
     chatter = io.StringIO()
-    with io_errors(path), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # written under a unique temporary name and renamed once checked: a full disk (exit 7) or a failed export
+    # (exit 4) leaves no partial student.onnx behind
+    with staged(path) as tmp:
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(student, (example,), str(tmp), dynamo=True, external_data=False,
+                                  opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_shapes={next(iter(_forward_args(student))): {0: batch}})
+            except Exception as exc:
+                raise VerificationError(f"ONNX export failed: {str(exc).splitlines()[0]}") from exc
+        log.debug("torch.onnx: %s", chatter.getvalue())
         try:
-            torch.onnx.export(student, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes={next(iter(_forward_args(student))): {0: batch}})
-        except Exception as exc:
-            raise VerificationError(f"ONNX export failed: {str(exc).splitlines()[0]}") from exc
-    log.debug("torch.onnx: %s", chatter.getvalue())
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise VerificationError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from None
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise VerificationError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}") from None
     log.info("export: %s (opset %d, %.2f MB)", path.name, opset, path.stat().st_size / 1e6)
     return path
 
@@ -105,12 +108,12 @@ def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path) -> 
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
-    prepared = path.with_name(path.stem + ".pre.onnx")
-    with io_errors(path), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    prepared = temp_name(path, ".pre.onnx")
+    with staged(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             quant_pre_process(str(fp32_path), str(prepared))
-            quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         except Exception as exc:
             raise VerificationError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from exc

@@ -3,7 +3,9 @@ gate passed)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import platform
 import shutil
 import sys
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ltcompress.config import CompressConfig, bundled_dir
-from ltcompress.rundir import RunDir, atomic_write_text, io_errors, sha256_file, write_json
+from ltcompress.rundir import (RunDir, atomic_write_bytes, atomic_write_text, io_errors, link_or_copy, sha256_file,
+                               temp_name, write_json)
 
 REPORT_SCHEMA = 1
 _EDGE_FILES = ("runtime.py",)
@@ -68,7 +71,10 @@ def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], tea
     }
 
 
-def write(run: RunDir, report: dict[str, Any]) -> Path:
+def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
+    """report.html, then report.json: report.json is the mark of a finished run (``--resume`` refuses one that
+    has it), so it goes last, after everything it describes is on disk."""
+    atomic_write_text(run.file("report.html"), html)
     path = run.file("report.json")
     write_json(path, report)
     return path
@@ -79,36 +85,48 @@ def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any]) -> 
     import numpy as np
 
     path = run.file("predictions.npz")
-    with io_errors(path):
-        np.savez_compressed(path, labels=labels, **predictions)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, labels=labels, **predictions)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def write_html(run: RunDir, report: dict[str, Any]) -> Path:
+def render_html(report: dict[str, Any]) -> str:
     from ltcompress.report_html import render
 
-    path = run.file("report.html")
-    atomic_write_text(path, render(report))
-    return path
+    return render(report)
 
 
 def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_names: tuple[str, ...],
-                 preprocess: dict[str, Any]) -> Path:
-    """bundle/: the model (and its INT8 twin), labels, preprocessing, report and the torch-free runtime."""
+                 preprocess: dict[str, Any], report: dict[str, Any], html: str) -> Path:
+    """bundle/: the model (and its INT8 twin), labels, preprocessing, report and the torch-free runtime. Built
+    in a temporary folder and renamed into place whole, so a bundle on disk is always complete; a bundle left
+    by an earlier attempt (a resumed run) is replaced."""
     edge_dir = bundled_dir("edge", "export")
     bundle = run.file("bundle")
-    with io_errors(bundle):
-        (bundle / "export").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(onnx_path, bundle / "model.onnx")
-        if int8_path is not None:
-            shutil.copy2(int8_path, bundle / "model.int8.onnx")
-        for name in _EDGE_FILES:
-            shutil.copy2(edge_dir / name, bundle / "export" / name)
-        shutil.copy2(edge_dir / "BUNDLE_README.md", bundle / "README.md")
-        for name in ("report.json", "report.html"):
-            shutil.copy2(run.file(name), bundle / name)
-    atomic_write_text(bundle / "labels.json", json.dumps(list(class_names), indent=2) + "\n")
-    write_json(bundle / "preprocess.json", preprocess)
+    tmp = temp_name(bundle, ".tmp")
+    try:
+        with io_errors(bundle):
+            (tmp / "export").mkdir(parents=True)
+            link_or_copy(onnx_path, tmp / "model.onnx")
+            if int8_path is not None:
+                link_or_copy(int8_path, tmp / "model.int8.onnx")
+            for name in _EDGE_FILES:
+                shutil.copy2(edge_dir / name, tmp / "export" / name)
+            shutil.copy2(edge_dir / "BUNDLE_README.md", tmp / "README.md")
+        atomic_write_text(tmp / "report.html", html)
+        write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "labels.json", json.dumps(list(class_names), indent=2) + "\n")
+        write_json(tmp / "preprocess.json", preprocess)
+        with io_errors(bundle):
+            old = temp_name(bundle, ".old")
+            if bundle.exists():
+                os.replace(bundle, old)
+            os.replace(tmp, bundle)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return bundle
 
 
@@ -121,6 +139,7 @@ def data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> d
         "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
         "skipped_images": len(data.skipped), "skipped": list(data.skipped),
+        "excluded_test_classes": list(data.excluded_test_classes),
         "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
                      "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
                      "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},

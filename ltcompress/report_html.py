@@ -7,11 +7,14 @@ import base64
 import html
 import io
 import json
-from typing import Any
+import logging
+from typing import Any, Callable
 
 import yaml
 
 from ltcompress.metrics import STAGES
+
+log = logging.getLogger("ltcompress")
 
 COLORS = {"teacher": "#7f7f7f", "student": "#1f77b4", "fp32": "#2ca02c", "int8": "#d62728"}
 MARKERS = {"teacher": "s", "student": "o", "fp32": "^", "int8": "v"}
@@ -57,16 +60,16 @@ def render(report: dict[str, Any]) -> str:
         "<h2>Gates</h2>", _gate_table(report),
         "<h2>Accuracy by stage</h2>", _stage_table(report, stages),
         "<h2>Per-class accuracy against training-class frequency</h2>",
-        _figure(_per_class_plot(report, stages), "per-class accuracy against the number of training images of the "
-                "class, one marker per class and stage; the tail is on the left"),
+        _figure(lambda: _per_class_plot(report, stages), "per-class accuracy against the number of training "
+                "images of the class, one marker per class and stage; the tail is on the left"),
         "<h2>Shot groups</h2>",
-        _figure(_group_plot(report, stages), "mean per-class accuracy of the Many, Medium and Few groups, and "
-                "balanced accuracy, per stage"),
+        _figure(lambda: _group_plot(report, stages), "mean per-class accuracy of the Many, Medium and Few groups, "
+                "and balanced accuracy, per stage"),
     ]
     if report.get("flips"):
         parts += ["<h2>Top-1 flips between stages</h2>",
-                  _figure(_flip_plot(report), "share of each class's test images whose top-1 prediction changed "
-                          "between consecutive stages"), _flip_table(report)]
+                  _figure(lambda: _flip_plot(report), "share of each class's test images whose top-1 prediction "
+                          "changed between consecutive stages"), _flip_table(report)]
     parts += ["<h2>Per class</h2>", _class_table(report, stages),
               "<h2>Provenance</h2>", _provenance(report), f"<script>{_PROBE}</script></body></html>"]
     return "\n".join(parts)
@@ -151,9 +154,27 @@ def _provenance(report: dict[str, Any]) -> str:
             "</pre></details>")
 
 
-def _figure(svg: bytes, caption: str) -> str:
+def _figure(draw: Callable[[], bytes], caption: str) -> str:
+    """The plot `draw` makes, embedded; or, when it cannot be drawn, a note in its place: a plot is never
+    worth failing a run whose model, verdict and tables are all there."""
+    try:
+        svg = draw()
+    except Exception as exc:  # noqa: BLE001 - any plotting failure becomes a note, never a failed run
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        log.warning("report.html: a plot could not be drawn (%s: %s); the report says so in its place",
+                    type(exc).__name__, exc)
+        return (f"<p class='fail plot-missing'>This plot could not be drawn ({_e(type(exc).__name__)}: "
+                f"{_e(exc)}). The tables on this page hold the same numbers.</p>")
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
     return f"<figure><img src='{uri}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _plain(text: str) -> str:
+    """Text from the data (class names) as matplotlib shows it literally: an unescaped ``$`` pair would be
+    read as mathtext, and a lone ``$...`` fails to parse."""
+    return text.replace("$", r"\$")
 
 
 def _svg(fig: Any) -> bytes:
@@ -226,7 +247,7 @@ def _flip_plot(report: dict[str, Any]) -> bytes:
         vals = [100 * (report["flips"][pair]["per_class"].get(n) or 0.0) for n in names]
         xs = [j + (i - (len(pairs) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, vals, width, label=pair, color=COLORS[pair.split("->")[1]])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), [_plain(n) for n in names], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("top-1 flipped (%)")
     ax.set_xlabel("class, most training images first")
     ax.legend(loc="upper left")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
-from ltcompress.errors import UsageError
+from ltcompress.errors import StorageError, UsageError, VerificationError
 
 log = logging.getLogger("ltcompress")
 # (fp32 file, int8 file) in a run directory and in a bundle
@@ -42,9 +42,24 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
             models = {"fp32": folder / fp32, **({"int8": folder / int8} if (folder / int8).is_file() else {})}
             if not (folder / "report.json").is_file():
                 break
-            return layout, models, json.loads((folder / "report.json").read_text())
+            return layout, models, read_report(folder / "report.json")
     raise UsageError(f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
                      f"(model.onnx, report.json); pass runs/<name> or runs/<name>/bundle")
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """An export's report.json: exit 7 when the disk cannot give it, 4 when its content is damaged."""
+    try:
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerificationError(f"{path} is damaged (not JSON: {exc}); copy it again from its run") from exc
+    missing = [k for k in ("config", "data", "stages") if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise VerificationError(f"{path} is not an ltcompress report (no {', '.join(missing)}); copy it again "
+                                f"from its run")
+    return report
 
 
 def data_overrides(recorded: dict[str, Any], dataset: str | None, data_dir: str | None) -> dict[str, Any]:
@@ -75,6 +90,8 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
 
     folder = Path(path)
     layout, models, recorded = locate(folder)
+    for model in models.values():  # a damaged model is named before minutes of data loading, not after
+        verify_stage.onnx_input_dims(model)
     parsed = [gate_mod.parse(g) for g in gates]
     for gate in parsed:
         if gate.metric == "agreement":
@@ -111,14 +128,12 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
 def _as_exported(data: Any, recorded: dict[str, Any], model: Path) -> Any:
     """The data with the export's own normalisation (part of the model, not of the data), after checking that
     the images come in the shape, mode and classes the model was exported for."""
-    import onnx
-
     from ltcompress.data import InputSpec
+    from ltcompress.verify import onnx_input_dims
 
     spec = InputSpec(**{**recorded["data"]["input"], "mean": tuple(recorded["data"]["input"]["mean"]),
                         "std": tuple(recorded["data"]["input"]["std"])})
-    dims = [d.dim_value for d in
-            onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    dims = onnx_input_dims(model)
     for what, got, want in (("input (C, H, W)", [data.spec.channels, data.spec.size, data.spec.size], dims[1:]),
                             ("source image mode and size", [data.spec.source_mode, data.spec.source_size],
                              [spec.source_mode, spec.source_size]),

@@ -8,8 +8,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,39 +19,74 @@ import yaml
 
 from ltcompress.errors import StorageError, UsageError
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOTDIR}
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOTDIR}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 @contextlib.contextmanager
 def io_errors(path: Path | str) -> Iterator[None]:
-    """Turn disk-full / permission errors into StorageError (exit 7) naming the path."""
+    """Turn disk-full / permission errors into StorageError (exit 7) naming the path, also when a library
+    (safetensors, onnx, onnxruntime, torch.onnx) reports them through an exception type of its own."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in _STORAGE_ERRNOS:
+    except StorageError:
+        raise
+    except Exception as exc:
+        reason = storage_cause(exc)
+        if reason is None:
             raise
-        raise StorageError(f"cannot write {path}: {exc.strerror}. Free space or fix permissions, "
-                           f"or choose another place with --runs-dir") from None
+        raise StorageError(f"cannot write {path}: {reason}. Free space or fix permissions, "
+                           f"or choose another place with --runs-dir") from exc
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace: readers never see a partial file."""
+def storage_cause(exc: BaseException) -> str | None:
+    """The disk or permission error behind `exc`, if any: an OSError with one of the storage errnos in its
+    cause chain, or that errno's message in the text of a library's own exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS:
+            return current.strerror or os.strerror(current.errno)
+        text = str(current)
+        for code in _STORAGE_ERRNOS:
+            if os.strerror(code) in text:
+                return os.strerror(code)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def temp_name(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden name next to `path` that no other writer (another process, another run) can share."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """For writers that take a file name (torch.onnx, ONNX Runtime, numpy): a unique temporary name next to
+    `path`, renamed onto `path` only when the writer finished, removed when it failed. Readers never see a
+    partial file, and a failure leaves nothing behind."""
+    tmp = temp_name(path, ".tmp" + path.suffix)  # keeps the suffix: some writers pick the format by it
     with io_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                tmp.unlink()
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a unique temp file in the same folder, fsync, then os.replace: readers never see a partial
+    file, and a failed write (disk full) leaves nothing behind."""
+    with staged(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -71,14 +106,25 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 def atomic_save_file(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Tensors as safetensors (loadable without unpickling), written atomically."""
-    from safetensors.torch import save_file
+    """Tensors as safetensors (loadable without unpickling), written atomically: serialised in memory, so a
+    full disk is an OSError of ours (exit 7) rather than a SafetensorError."""
+    from safetensors.torch import save
 
-    with io_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+@contextlib.contextmanager
+def entry_lock(folder: Path, shared: bool = False) -> Iterator[None]:
+    """A cache entry's lock (`folder/.lock`): exclusive while one process writes the entry's files, shared
+    while others read them, so no reader ever sees one writer's metadata beside another's weights."""
+    with io_errors(folder / ".lock"):
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / ".lock", "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()  # closing releases the lock
 
 
 def sha256_file(path: Path) -> str:
@@ -94,13 +140,17 @@ def link_or_copy(src: Path, dst: Path) -> None:
     with io_errors(dst):
         if dst.exists() and os.path.samefile(src, dst):
             return
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        tmp.unlink(missing_ok=True)
+        tmp = temp_name(dst)
         try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
 
 @dataclass
@@ -130,7 +180,8 @@ def default_name(method: str, student: str) -> str:
 
 
 def _lock(path: Path) -> RunDir:
-    lock = open(path / ".lock", "w")
+    with io_errors(path / ".lock"):  # a read-only file system is exit 7 naming the file, not a crash
+        lock = open(path / ".lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

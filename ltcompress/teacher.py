@@ -23,11 +23,11 @@ from torch import nn
 from ltcompress import checkpoint, dist, models
 from ltcompress.config import CompressConfig, TrainConfig
 from ltcompress.data import LTData
-from ltcompress.distill import LoopOptions, freeze, save_weights, train
+from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_batch
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
-from ltcompress.rundir import RunDir, atomic_torch_save, link_or_copy, sha256_file, write_json
+from ltcompress.rundir import RunDir, atomic_torch_save, entry_lock, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -179,9 +179,10 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
     if run is None:
         return Teacher(freeze(model), {**meta, "source": source})
     entry = _entry(cfg, p.key)
-    link_or_copy(entry / "teacher.safetensors", run.file("teacher.safetensors"))
+    with entry_lock(entry, shared=True):
+        link_or_copy(entry / "teacher.safetensors", run.file("teacher.safetensors"))
     provenance = {**meta, "source": source, "trained_here": True,
-                  "weights_sha256": sha256_file(entry / "teacher.safetensors"), "cache_path": str(entry)}
+                  "weights_sha256": sha256_file(run.file("teacher.safetensors")), "cache_path": str(entry)}
     write_json(run.file("teacher.json"), provenance)
     return Teacher(freeze(model), provenance)
 
@@ -193,20 +194,43 @@ def _entry(cfg: CompressConfig, key: str) -> Path:
 def _from_cache(p: TeacherPlan, cfg: CompressConfig, data: LTData,
                 run: RunDir | None) -> tuple[nn.Module, dict[str, Any]] | None:
     """A teacher trained earlier with the same key: rank 0 reads it and sends it to the others."""
-    entry = _entry(cfg, p.key)
-    weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
-    meta = dist.broadcast_object(json.loads(meta_path.read_text()) if run and meta_path.is_file() and
-                                 weights.is_file() else None)
+    meta, state = _read_entry(_entry(cfg, p.key)) if run is not None else (None, None)
+    meta = dist.broadcast_object(meta)
     if meta is None:
         return None
     meta = {"recipe_name": recipe_for(cfg, p.init)[0], **meta}  # entries from before recipes had names
     model = _wrap_like(models.create(p.arch, data.num_classes, data.spec.channels), meta, data)
-    if run is not None:
-        model.load_state_dict(load_file(str(weights)))
+    if state is not None:
+        model.load_state_dict(state)
     dist.broadcast_module(model)
     log.info("teacher: reusing cached %s (key %s, %s recipe, %s)", p.arch, p.key[:12],
-             meta.get("recipe_name", "scratch"), entry)
+             meta.get("recipe_name", "scratch"), _entry(cfg, p.key))
     return model, meta
+
+
+def _read_entry(entry: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """A complete cache entry's metadata and weights, or (None, None). A damaged entry (metadata that is not
+    JSON, weights whose sha256 differs from the recorded one, weights safetensors cannot read) is reported with
+    its path and removed, so this run trains the teacher again and rebuilds it instead of failing, as every
+    later run with the same settings would."""
+    weights, meta_path = entry / "teacher.safetensors", entry / "teacher.json"
+    if not (meta_path.is_file() and weights.is_file()):
+        return None, None
+    with entry_lock(entry, shared=True):
+        try:
+            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+            recorded = meta.get("weights_sha256")
+            if recorded is not None and sha256_file(weights) != recorded:
+                raise ValueError(f"{weights.name} does not match its recorded sha256 {recorded[:12]}")
+            return meta, load_file(str(weights))
+        except Exception as exc:  # noqa: BLE001 - JSON, checksum, SafetensorError and I/O all mean "damaged"
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    log.warning("teacher cache entry %s is damaged (%s); training the teacher again and rebuilding the entry",
+                entry, reason)
+    with entry_lock(entry):
+        for name in ("teacher.json", "teacher.safetensors"):  # the metadata first: it marks an entry complete
+            (entry / name).unlink(missing_ok=True)
+    return None, None
 
 
 def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: CompressConfig, data: LTData,
@@ -230,12 +254,15 @@ def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: Com
                    resume=resume, options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress))
     meta = {"arch": p.arch, "init": info["init"], "init_reason": info["reason"], "init_source": info,
             "loss": p.loss, "recipe_name": recipe_name, "recipe": dataclasses.asdict(recipe),
+            "batch_size_used": used_batch(recipe.batch_size, len(data.train)),
             "data_fingerprint": data.fingerprint, "cache_key": p.key, "train_seconds": round(result.seconds, 1),
             "renormalize": isinstance(model, models.Renormalize)}
     if run is not None:
         entry = _entry(cfg, p.key)
-        save_weights(model, entry / "teacher.safetensors")
-        write_json(entry / "teacher.json", meta)  # written last: marks the cache entry complete
+        with entry_lock(entry):  # one writer at a time; readers wait for a complete entry
+            save_weights(model, entry / "teacher.safetensors")
+            meta["weights_sha256"] = sha256_file(entry / "teacher.safetensors")  # checked on every reuse
+            write_json(entry / "teacher.json", meta)  # written last: marks the cache entry complete
     return meta
 
 

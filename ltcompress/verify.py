@@ -15,6 +15,7 @@ from torch import nn
 
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData, Split, eval_batches
+from ltcompress.errors import StorageError, VerificationError
 from ltcompress.metrics import STAGES, agreement, flip_rates, summarize
 
 log = logging.getLogger("ltcompress")
@@ -54,10 +55,44 @@ def torch_logits(model: nn.Module, split: Split, data: LTData, device: torch.dev
     return torch.cat(out).numpy()
 
 
-def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
+def open_session(onnx_path: Path) -> Any:
+    """An ONNX Runtime CPU session. A file that cannot be read is exit 7 and a damaged or truncated model exit
+    4, both naming the file: ONNX Runtime's own errors name neither the file nor what to do."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    try:
+        with open(onnx_path, "rb"):  # OSError here is the disk's or the permissions', not the model's
+            pass
+        return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except OSError as exc:
+        raise StorageError(f"cannot read {onnx_path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+        raise VerificationError(f"{onnx_path} is not a loadable ONNX model (damaged or truncated?): "
+                                f"{_first_line(exc)}; export it again, or copy it again from its run") from exc
+
+
+def onnx_input_dims(onnx_path: Path) -> list[int]:
+    """The model's input shape (0 for a dynamic axis), read from the file without loading its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    except OSError as exc:
+        raise StorageError(f"cannot read {onnx_path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or a graph without inputs
+        raise VerificationError(f"{onnx_path} is not a readable ONNX model (damaged or truncated?): "
+                                f"{type(exc).__name__}: {_first_line(exc)}; export it again, or copy it again "
+                                f"from its run") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
+    session = open_session(onnx_path)
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: x.contiguous().numpy()})[0]
            for x, _ in eval_batches(data, split, batch, torch.device("cpu"))]

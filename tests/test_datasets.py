@@ -217,6 +217,39 @@ def test_bad_data_is_exit_3_naming_file_and_reason(tmp_path, setup, cfg_kw, mess
     assert info.value.exit_code == 3
 
 
+def test_a_test_class_unknown_to_training_is_exit_3_or_excluded_and_reported(tmp_path):
+    root = folder_dataset(tmp_path, test={"cat": 3, "dog": 3, "eel": 3, "fox": 4})
+    with pytest.raises(DataError, match=r"has 1 class folder\(s\) that .*train lacks: 'fox' \(4 images\)") as info:
+        load(folder_cfg(root), tmp_path)
+    assert info.value.exit_code == 3 and "data.unknown_test_classes=exclude" in str(info.value)
+    data = load(folder_cfg(root, unknown_test_classes="exclude"), tmp_path)
+    assert data.class_names == ("cat", "dog", "eel") and len(data.test) == 9
+    assert data.excluded_test_classes == ("fox",)
+    from ltcompress.config import CompressConfig
+    from ltcompress.report import data_info
+    from ltcompress.data import shot_groups
+
+    info_dict = data_info(data, shot_groups(data.class_counts, 100, 20), CompressConfig())
+    assert info_dict["excluded_test_classes"] == ["fox"]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("train_list", "/etc/passwd"), ("test_list", "../outside.txt"), ("class_names_file", "../names.txt"),
+    ("class_names_file", "/etc/hostname"),
+])
+def test_list_and_names_files_stay_inside_the_data_dir(tmp_path, key, value):
+    root = folder_dataset(tmp_path / "data")
+    lists("train/cat/000.png 0\ntrain/dog/000.png 1\n", "test/cat/000.png 0\ntest/dog/000.png 1\n")(root)
+    (tmp_path / "outside.txt").write_text("test/cat/000.png 0\n")
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    settings = {**LISTS, key: value}
+    with pytest.raises(DataError, match=f"data.{key}.*(absolute path|leads outside --data-dir)") as info:
+        load(folder_cfg(root, **settings), tmp_path)
+    assert info.value.exit_code == 3 and "data.confine_paths=false" in str(info.value)
+    if value.startswith(".."):  # the opt-out reads it
+        load(folder_cfg(root, **settings, confine_paths=False), tmp_path)
+
+
 def test_skip_corrupt_is_opt_in_and_counted(tmp_path):
     root = folder_dataset(tmp_path)
     _corrupt(root)

@@ -192,6 +192,9 @@ def test_divergence_is_exit_6(workdir, monkeypatch, capsys):
                  "--set", "student.train.lr=1e30"])
     err = capsys.readouterr().err
     assert code == 6 and "student training diverged" in err and "student.train.lr=" in err
+    # it diverged inside its first epoch: there is no checkpoint, and the message must not promise one
+    assert "no checkpoint of this stage was written" in err and "is kept in" not in err
+    assert not list((workdir / "runs" / "diverged" / "checkpoints").glob("student-*"))
 
 
 def test_python_api(workdir, monkeypatch):

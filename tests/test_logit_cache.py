@@ -73,3 +73,22 @@ def test_teacher_cache_option_end_to_end(tmp_path, monkeypatch, capsys):
     records = [json.loads(line) for line in (runs / "hit" / "metrics.jsonl").read_text().splitlines()]
     sources = [r.get("teacher_logits") for r in records if r["stage"] == "student"]
     assert sources == ["cache", "cache"]
+
+
+def test_a_damaged_cache_file_is_named_and_rebuilt_not_used(tmp_path, caplog):
+    """Zeroed data keeps a valid safetensors header: only the checksum can tell, and the file is rebuilt."""
+    from ltcompress.logit_cache import LogitCache
+
+    cache = LogitCache.open(tmp_path, {"teacher": "t", "seed": 0})
+    logits = torch.randn(8, 10)
+    cache.save(0, logits)
+    torch.testing.assert_close(cache.load(0, 8), logits)
+    path = cache._path(0)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40] + bytes(40))
+    assert cache.load(0, 8) is None and f"teacher-logit cache {path} is damaged" in caplog.text
+    path.write_bytes(data[: len(data) // 2])
+    assert cache.load(0, 8) is None and "is unreadable" in caplog.text
+    cache.save(0, logits)  # rebuilt in place
+    torch.testing.assert_close(cache.load(0, 8), logits)
+    assert sorted(p.name for p in cache.folder.iterdir()) == [".lock", path.name]  # no temporary file left

@@ -49,22 +49,61 @@ def test_report_names_provenance(passed_run):
         assert needle in html, needle
 
 
-def test_class_names_and_gates_are_escaped():
-    names = ["<script>alert(1)</script>", "b&c"]
+def _report(names: list[str], flips: dict | None = None) -> dict:
+    """A small report.json of two classes, as the page reads it."""
     stage = {"overall": 0.5, "balanced": 0.5, "many": 0.5, "medium": None, "few": 0.5, "worst": 0.0,
              "worst_class": names[0], "per_class": {names[0]: 0.0, names[1]: 1.0}}
-    report = {"run": {"name": "x", "dir": "/tmp/x", "finished": "now", "timings_s": {}}, "passed": False,
-              "gates": [{"gate": "class[<b>] > 0", "subject": "fp32.class[<b>]", "op": ">", "threshold": 0,
-                         "value": None, "passed": False}],
-              "stages": {"student": stage, "fp32": {**stage, "agreement_with_student": 1.0}},
-              "parity": {"fp32": {"ok": True, "max_abs_logit_diff": 0.0, "top1_agreement": 1.0}}, "flips": {},
-              "data": {"dataset": "imagefolder", "class_names": names, "class_counts": [50, 5], "train_size": 55,
-                       "test_size": 4, "shot_groups": {"many": [], "medium": [names[0]], "few": [names[1]]},
-                       "shot_thresholds": {"many_above": 100, "few_below": 20}},
-              "method": {"name": "ce", "status": "exact"}, "teacher": None,
-              "config": {"resolved": {"student_arch": "s"}}, "artifacts": {},
-              "environment": {"device": "cpu", "cpu": "x86_64", "cpu_flags": [], "versions": {"torch": "2"}},
-              "command": None}
-    html = render(report)
+    return {"run": {"name": "x", "dir": "/tmp/x", "finished": "now", "timings_s": {}}, "passed": False,
+            "gates": [{"gate": "class[<b>] > 0", "subject": "fp32.class[<b>]", "op": ">", "threshold": 0,
+                       "value": None, "passed": False}],
+            "stages": {"student": stage, "fp32": {**stage, "agreement_with_student": 1.0}},
+            "parity": {"fp32": {"ok": True, "max_abs_logit_diff": 0.0, "top1_agreement": 1.0}}, "flips": flips or {},
+            "data": {"dataset": "imagefolder", "class_names": names, "class_counts": [50, 5], "train_size": 55,
+                     "test_size": 4, "shot_groups": {"many": [], "medium": [names[0]], "few": [names[1]]},
+                     "shot_thresholds": {"many_above": 100, "few_below": 20}},
+            "method": {"name": "ce", "status": "exact"}, "teacher": None,
+            "config": {"resolved": {"student_arch": "s"}}, "artifacts": {},
+            "environment": {"device": "cpu", "cpu": "x86_64", "cpu_flags": [], "versions": {"torch": "2"}},
+            "command": None}
+
+
+def _svg_texts(html: str) -> list[str]:
+    import base64
+
+    texts = []
+    for uri in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", html):
+        texts += re.findall(r"<text[^>]*>([^<]*)</text>", base64.b64decode(uri).decode())
+    return texts
+
+
+def test_class_names_and_gates_are_escaped():
+    names = ["<script>alert(1)</script>", "b&c"]
+    html = render(_report(names))
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "class[&lt;b&gt;]" in html and "FAILED" in html and html.count("<figure>") == 2
+
+
+def test_dollar_signs_in_class_names_are_drawn_as_text_not_maths():
+    """matplotlib reads `$...$` as mathtext: `a $b_$ c` used to fail the whole report after training."""
+    names = ["a $b_$ c", "$lone \\$ back"]
+    per_class = {names[0]: 0.25, names[1]: 0.0}
+    flips = {"student->fp32": {"overall": 0.1, "few": 0.0, "worst": 0.25, "worst_class": names[0],
+                               "per_class": per_class}}
+    html = render(_report(names, flips))
+    assert html.count("<figure>") == 3 and "plot-missing" not in html
+    svg_text = "\n".join(_svg_texts(html))
+    for name in names:  # the tick labels of the flip plot hold the names literally (the SVG escapes & < >)
+        assert name in svg_text
+
+
+def test_a_plot_that_cannot_be_drawn_becomes_a_note(monkeypatch, caplog):
+    from ltcompress import report_html
+
+    def broken(*args):
+        raise ValueError("no room for the legend")
+
+    monkeypatch.setattr(report_html, "_group_plot", broken)
+    html = render(_report(["a", "b"]))
+    assert html.count("<figure>") == 1 and html.count("plot-missing") == 1
+    assert "This plot could not be drawn (ValueError: no room for the legend)" in html
+    assert "no room for the legend" in caplog.text

@@ -74,3 +74,35 @@ def test_verify_refuses_a_folder_that_is_no_export(passed_run, tmp_path, capsys)
     code, _, err = run_cli(["verify", str(partial)], capsys)
     assert code == 2 and "neither a finished run directory" in err
     assert TINY["data.test_per_class"] == 30  # the recorded split is the run's own
+
+
+def _damaged(what: str, data: bytes) -> bytes:
+    """The file's bytes damaged as a disk or a copy damages them."""
+    if what == "truncated":
+        return data[: len(data) // 2]
+    if what == "zeroed":
+        return data[:64] + bytes(len(data) - 64)
+    return b"\x00garbage, not a protobuf\xff" * 8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "garbage"])
+@pytest.mark.parametrize("target", ["model.onnx", "model.int8.onnx", "report.json"])
+def test_verify_names_a_damaged_file_with_exit_4(passed_run, workdir, monkeypatch, capsys, tmp_path, damage,
+                                                 target):
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", bundle)
+    (bundle / target).write_bytes(_damaged(damage, (bundle / target).read_bytes()))
+    code, _, err = run_cli(["verify", str(bundle)], capsys)
+    assert code == 4, err
+    assert str(bundle / target) in err and err.count("\n") == 1 and "internal error" not in err
+
+
+def test_verify_names_a_report_that_is_no_ltcompress_report(passed_run, capsys, tmp_path):
+    run, _ = passed_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", bundle)
+    (bundle / "report.json").write_text("[1, 2, 3]")
+    code, _, err = run_cli(["verify", str(bundle)], capsys)
+    assert code == 4 and f"{bundle / 'report.json'} is not an ltcompress report" in err

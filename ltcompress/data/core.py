@@ -74,6 +74,7 @@ class LTData:
     skipped: list[str] = field(default_factory=list)  # unreadable images skipped (only with data.skip_corrupt)
     pipeline: Pipeline = field(default_factory=Pipeline)
     manifest: tuple[str, ...] = field(default=())  # file-backed data: one "label size mtime path" line per file
+    excluded_test_classes: tuple[str, ...] = ()  # test class folders left out (data.unknown_test_classes=exclude)
 
     @property
     def num_classes(self) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from ltcompress.config import DataConfig
 from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint,
                                   resolve_workers, sample_indices, source_mode, streamed_stats)
-from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list
+from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list, setting_path
 from ltcompress.errors import DataError
 
 log = logging.getLogger("ltcompress")
@@ -42,15 +42,19 @@ def _folder_entries(root: Path, names: tuple[str, ...] | None) -> tuple[Entries,
     return entries, classes
 
 
-def _entries(cfg: DataConfig, root: Path) -> tuple[Entries, Entries, tuple[str, ...]]:
+def _entries(cfg: DataConfig, root: Path, excluded: list[str]) -> tuple[Entries, Entries, tuple[str, ...]]:
+    """Train and test entries and the class names; test classes that training lacks go to `excluded` (with
+    data.unknown_test_classes=exclude) or stop the run."""
     names = _names_file(cfg, root)
     if cfg.train_list or cfg.test_list:
         if not (cfg.train_list and cfg.test_list):
             raise DataError("give both data.train_list and data.test_list")
-        train_entries = read_list(root, root / cfg.train_list, cfg.confine_paths)
-        test_entries = read_list(root, root / cfg.test_list, cfg.confine_paths)
+        train_file = setting_path(root, cfg.train_list, "data.train_list", cfg.confine_paths)
+        train_entries = read_list(root, train_file, cfg.confine_paths)
+        test_entries = read_list(root, setting_path(root, cfg.test_list, "data.test_list", cfg.confine_paths),
+                                 cfg.confine_paths)
         if names is None and cfg.train_list.lower().endswith(".json"):
-            names = class_names_from_json(root / cfg.train_list)
+            names = class_names_from_json(train_file)
         if names is None:  # from the training list only: Places-LT keeps every test image in one folder
             top = max(label for _, label in train_entries + test_entries)
             names = names_from_folders(root, train_entries, top + 1)
@@ -66,14 +70,33 @@ def _entries(cfg: DataConfig, root: Path) -> tuple[Entries, Entries, tuple[str, 
                             f"no list files were given")
     train_entries, names = _folder_entries(root / "train", names)
     test_entries, _ = _folder_entries(root / "test", names)
+    _unknown_test_classes(cfg, root, names, excluded)
     return train_entries, test_entries, names
 
+
+def _unknown_test_classes(cfg: DataConfig, root: Path, names: tuple[str, ...], excluded: list[str]) -> None:
+    """A test/<class> folder that training does not have: its images cannot be scored against any output, and
+    dropping them silently would flatter the report. Exit 3, or with data.unknown_test_classes=exclude, leave
+    them out and say so (log and report.json's data.excluded_test_classes)."""
+    known = set(names)
+    extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name not in known)
+    if not extra:
+        return
+    images = {c: sum(1 for p in (root / "test" / c).rglob("*") if p.suffix.lower() in SUFFIXES) for c in extra}
+    shown = ", ".join(f"{c!r} ({images[c]} images)" for c in extra[:5]) + (" ..." if len(extra) > 5 else "")
+    if cfg.unknown_test_classes != "exclude":
+        raise DataError(f"{root / 'test'} has {len(extra)} class folder(s) that {root / 'train'} lacks: {shown}; "
+                        f"add their training images, or pass --set data.unknown_test_classes=exclude to leave "
+                        f"them out of the test split (reported)")
+    log.warning("data: %d test class folder(s) with no training images left out of the test split: %s",
+                len(extra), shown)
+    excluded.extend(extra)
 
 def _names_file(cfg: DataConfig, root: Path) -> tuple[str, ...] | None:
     """data.class_names_file: one name per line in label order, or an iNaturalist categories JSON."""
     if not cfg.class_names_file:
         return None
-    path = root / cfg.class_names_file
+    path = setting_path(root, cfg.class_names_file, "data.class_names_file", cfg.confine_paths)
     if not path.is_file():
         raise DataError(f"class names file {path} does not exist")
     if path.suffix.lower() == ".json":
@@ -130,7 +153,8 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"--data-dir {root} is not a folder")
-    train_entries, test_entries, names = _entries(cfg, root)
+    excluded: list[str] = []
+    train_entries, test_entries, names = _entries(cfg, root, excluded)
     lines = manifest(root, {"train": train_entries, "test": test_entries})
     mode = source_mode(3, cfg.channels)
     spec = InputSpec(cfg.input_size, cfg.channels, (0.0,) * cfg.channels, (1.0,) * cfg.channels, mode,
@@ -149,7 +173,8 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
     spec = InputSpec(spec.size, spec.channels, mean, std, mode, spec.source_size, spec.geometry, spec.crop_pct,
                      spec.interpolation)
     log.info("data: %s, %s", "in memory" if keep else "decoded lazily in %d worker(s)" % pipeline.workers, reason)
-    return LTData(train, test, counts, names, spec, fingerprint(name, (), lines), skipped, pipeline, lines)
+    return LTData(train, test, counts, names, spec, fingerprint(name, (), lines), skipped, pipeline, lines,
+                  tuple(excluded))
 
 
 def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,

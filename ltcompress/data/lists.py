@@ -204,8 +204,14 @@ def _json_rows(list_file: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
+def setting_path(root: Path, rel: str, key: str, confine: bool) -> Path:
+    """A file named by a data setting (a list file, the class-names file), confined to `root` like the paths
+    inside the list files, so a preset cannot make a run read files anywhere on the machine."""
+    return Path(_checked_path(os.fspath(root), rel, Path(key), "", confine))
+
+
 def _checked_path(base: str, rel: str, list_file: Path, where: Any, confine: bool) -> str:
-    at = f"{list_file}:{where}" if isinstance(where, int) else f"{list_file} ({where})"
+    at = f"{list_file}:{where}" if isinstance(where, int) else f"{list_file} ({where})" if where else str(list_file)
     if not rel:
         raise DataError(f"{at}: empty image path")
     if confine:
