@@ -19,7 +19,8 @@ import yaml
 
 from ltcompress.errors import StorageError, UsageError
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOTDIR}
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                   errno.ENOTDIR}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -6,12 +6,13 @@ unstable without gradient clipping and gained nothing with it (docs/benchmarks.m
 1. Logit rectification: temper the teacher, then remove the label prior at full strength
    (``zt / T - tau * log pi``, as bkd and logit adjustment correct); for samples of tail classes (Medium and
    Few) whose result ranks a wrong class first, swap that entry with the true class's; KD to the result at T.
-2. Representation rectification (off by default): pull the teacher's penultimate feature toward its class prototype (the class
-   mean over the training set), and match the student's projected feature to it in cosine distance. The
-   projector trains with the student and is never exported.
+2. Representation rectification (off by default): pull the teacher's penultimate feature toward its class
+   prototype (the class mean over the training set), and match the student's projected feature to it in cosine
+   distance. The projector trains with the student and is never exported.
 
-The first reading (issue 4: ``prior_after_temper=False, swap="all", T=4``) removed the prior before tempering,
-which divided its effect by T, and swapped head samples too; docs/methods.md has both readings' measurements.
+The first reading (issue 4: ``prior_after_temper=False, swap="all", T=4, feature_term=True``) removed the prior
+before tempering, which divided its effect by T, and swapped head samples too; docs/methods.md has both
+readings' measurements.
 """
 from __future__ import annotations
 
