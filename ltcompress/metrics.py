@@ -68,3 +68,28 @@ def _summary(per_class: np.ndarray, overall: float | None, groups: dict[str, lis
 def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     """Fraction of test images on which two stages predict the same top-1 class."""
     return float((np.asarray(pred_a) == np.asarray(pred_b)).mean())
+
+
+def confusion(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``[true class, predicted class]`` over the test set (int64)."""
+    index = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(pred, dtype=np.int64)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def tail_losses(matrix: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...],
+                top: int = 3) -> dict[str, dict[str, Any]]:
+    """For each Medium and Few class, where its misclassified test images go: the `top` classes that absorb most
+    of them, as counts and as shares of the class's test images. Accuracy says a rare class is lost; this says
+    to whom (``Shirt`` to ``T-shirt/top``), which is what a user can act on (more data, a merged label)."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in ("medium", "few"):
+        for c in sorted(groups[group]):
+            row = matrix[c]
+            total = int(row.sum())
+            others = sorted((j for j in range(len(row)) if j != c and row[j] > 0), key=lambda j: (-row[j], j))
+            out[class_names[c]] = {
+                "group": group, "test_images": total, "misclassified": total - int(row[c]),
+                "lost_to": [{"class": class_names[j], "images": int(row[j]), "share": float(row[j] / total)}
+                            for j in others[:top]],
+            }
+    return out

@@ -48,7 +48,7 @@ def environment(device: str) -> dict[str, Any]:
 def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
           student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
           flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
-          device: str) -> dict[str, Any]:
+          device: str, tail_losses: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
     return {
         "schema": REPORT_SCHEMA,
@@ -60,6 +60,7 @@ def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], tea
         "stages": stages,
         "parity": parity,
         "flips": flips,
+        "tail_losses": tail_losses or {},
         "data": data_info,
         "teacher": teacher,
         "student": student,
@@ -80,13 +81,26 @@ def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
     return path
 
 
-def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any]) -> Path:
-    """predictions.npz: test labels and each stage's top-1 prediction per test image, for error analysis."""
+def tail_summary(labels: Any, predictions: dict[str, Any], groups: dict[str, list[int]],
+                 class_names: tuple[str, ...]) -> dict[str, Any]:
+    """report.json's `tail_losses`: per stage, where each Medium and Few class's misclassified images go."""
+    from ltcompress.metrics import confusion, tail_losses
+
+    return {stage: tail_losses(confusion(pred, labels, len(class_names)), groups, class_names)
+            for stage, pred in predictions.items()}
+
+
+def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any], num_classes: int) -> Path:
+    """predictions.npz: test labels, each stage's top-1 prediction per test image, and each stage's full
+    confusion matrix (`confusion_<stage>`, rows the true class), for error analysis."""
     import numpy as np
 
+    from ltcompress.metrics import confusion
+
     path = run.file("predictions.npz")
+    matrices = {f"confusion_{k}": confusion(p, labels, num_classes) for k, p in predictions.items()}
     buf = io.BytesIO()
-    np.savez_compressed(buf, labels=labels, **predictions)
+    np.savez_compressed(buf, labels=labels, **predictions, **matrices)
     atomic_write_bytes(path, buf.getvalue())
     return path
 

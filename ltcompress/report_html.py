@@ -70,6 +70,8 @@ def render(report: dict[str, Any]) -> str:
         parts += ["<h2>Top-1 flips between stages</h2>",
                   _figure(lambda: _flip_plot(report), "share of each class's test images whose top-1 prediction "
                           "changed between consecutive stages"), _flip_table(report)]
+    if report.get("tail_losses"):
+        parts += ["<h2>Where the tail goes</h2>", _tail_table(report, stages)]
     parts += ["<h2>Per class</h2>", _class_table(report, stages),
               "<h2>Provenance</h2>", _provenance(report), f"<script>{_PROBE}</script></body></html>"]
     return "\n".join(parts)
@@ -126,6 +128,27 @@ def _class_table(report: dict[str, Any], stages: list[str]) -> str:
                     f"{cells}</tr>")
     return (f"<table><thead><tr><th class='l'>class</th><th>train images</th><th class='l'>group</th>{head}</tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _tail_table(report: dict[str, Any], stages: list[str]) -> str:
+    """Each Medium and Few class: the share of its test images each stage gets wrong, and the classes that take
+    them (the full confusion matrices are in predictions.npz)."""
+    tail = report["tail_losses"]
+    shown = [s for s in stages if s in tail]
+    rows = []
+    for name, first in tail[shown[0]].items():
+        cells = []
+        for s in shown:
+            lost = tail[s][name]
+            total = max(lost["test_images"], 1)
+            to = ", ".join(f"{_e(x['class'])} {100 * x['share']:.1f}" for x in lost["lost_to"]) or "-"
+            cells.append(f"<td class='l'><b>{100 * lost['misclassified'] / total:.1f}</b> &rarr; {to}</td>")
+        rows.append(f"<tr><td class='l'>{_e(name)}</td><td class='l'>{first['group']}</td>{''.join(cells)}</tr>")
+    head = "".join(f"<th class='l'>{s}</th>" for s in shown)
+    return (f"<table id='tail'><thead><tr><th class='l'>class</th><th class='l'>group</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><p>Per stage: % of the class's test images misclassified "
+            "&rarr; the classes that absorb most of them (% of the class's test images). Full confusion matrices: "
+            "<code>predictions.npz</code>, keys <code>confusion_&lt;stage&gt;</code>.</p>")
 
 
 def _flip_table(report: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "student", "method",
-               "artifacts", "config", "environment", "command", "flips"}
+               "artifacts", "config", "environment", "command", "flips", "tail_losses"}
 COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
 
 
@@ -70,6 +70,8 @@ def test_report_keys_and_values(passed_run):
         for group, members in rep["data"]["shot_groups"].items():
             assert m[group] == pytest.approx(np.mean([m["per_class"][n] for n in members]))
         assert m["worst"] == min(per_class) and m["per_class"][m["worst_class"]] == m["worst"]
+        _check_tail_losses(rep["tail_losses"][stage], pred[f"confusion_{stage}"], pred[stage], labels, names,
+                           rep["data"]["shot_groups"])
     parity = rep["parity"]["fp32"]
     assert parity["ok"] and parity["top1_agreement"] >= 0.999
     assert parity["max_abs_logit_diff"] <= parity["allowed_logit_diff"]
@@ -99,6 +101,21 @@ def test_report_keys_and_values(passed_run):
     assert rep["teacher"]["weights_sha256"] == sha256_file(run / "teacher.safetensors")
     assert rep["method"]["name"] == "bkd" and rep["method"]["status"] == "exact"
     assert rep["artifacts"]["onnx_sha256"] == sha256_file(run / "student.onnx")
+
+
+def _check_tail_losses(tail, matrix, pred, labels, names, shot_groups):
+    """The full confusion matrix counts the stage's predictions; the tail summary follows it, class by class."""
+    for t, name in enumerate(names):
+        for q in range(len(names)):
+            assert matrix[t, q] == int(((labels == t) & (pred == q)).sum())
+    assert list(tail) == shot_groups["medium"] + shot_groups["few"]
+    for name, lost in tail.items():
+        c = names.index(name)
+        wrong = pred[labels == c][pred[labels == c] != c]
+        assert lost["misclassified"] == len(wrong) and lost["test_images"] == int((labels == c).sum())
+        counts = sorted(((int((wrong == q).sum()), -q) for q in set(wrong.tolist())), reverse=True)[:3]
+        assert [(x["images"], x["class"]) for x in lost["lost_to"]] == [(n, names[-q]) for n, q in counts]
+        assert all(x["share"] == pytest.approx(x["images"] / lost["test_images"]) for x in lost["lost_to"])
 
 
 def test_config_and_metrics_log(passed_run):

@@ -56,3 +56,29 @@ def test_flip_rates_match_a_naive_count():
     assert got["few"] == pytest.approx(naive["z"]) and got["many"] == pytest.approx((naive["w"] + naive["x"]) / 2)
     assert got["worst"] == max(naive.values()) and naive[got["worst_class"]] == got["worst"]
     assert flip_rates(a, a, labels, groups, ("w", "x", "y", "z"))["worst"] == 0.0
+
+
+def test_confusion_and_tail_losses_follow_a_naive_count():
+    from ltcompress.metrics import confusion, tail_losses
+
+    rng = np.random.default_rng(3)
+    names = tuple(f"c{i}" for i in range(6))
+    labels = np.repeat(np.arange(6), [40, 30, 20, 10, 6, 4])
+    pred = np.where(rng.random(len(labels)) < 0.6, labels, rng.integers(0, 6, len(labels)))
+    matrix = confusion(pred, labels, 6)
+    assert matrix.sum() == len(labels) and matrix.dtype == np.int64
+    for t in range(6):
+        for q in range(6):
+            assert matrix[t, q] == sum(1 for a, b in zip(labels, pred) if a == t and b == q)
+    groups = {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+    tail = tail_losses(matrix, groups, names, top=2)
+    assert list(tail) == ["c2", "c3", "c4", "c5"] and tail["c4"]["group"] == "few"
+    for name, lost in tail.items():
+        c = names.index(name)
+        wrong = [int(q) for a, q in zip(labels, pred) if a == c and q != c]
+        assert lost["misclassified"] == len(wrong) and lost["test_images"] == int((labels == c).sum())
+        ranked = sorted(set(wrong), key=lambda q: (-wrong.count(q), q))[:2]
+        assert [x["class"] for x in lost["lost_to"]] == [names[q] for q in ranked]
+        assert [x["images"] for x in lost["lost_to"]] == [wrong.count(q) for q in ranked]
+    perfect = tail_losses(confusion(labels, labels, 6), groups, names)
+    assert all(v["misclassified"] == 0 and v["lost_to"] == [] for v in perfect.values())

@@ -107,3 +107,17 @@ def test_a_plot_that_cannot_be_drawn_becomes_a_note(monkeypatch, caplog):
     assert html.count("<figure>") == 1 and html.count("plot-missing") == 1
     assert "This plot could not be drawn (ValueError: no room for the legend)" in html
     assert "no room for the legend" in caplog.text
+
+
+def test_where_the_tail_goes_names_the_absorbing_classes():
+    names = ["<big>", "b&c"]
+    report = _report(names)
+    lost = {"b&c": {"group": "few", "test_images": 4, "misclassified": 3,
+                    "lost_to": [{"class": "<big>", "images": 3, "share": 0.75}]}}
+    report["tail_losses"] = {"student": lost, "fp32": lost}
+    html = render(report)
+    table = html[html.index("<table id='tail'>"):]
+    table = table[:table.index("</table>")]
+    assert "Where the tail goes" in html and table.count("<tr>") == 2  # the header and one Few class
+    assert "b&amp;c" in table and "<b>75.0</b> &rarr; &lt;big&gt; 75.0" in table and "<big>" not in table
+    assert "Where the tail goes" not in render(_report(names))  # reports made before it existed still render
