@@ -181,6 +181,11 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs,
                         cfg.data.many_threshold, cfg.data.few_threshold)
     loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
+    if cfg.export.int8 and cfg.export.exclude_nodes:
+        from ltcompress import onnx_export
+
+        onnx_export.check_exclude_nodes(student_arch, data.spec, data.num_classes, cfg.export.exclude_nodes,
+                                        cfg.export.opset)
     timings = {"data": _since(t)}
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
              len(data.test), _counts_text(data.class_counts))

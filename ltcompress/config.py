@@ -20,6 +20,7 @@ from ltcompress.registry import did_you_mean
 
 DEFAULT_PRESET = "fmnist-lt"
 CALIBRATIONS = ("stratified", "random")  # how INT8 calibration images are drawn from the training set
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # how ONNX Runtime turns activations into ranges
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class ExportConfig:
     int8: bool = False  # also write student.int8.onnx (static QDQ, uint8 activations, int8 per-channel weights)
     calibration: str = "stratified"  # stratified (classes filled evenly, so the tail counts) | random
     calibration_size: int = 512  # training images the INT8 ranges are calibrated on (bench/deploy.py)
+    calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime's CalibrationMethod)
+    per_channel: bool = True  # int8 weights per output channel (false: one range per tensor)
+    exclude_nodes: tuple[str, ...] = ()  # nodes of the FP32 graph left in float (names as in the report)
 
 
 @dataclass(frozen=True)
@@ -326,6 +330,8 @@ def _check_values(cfg: CompressConfig) -> None:
         (cfg.data.input_size >= 16, "data.input_size must be at least 16"),
         (cfg.export.calibration in CALIBRATIONS, f"export.calibration must be one of {', '.join(CALIBRATIONS)}"),
         (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
+        (cfg.export.calibration_method in CALIBRATION_METHODS,
+         f"export.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}"),
     ]
     for where, section in recipes(cfg):
         checks += [

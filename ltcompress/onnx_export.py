@@ -16,7 +16,7 @@ from torch import nn
 
 from ltcompress.config import CALIBRATIONS, ExportConfig
 from ltcompress.data import InputSpec, LTData, eval_batches
-from ltcompress.errors import VerificationError
+from ltcompress.errors import UsageError, VerificationError
 from ltcompress.rundir import staged, temp_name
 
 log = logging.getLogger("ltcompress")
@@ -83,21 +83,30 @@ def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path
     `cfg.calibration` way; returns what the report records about the calibration."""
     idx = calibration_indices(data.train.labels, cfg.calibration_size, cfg.calibration, seed)
     batches = (x.contiguous().numpy() for x, _ in eval_batches(data, data.train, 32, torch.device("cpu"), idx))
-    quantize(fp32_path, batches, path)
+    nodes = quantize(fp32_path, batches, path, cfg.calibration_method, cfg.per_channel, cfg.exclude_nodes)
     per_class = np.bincount(data.train.labels[idx], minlength=data.num_classes)
-    return {"method": "static QDQ, uint8 activations, int8 per-channel weights, MinMax",
+    weights = "per-channel" if cfg.per_channel else "per-tensor"
+    return {"method": f"static QDQ, uint8 activations, int8 {weights} weights, {cfg.calibration_method}",
+            "calibration_method": cfg.calibration_method, "per_channel": cfg.per_channel,
+            "excluded_nodes": list(cfg.exclude_nodes), "quantized_nodes": nodes,
             "calibration": cfg.calibration, "calibration_size": int(len(idx)),
             "calibration_per_class": dict(zip(data.class_names, per_class.tolist())), "seed": seed}
 
 
-def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path) -> Path:
-    """Static INT8 (QDQ, uint8 activations, int8 per-channel weights, MinMax ranges) with ONNX Runtime.
+def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path, method: str = "minmax",
+             per_channel: bool = True, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Static INT8 (QDQ, uint8 activations, int8 weights) with ONNX Runtime; returns the names of the nodes whose
+    operator it quantizes (what `exclude` and export.exclude_nodes usefully name).
 
     uint8 activations matter on CPUs: with int8 ones ORT leaves MobileNetV3's depthwise convolutions in float
     and the model runs ~5x slower. The model is pre-processed (shape inference, graph optimisation) first, as
-    ORT recommends.
+    ORT recommends; node names are those of the pre-processed graph. A name in `exclude` that the graph does
+    not have is exit 2 with the names it does have, never silently ignored.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -108,16 +117,56 @@ def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path) -> 
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
     prepared = temp_name(path, ".pre.onnx")
     with staged(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             quant_pre_process(str(fp32_path), str(prepared))
-            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            graph = onnx.load(str(prepared)).graph
+            _check_excluded(exclude, [n.name for n in graph.node])
+            nodes = [n.name for n in graph.node if n.op_type in QDQRegistry]
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=list(exclude))
+        except UsageError:
+            raise
         except Exception as exc:
             raise VerificationError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from exc
         finally:
             prepared.unlink(missing_ok=True)
-    log.info("export: %s (static QDQ U8S8 per-channel, %.2f MB)", path.name, path.stat().st_size / 1e6)
-    return path
+    log.info("export: %s (static QDQ U8S8 %s, %s, %d node(s) left in float, %.2f MB)", path.name,
+             "per-channel" if per_channel else "per-tensor", method, len(exclude), path.stat().st_size / 1e6)
+    return nodes
+
+
+
+def check_exclude_nodes(arch: str, spec: InputSpec, num_classes: int, exclude: tuple[str, ...], opset: int) -> None:
+    """export.exclude_nodes checked before any training, on an untrained export of the same architecture (node
+    names depend on the graph, not on the weights): a typo costs seconds, not a training run."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ltcompress import models
+
+    with tempfile.TemporaryDirectory(prefix="ltcompress-nodes-") as tmp:
+        fp32 = export(models.create(arch, num_classes, spec.channels), spec, Path(tmp) / "student.onnx", opset)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32), str(Path(tmp) / "pre.onnx"))
+        _check_excluded(exclude, [n.name for n in onnx.load(str(Path(tmp) / "pre.onnx")).graph.node])
+
+
+def _check_excluded(exclude: tuple[str, ...], nodes: list[str]) -> None:
+    unknown = [n for n in exclude if n not in nodes]
+    if unknown:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, nodes, 1) for n in unknown}
+        said = "; ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise UsageError(f"export.exclude_nodes names node(s) the model does not have: {said}. The quantized "
+                         f"nodes are listed in report.json under artifacts.int8.quantized_nodes "
+                         f"({len(nodes)}, e.g. {', '.join(nodes[:3])})")

@@ -37,7 +37,9 @@ def test_static_qdq_u8s8_per_channel_quantization_of_a_timm_model(tmp_path):
     fp32 = export(model, spec, tmp_path / "m.onnx", 18)
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(8, 3, 32, 32)).astype(np.float32) for _ in range(4)]
-    int8 = quantize(fp32, iter(batches), tmp_path / "m.int8.onnx")
+    int8 = tmp_path / "m.int8.onnx"
+    nodes = quantize(fp32, iter(batches), int8)
+    assert nodes and all(isinstance(n, str) for n in nodes)
     graph = onnx.load(str(int8)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -48,7 +50,8 @@ def test_static_qdq_u8s8_per_channel_quantization_of_a_timm_model(tmp_path):
                      and zero_points[n.input[0]].data_type == onnx.TensorProto.INT8]
     assert activation_types == {onnx.TensorProto.UINT8}  # uint8 activations
     assert weight_scales and any(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)  # per channel
-    assert not (tmp_path / "m.int8.pre.onnx").exists() and int8.stat().st_size < fp32.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]  # no pre-processed model left
+    assert int8.stat().st_size < fp32.stat().st_size
     x = batches[0]
     run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
            for p in (fp32, int8)]
@@ -60,3 +63,69 @@ def test_static_qdq_u8s8_per_channel_quantization_of_a_timm_model(tmp_path):
 def test_calibration_returns_sorted_unique_training_indices(how):
     idx = calibration_indices(LABELS, 77, how, seed=1)
     assert np.all(np.diff(idx) > 0) and idx.min() >= 0 and idx.max() < len(LABELS)
+
+
+def _tiny_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("test_efficientnet", 10, 3).eval()
+    fp32 = export(model, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "L", 28), tmp_path / "m.onnx", 18)
+    rng = np.random.default_rng(0)
+    return fp32, [rng.normal(size=(8, 3, 32, 32)).astype(np.float32) for _ in range(3)]
+
+
+def _dequantized_inputs(graph, node_name):
+    """How many inputs of the node come out of a DequantizeLinear (0: the node runs in float)."""
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    node = next(n for n in graph.node if n.name == node_name)
+    return sum(producers.get(i) == "DequantizeLinear" for i in node.input)
+
+
+def test_calibration_methods(tmp_path):
+    """Percentile clips the ranges MinMax keeps whole. Entropy, as ONNX Runtime's quantize_static runs it (128
+    histogram bins, 128 quantized bins: one candidate threshold), gives MinMax's ranges on this model; it is
+    accepted and recorded, and docs/report.md says so."""
+    fp32, batches = _tiny_fp32(tmp_path)
+
+    def scales(method):
+        out = tmp_path / f"{method}.onnx"
+        quantize(fp32, iter(batches), out, method)
+        x = batches[0]
+        assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].shape \
+            == (8, 10)
+        return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer
+                if i.name.endswith("_scale")}
+
+    minmax, entropy, percentile = scales("minmax"), scales("entropy"), scales("percentile")
+    clipped = [k for k in minmax if not np.allclose(minmax[k], percentile[k])]
+    assert len(clipped) > len(minmax) // 2 and all(np.all(percentile[k] <= minmax[k] + 1e-9) for k in clipped)
+    assert minmax.keys() == entropy.keys()
+
+
+def test_per_tensor_weights_and_excluded_nodes(tmp_path):
+    from ltcompress.errors import UsageError
+
+    fp32, batches = _tiny_fp32(tmp_path)
+    nodes = quantize(fp32, iter(batches), tmp_path / "pc.onnx")
+    convs = [n for n in nodes if "conv" in n.lower()]
+    target = convs[len(convs) // 2]
+    quantize(fp32, iter(batches), tmp_path / "pt.onnx", per_channel=False, exclude=(target,))
+    graph = onnx.load(str(tmp_path / "pt.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weight_scales and all(len(s.dims) == 0 for s in weight_scales)  # one scale per tensor
+    assert _dequantized_inputs(graph, target) == 0  # left in float
+    assert _dequantized_inputs(onnx.load(str(tmp_path / "pc.onnx")).graph, target) > 0
+    with pytest.raises(UsageError, match=f"did you mean {target!r}") as info:
+        quantize(fp32, iter(batches), tmp_path / "bad.onnx", exclude=(target + "x",))
+    assert info.value.exit_code == 2 and not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_misnamed_excluded_node_is_exit_2_before_any_training(tmp_path, capsys):
+    from conftest import cli_exit, tiny_cli_args
+
+    code = cli_exit(["run", *tiny_cli_args(method="ce", name="nodes", runs_dir=str(tmp_path / "runs")), "--int8",
+                     "--set", 'export.exclude_nodes=["no_such_conv"]'])
+    err = capsys.readouterr().err
+    assert code == 2 and "export.exclude_nodes names node(s) the model does not have: 'no_such_conv'" in err
+    assert not (tmp_path / "runs" / "nodes").exists()  # nothing trained, nothing written
