@@ -271,7 +271,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     only when every gate passed. Finishing is a transaction: report.json, the mark of a finished run, is
     written last, so a failure anywhere before it (a full disk) leaves a run that --resume completes without
     training again (the last checkpoint holds the finished student)."""
-    from ltcompress import onnx_export, report
+    from ltcompress import onnx_export, report, verify
     from ltcompress.errors import VerificationError
     from ltcompress.methods import method_info
 
@@ -296,7 +296,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
             f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
     if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
         report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names,
-                            report.preprocess(data, onnx_export.INPUT_NAME), rep, html)
+                            report.preprocess(data, onnx_export.INPUT_NAME), rep, html, verify.test_inputs(data))
     report.write(run, rep, html)
     if rep["passed"]:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))

@@ -111,9 +111,45 @@ def render_html(report: dict[str, Any]) -> str:
     return render(report)
 
 
+def model_card(report: dict[str, Any], body: str) -> str:
+    """The bundle's README.md: YAML front matter a machine can read (what the model is, how it was made, what
+    each stage scored per class and per shot group, the gates), then the bundle's instructions."""
+    import yaml
+
+    keys = ("overall", "balanced", "many", "medium", "few", "worst", "worst_class", "per_class")
+    data, method, teacher = report["data"], report["method"], report.get("teacher") or {}
+    front = {
+        "model": "model.onnx", "int8_model": "model.int8.onnx" if "int8" in report["stages"] else None,
+        "ltcompress": report["environment"]["versions"].get("ltcompress"), "passed": report["passed"],
+        "student": report["config"]["resolved"]["student_arch"],
+        "teacher": {"arch": teacher.get("arch"), "sha256": teacher.get("weights_sha256")} if teacher else None,
+        "method": {k: method.get(k) for k in ("name", "status", "reading", "params")},
+        "data": {k: data[k] for k in ("dataset", "class_names", "class_counts", "shot_groups", "test_size")},
+        "results": {stage: {k: m.get(k) for k in keys} for stage, m in report["stages"].items()},
+        "gates": [{k: g[k] for k in ("gate", "value", "passed")} for g in report["gates"]],
+    }
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def write_test_vectors(folder: Path, model: Path, inputs: Any, input_name: str) -> None:
+    """test_data_set_0/input_0.pb and output_0.pb (ONNX model zoo layout): preprocessed test images and the
+    verified model's logits for them, so a device's runtime can be checked against this bundle."""
+    from onnx import numpy_helper
+
+    from ltcompress.verify import open_session
+
+    session = open_session(model)
+    outputs = session.run(None, {input_name: inputs})[0]
+    out_dir = folder / "test_data_set_0"
+    atomic_write_bytes(out_dir / "input_0.pb", numpy_helper.from_array(inputs, input_name).SerializeToString())
+    atomic_write_bytes(out_dir / "output_0.pb",
+                       numpy_helper.from_array(outputs, session.get_outputs()[0].name).SerializeToString())
+
+
 def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_names: tuple[str, ...],
-                 preprocess: dict[str, Any], report: dict[str, Any], html: str) -> Path:
-    """bundle/: the model (and its INT8 twin), labels, preprocessing, report and the torch-free runtime. Built
+                 preprocess: dict[str, Any], report: dict[str, Any], html: str, test_inputs: Any) -> Path:
+    """bundle/: the model (and its INT8 twin), labels, preprocessing, report, a model card, test vectors and the
+    torch-free runtime. Built
     in a temporary folder and renamed into place whole, so a bundle on disk is always complete; a bundle left
     by an earlier attempt (a resumed run) is replaced."""
     edge_dir = bundled_dir("edge", "export")
@@ -127,7 +163,8 @@ def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_nam
                 link_or_copy(int8_path, tmp / "model.int8.onnx")
             for name in _EDGE_FILES:
                 shutil.copy2(edge_dir / name, tmp / "export" / name)
-            shutil.copy2(edge_dir / "BUNDLE_README.md", tmp / "README.md")
+        atomic_write_text(tmp / "README.md", model_card(report, (edge_dir / "BUNDLE_README.md").read_text()))
+        write_test_vectors(tmp, tmp / "model.onnx", test_inputs, preprocess["input_name"])
         atomic_write_text(tmp / "report.html", html)
         write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "labels.json", json.dumps(list(class_names), indent=2) + "\n")

@@ -99,6 +99,12 @@ def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.nd
     return np.concatenate(out)
 
 
+def test_inputs(data: LTData, count: int = 4) -> np.ndarray:
+    """The first `count` test images as the exported model takes them: the bundle's test vectors."""
+    x, _ = next(eval_batches(data, data.test, count, torch.device("cpu")))
+    return x.contiguous().numpy()
+
+
 def split_labels(data: LTData, split: Split) -> np.ndarray:
     """The labels of the images a pass measured: unreadable ones skipped during it (data.skip_corrupt) left out."""
     if not split.lazy or not data.skipped:

@@ -32,9 +32,41 @@ def test_exit_0_writes_the_run_directory(passed_run):
     run, proc = passed_run
     for name in ("config.yaml", "metrics.jsonl", "student.safetensors", "student.onnx", "report.json",
                  "teacher.safetensors", "teacher.json", "predictions.npz", "run.log", "bundle/model.onnx",
-                 "student.int8.onnx", "report.html", "bundle/model.int8.onnx", "bundle/report.html"):
+                 "student.int8.onnx", "report.html", "bundle/model.int8.onnx", "bundle/report.html",
+                 "bundle/README.md", "bundle/test_data_set_0/input_0.pb", "bundle/test_data_set_0/output_0.pb"):
         assert (run / name).is_file(), name
     assert "fp32" in proc.stdout and "gate PASS" in proc.stdout
+
+
+def test_bundle_carries_a_model_card_and_test_vectors(passed_run):
+    """README.md's front matter is report.json's results in a form a machine reads; test_data_set_0 holds
+    preprocessed test images and the verified model's logits for them (ONNX model zoo layout)."""
+    from onnx import TensorProto, numpy_helper
+
+    run, _ = passed_run
+    bundle = run / "bundle"
+    rep = json.loads((bundle / "report.json").read_text())
+    text = (bundle / "README.md").read_text()
+    assert text.startswith("---\n") and "# ltcompress edge bundle" in text
+    card = yaml.safe_load(text.split("---\n")[1])
+    assert card["passed"] is True and card["model"] == "model.onnx" and card["int8_model"] == "model.int8.onnx"
+    assert card["method"]["name"] == rep["method"]["name"] and card["data"]["class_names"] == rep["data"]["class_names"]
+    assert card["teacher"]["sha256"] == rep["teacher"]["weights_sha256"]
+    for stage, m in rep["stages"].items():
+        assert card["results"][stage]["per_class"] == m["per_class"] and card["results"][stage]["few"] == m["few"]
+    assert [g["gate"] for g in card["gates"]] == PASSING_GATES
+    tensors = {}
+    for name in ("input_0", "output_0"):
+        proto = TensorProto()
+        proto.ParseFromString((bundle / "test_data_set_0" / f"{name}.pb").read_bytes())
+        tensors[name] = (proto.name, numpy_helper.to_array(proto))
+    (in_name, x), (out_name, y) = tensors["input_0"], tensors["output_0"]
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert in_name == session.get_inputs()[0].name and out_name == session.get_outputs()[0].name
+    assert x.shape[0] == 4 and y.shape == (4, len(rep["data"]["class_names"]))
+    np.testing.assert_allclose(session.run(None, {in_name: x})[0], y, rtol=1e-5, atol=1e-5)
+    labels = np.load(run / "predictions.npz")
+    assert y.argmax(1).tolist() == labels["fp32"][:4].tolist()  # the first test images, as verify saw them
 
 
 def test_onnx_file_is_single_checked_and_has_a_dynamic_batch(passed_run):
