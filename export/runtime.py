@@ -87,10 +87,21 @@ class Bundle:
         import onnxruntime as ort
 
         self.folder = Path(folder)
-        self.labels: list[str] = json.loads((self.folder / "labels.json").read_text())
-        self.pre: dict[str, Any] = json.loads((self.folder / "preprocess.json").read_text())
         self.session = ort.InferenceSession(str(self.folder / model), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.labels: list[str] = self._read(meta, "labels.json", "ltcompress.class_names", model)
+        self.pre: dict[str, Any] = self._read(meta, "preprocess.json", "ltcompress.preprocess", model)
+
+    def _read(self, meta: dict[str, str], side_file: str, key: str, model: str) -> Any:
+        """From the model itself (ONNX metadata_props), so a bare .onnx file runs without its side files; the
+        bundle's side file when the model has none; an error naming both otherwise, never a guess."""
+        if key in meta:
+            return json.loads(meta[key])
+        if (self.folder / side_file).is_file():
+            return json.loads((self.folder / side_file).read_text())
+        raise ValueError(f"{self.folder / model} carries no {key} metadata and there is no {side_file} beside it; "
+                         f"use a model exported by ltcompress, or its bundle")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image -> float32 [C, H, W]: the run's pixels (`pixels`), then mean/std."""
@@ -135,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--bundle", default=str(Path(__file__).resolve().parent.parent),
                         help="bundle folder (default: the folder above this script)")
-    parser.add_argument("--model", default="model.onnx", help="model file inside the bundle")
+    parser.add_argument("--model", default="model.onnx",
+                        help="model file inside the bundle, or any path to an ltcompress .onnx file (its labels and "
+                             "preprocessing are read from the model itself)")
     parser.add_argument("--json", dest="json_out", help="write all results to this JSON file")
     args = parser.parse_args(argv)
     try:
-        bundle = Bundle(args.bundle, args.model)
+        model = Path(args.model)
+        bundle = Bundle(model.parent, model.name) if model.is_file() and model.parent != Path(".") \
+            else Bundle(args.bundle, args.model)
         results = bundle.classify(expand(args.inputs))
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -253,8 +253,12 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     plan.timings["distill"] = _since(t)
     t = time.perf_counter()
     onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
+    described = report.model_metadata(data, cfg.method.name, teacher_sha, onnx_export.INPUT_NAME)
+    onnx_export.embed_metadata(onnx_path, described)
     int8_path = run.file("student.int8.onnx") if cfg.export.int8 else None
     int8_info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path) if int8_path else None
+    if int8_path is not None:
+        onnx_export.embed_metadata(int8_path, described)
     plan.timings["export"] = _since(t)
     t = time.perf_counter()
     result = verify.run(data, plan.groups, student, onnx_path, cfg.export, plan.device, cfg.run.eval_batch_size,

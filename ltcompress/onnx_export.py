@@ -57,6 +57,20 @@ def _forward_args(model: nn.Module) -> list[str]:
     return [p for p in inspect.signature(model.forward).parameters if p != "self"]
 
 
+def embed_metadata(path: Path, props: dict[str, str]) -> None:
+    """Write `props` into the model's ONNX metadata_props (replacing earlier ltcompress.* entries), so the file
+    describes itself: class names and the evaluation preprocessing travel with the model, not beside it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("ltcompress.")]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        model.metadata_props.add(key=key, value=value)
+    with staged(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
 def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> np.ndarray:
     """Training-image indices for INT8 calibration.
 

@@ -208,6 +208,20 @@ def artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict
     return out
 
 
+def model_metadata(data: Any, method: str, teacher_sha256: str | None, input_name: str) -> dict[str, str]:
+    """What every exported ONNX file carries in its metadata_props: enough to run it without side files (class
+    names, the evaluation preprocessing) and to trace it (ltcompress version, method and its reading, the
+    teacher's sha256, the data fingerprint)."""
+    from ltcompress.methods import method_info
+
+    info = method_info(method)
+    return {"ltcompress.version": versions()["ltcompress"], "ltcompress.method": method,
+            "ltcompress.method_status": info.status, "ltcompress.method_reading": info.reading,
+            "ltcompress.teacher_sha256": teacher_sha256 or "", "ltcompress.data_fingerprint": data.fingerprint,
+            "ltcompress.class_names": json.dumps(list(data.class_names)),
+            "ltcompress.preprocess": json.dumps(preprocess(data, input_name))}
+
+
 def preprocess(data: Any, input_name: str) -> dict[str, Any]:
     s = data.spec
     return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,

@@ -192,6 +192,36 @@ def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line)["class_index"] for line in proc.stdout.splitlines()]
     assert got == np.load(run / "predictions.npz")["int8"][:40].tolist()
+    # a bare .onnx file, away from its bundle, describes itself: labels and preprocessing from its metadata
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "student.onnx").write_bytes((run / "student.onnx").read_bytes())
+    proc = subprocess.run([sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images),
+                           "--model", str(bare / "student.onnx")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["class_index"] for line in proc.stdout.splitlines()] == \
+        np.load(run / "predictions.npz")["fp32"][:40].tolist()
+    stripped = onnx.load(str(bare / "student.onnx"))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(bare / "plain.onnx"))
+    proc = subprocess.run([sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images),
+                           "--model", str(bare / "plain.onnx")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "carries no ltcompress.class_names metadata" in proc.stderr
+
+
+def test_exported_models_describe_themselves(passed_run):
+    run, _ = passed_run
+    rep = json.loads((run / "report.json").read_text())
+    preprocess = json.loads((run / "bundle" / "preprocess.json").read_text())
+    for name in ("student.onnx", "student.int8.onnx", "bundle/model.onnx", "bundle/model.int8.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(run / name)).metadata_props}
+        assert json.loads(meta["ltcompress.class_names"]) == rep["data"]["class_names"], name
+        assert json.loads(meta["ltcompress.preprocess"]) == preprocess
+        assert meta["ltcompress.method"] == rep["method"]["name"] and meta["ltcompress.method_status"] == "exact"
+        assert meta["ltcompress.teacher_sha256"] == rep["teacher"]["weights_sha256"]
+        assert meta["ltcompress.version"] == rep["environment"]["versions"]["ltcompress"]
+        assert meta["ltcompress.data_fingerprint"] == rep["data"]["fingerprint"]
 
 
 def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passed_run, workdir, monkeypatch,
