@@ -265,7 +265,7 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
                         teacher=module, int8_path=int8_path)
     gate_results = [g.to_dict() for g in gate_mod.evaluate(plan.gates, result.stages, result.predictions,
                                                            result.labels, plan.groups, data.class_names)]
-    report.write_predictions(run, result.labels, result.predictions, data.num_classes)
+    report.write_predictions(run, result.labels, result.predictions, result.confusions)
     plan.timings["verify"] = _since(t)
     return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results)
 
@@ -288,7 +288,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
                 "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups)},
         data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
         flips=result.flips,
-        tail_losses=report.tail_summary(result.labels, result.predictions, plan.groups, data.class_names),
+        tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
     html = report.render_html(rep)
     if not result.parity_ok:

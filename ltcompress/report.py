@@ -81,24 +81,21 @@ def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
     return path
 
 
-def tail_summary(labels: Any, predictions: dict[str, Any], groups: dict[str, list[int]],
+def tail_summary(confusions: dict[str, Any], groups: dict[str, list[int]],
                  class_names: tuple[str, ...]) -> dict[str, Any]:
     """report.json's `tail_losses`: per stage, where each Medium and Few class's misclassified images go."""
-    from ltcompress.metrics import confusion, tail_losses
+    from ltcompress.metrics import tail_losses
 
-    return {stage: tail_losses(confusion(pred, labels, len(class_names)), groups, class_names)
-            for stage, pred in predictions.items()}
+    return {stage: tail_losses(matrix, groups, class_names) for stage, matrix in confusions.items()}
 
 
-def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any], num_classes: int) -> Path:
+def write_predictions(run: RunDir, labels: Any, predictions: dict[str, Any], confusions: dict[str, Any]) -> Path:
     """predictions.npz: test labels, each stage's top-1 prediction per test image, and each stage's full
     confusion matrix (`confusion_<stage>`, rows the true class), for error analysis."""
     import numpy as np
 
-    from ltcompress.metrics import confusion
-
     path = run.file("predictions.npz")
-    matrices = {f"confusion_{k}": confusion(p, labels, num_classes) for k, p in predictions.items()}
+    matrices = {f"confusion_{k}": m for k, m in confusions.items()}
     buf = io.BytesIO()
     np.savez_compressed(buf, labels=labels, **predictions, **matrices)
     atomic_write_bytes(path, buf.getvalue())

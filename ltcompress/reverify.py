@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
-from ltcompress.errors import StorageError, UsageError, VerificationError
+from ltcompress.errors import UsageError, VerificationError
 
 log = logging.getLogger("ltcompress")
 # (fp32 file, int8 file) in a run directory and in a bundle
@@ -49,12 +49,10 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
 
 def read_report(path: Path) -> dict[str, Any]:
     """An export's report.json: exit 7 when the disk cannot give it, 4 when its content is damaged."""
-    try:
+    from ltcompress.rundir import read_errors
+
+    with read_errors(path, "copy it again from its run"):
         report = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerificationError(f"{path} is damaged (not JSON: {exc}); copy it again from its run") from exc
     missing = [k for k in ("config", "data", "stages") if not isinstance(report, dict) or k not in report]
     if missing:
         raise VerificationError(f"{path} is not an ltcompress report (no {', '.join(missing)}); copy it again "
@@ -90,8 +88,8 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
 
     folder = Path(path)
     layout, models, recorded = locate(folder)
-    for model in models.values():  # a damaged model is named before minutes of data loading, not after
-        verify_stage.onnx_input_dims(model)
+    # a damaged model is named before minutes of data loading, not after
+    dims = {stage: verify_stage.onnx_input_dims(model) for stage, model in models.items()}
     parsed = [gate_mod.parse(g) for g in gates]
     for gate in parsed:
         if gate.metric == "agreement":
@@ -104,7 +102,7 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     if out is not None and out.exists():
         raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")
     cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
-    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, models["fp32"])
+    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims["fp32"])
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
 
@@ -125,15 +123,13 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     return result
 
 
-def _as_exported(data: Any, recorded: dict[str, Any], model: Path) -> Any:
+def _as_exported(data: Any, recorded: dict[str, Any], dims: list[int]) -> Any:
     """The data with the export's own normalisation (part of the model, not of the data), after checking that
     the images come in the shape, mode and classes the model was exported for."""
     from ltcompress.data import InputSpec
-    from ltcompress.verify import onnx_input_dims
 
     spec = InputSpec(**{**recorded["data"]["input"], "mean": tuple(recorded["data"]["input"]["mean"]),
                         "std": tuple(recorded["data"]["input"]["std"])})
-    dims = onnx_input_dims(model)
     for what, got, want in (("input (C, H, W)", [data.spec.channels, data.spec.size, data.spec.size], dims[1:]),
                             ("source image mode and size", [data.spec.source_mode, data.spec.source_size],
                              [spec.source_mode, spec.source_size]),

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ltcompress.errors import StorageError, UsageError
+from ltcompress.errors import LTCompressError, StorageError, UsageError, VerificationError
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
                    errno.ENOTDIR}
@@ -39,6 +39,22 @@ def io_errors(path: Path | str) -> Iterator[None]:
             raise
         raise StorageError(f"cannot write {path}: {reason}. Free space or fix permissions, "
                            f"or choose another place with --runs-dir") from exc
+
+
+@contextlib.contextmanager
+def read_errors(path: Path, hint: str) -> Iterator[None]:
+    """Reading one of our files (a model, a report): the disk failing is exit 7, anything else means the
+    content is damaged, exit 4; both name the file, whatever the library raised."""
+    try:
+        yield
+    except LTCompressError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - protobuf, onnxruntime and json each raise their own types
+        lines = str(exc).strip().splitlines()
+        raise VerificationError(f"{path} is damaged ({type(exc).__name__}: {lines[0][:200] if lines else ''}); "
+                                f"{hint}") from exc
 
 
 def storage_cause(exc: BaseException) -> str | None:
@@ -138,20 +154,13 @@ def sha256_file(path: Path) -> str:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard link (no copy of large weights) where the file system allows; replaces `dst` atomically (resume)."""
-    with io_errors(dst):
-        if dst.exists() and os.path.samefile(src, dst):
-            return
-        tmp = temp_name(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    with staged(dst) as tmp:
         try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
 
 
 @dataclass

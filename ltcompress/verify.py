@@ -15,8 +15,8 @@ from torch import nn
 
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData, Split, eval_batches
-from ltcompress.errors import StorageError, VerificationError
-from ltcompress.metrics import STAGES, agreement, flip_rates, summarize
+from ltcompress.rundir import read_errors
+from ltcompress.metrics import STAGES, agreement, confusion, flip_rates, summarize
 
 log = logging.getLogger("ltcompress")
 
@@ -29,6 +29,7 @@ class Verification:
     flips: dict[str, dict[str, Any]] = field(default_factory=dict)  # "a->b" -> flip rates (metrics.flip_rates)
     int8_parity: dict[str, Any] | None = None  # reported and left to gates: quantization is meant to change logits
     labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))  # of the images measured
+    confusions: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # stage -> [true, predicted]
 
     @property
     def parity_ok(self) -> bool:
@@ -56,39 +57,22 @@ def torch_logits(model: nn.Module, split: Split, data: LTData, device: torch.dev
 
 
 def open_session(onnx_path: Path) -> Any:
-    """An ONNX Runtime CPU session. A file that cannot be read is exit 7 and a damaged or truncated model exit
-    4, both naming the file: ONNX Runtime's own errors name neither the file nor what to do."""
+    """An ONNX Runtime CPU session; an unreadable or damaged file is named (rundir.read_errors)."""
     import onnxruntime as ort
 
-    try:
-        with open(onnx_path, "rb"):  # OSError here is the disk's or the permissions', not the model's
+    with read_errors(onnx_path, "export it again, or copy it again from its run"):
+        with open(onnx_path, "rb"):  # an OSError here is the disk's; ONNX Runtime's own errors say neither
             pass
         return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except OSError as exc:
-        raise StorageError(f"cannot read {onnx_path}: {exc.strerror or exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
-        raise VerificationError(f"{onnx_path} is not a loadable ONNX model (damaged or truncated?): "
-                                f"{_first_line(exc)}; export it again, or copy it again from its run") from exc
 
 
 def onnx_input_dims(onnx_path: Path) -> list[int]:
     """The model's input shape (0 for a dynamic axis), read from the file without loading its weights."""
     import onnx
 
-    try:
+    with read_errors(onnx_path, "export it again, or copy it again from its run"):
         model = onnx.load(str(onnx_path), load_external_data=False)
         return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    except OSError as exc:
-        raise StorageError(f"cannot read {onnx_path}: {exc.strerror or exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or a graph without inputs
-        raise VerificationError(f"{onnx_path} is not a readable ONNX model (damaged or truncated?): "
-                                f"{type(exc).__name__}: {_first_line(exc)}; export it again, or copy it again "
-                                f"from its run") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
@@ -144,7 +128,9 @@ def run(data: LTData, groups: dict[str, list[int]], student: nn.Module, onnx_pat
     if "int8" in logits:
         int8_parity = {"max_abs_logit_diff": float(np.abs(logits["student"] - logits["int8"]).max()),
                        "top1_agreement": stages["int8"]["agreement_with_student"], "judged_by": "gates"}
-    return Verification(stages, parity, preds, flips(preds, labels, groups, data.class_names), int8_parity, labels)
+    confusions = {k: confusion(p, labels, data.num_classes) for k, p in preds.items()}
+    return Verification(stages, parity, preds, flips(preds, labels, groups, data.class_names), int8_parity, labels,
+                        confusions)
 
 
 def measure(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],
