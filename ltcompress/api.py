@@ -174,6 +174,10 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     pre = models.pretrained_preprocessing(student_arch) if student_init[0] == "pretrained" else None
     t = time.perf_counter()
     data = data_stage.load(cfg.data, teacher_stage.cache_root(cfg.run.cache_dir), pre)
+    if cfg.export.int8_repair:
+        from ltcompress.repair import set_aside
+
+        data = set_aside(data, parsed_gates, cfg.export.repair_holdout, cfg.data.seed)
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
     gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
@@ -188,7 +192,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
                                         cfg.export.opset)
     timings = {"data": _since(t)}
     log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
-             len(data.test), _counts_text(data.class_counts))
+             len(data.test), data_stage.counts_text(data.class_counts))
     resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
                                               "method_params": dataclasses.asdict(params)}}
     return Plan(cfg, student_arch, student_init, params, loss, parsed_gates, device, progress, data, groups,
@@ -206,13 +210,6 @@ def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
     return init, reason
 
 
-def _counts_text(counts: Any) -> str:
-    """Class counts for the log: all of them when few, else a summary (1,000 classes would flood it)."""
-    if len(counts) <= 20:
-        return str(counts.tolist())
-    return f"{len(counts)} classes, {int(counts.max())} down to {int(counts.min())} images"
-
-
 @dataclass
 class Outputs:
     teacher: Any
@@ -223,13 +220,15 @@ class Outputs:
     int8_info: dict[str, Any] | None
     verification: Any
     gate_results: list[dict[str, Any]]
+    repair: dict[str, Any] | None  # report.json's int8_repair
 
 
 def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     """Teacher, distillation, export and verification, timed stage by stage."""
-    from ltcompress import checkpoint, distill, gates as gate_mod, onnx_export, report, rundir
+    from ltcompress import checkpoint, distill, gates as gate_mod, report, rundir
     from ltcompress import teacher as teacher_stage
     from ltcompress import verify
+    from ltcompress.metrics import summarize
 
     cfg, data, t = plan.cfg, plan.data, time.perf_counter()
     teacher_obj = (teacher_stage.obtain(plan.teacher_plan, cfg, data, plan.device, run, plan.progress, resume)
@@ -252,13 +251,7 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     distill.save_weights(student, run.file("student.safetensors"))
     plan.timings["distill"] = _since(t)
     t = time.perf_counter()
-    onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
-    described = report.model_metadata(data, cfg.method.name, teacher_sha, onnx_export.INPUT_NAME)
-    onnx_export.embed_metadata(onnx_path, described)
-    int8_path = run.file("student.int8.onnx") if cfg.export.int8 else None
-    int8_info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path) if int8_path else None
-    if int8_path is not None:
-        onnx_export.embed_metadata(int8_path, described)
+    onnx_path, int8_path, int8_info, repaired = _export(plan, run, student, module, teacher_sha)
     plan.timings["export"] = _since(t)
     t = time.perf_counter()
     result = verify.run(data, plan.groups, student, onnx_path, cfg.export, plan.device, cfg.run.eval_batch_size,
@@ -266,8 +259,40 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     gate_results = [g.to_dict() for g in gate_mod.evaluate(plan.gates, result.stages, result.predictions,
                                                            result.labels, plan.groups, data.class_names)]
     report.write_predictions(run, result.labels, result.predictions, result.confusions)
+    if repaired and repaired.get("unrepaired_model"):  # reported only: the decisions were made on held-out images
+        before = verify.ort_logits(run.file(repaired["unrepaired_model"]), data.test, data, cfg.run.eval_batch_size)
+        repaired["test_before"] = summarize(before.argmax(1), result.labels, plan.groups, data.class_names)
     plan.timings["verify"] = _since(t)
-    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results)
+    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results,
+                   repaired)
+
+
+def _export(plan: Plan, run: Any, student: Any, teacher: Any,
+            teacher_sha: str | None) -> tuple[Path, Path | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """Stage 4: the ONNX student, its INT8 copy and that copy's repair when asked for, each describing itself."""
+    import tempfile
+
+    from ltcompress import onnx_export, repair, report
+
+    cfg, data = plan.cfg, plan.data
+    onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
+    described = report.model_metadata(data, cfg.method.name, teacher_sha, onnx_export.INPUT_NAME)
+    onnx_export.embed_metadata(onnx_path, described)
+    if not cfg.export.int8:
+        return onnx_path, None, None, None
+    int8_path, repaired = run.file("student.int8.onnx"), None
+    int8_path.with_name(repair.UNREPAIRED).unlink(missing_ok=True)  # from an earlier attempt of this run
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=run.path) as tmp:
+        quantizer, info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp))
+        if cfg.export.int8_repair:
+            held = repair.held_out(data, plan.gates, onnx_path, {"student": student, "teacher": teacher},
+                                   plan.device, cfg.run.eval_batch_size)
+            repaired = repair.repair(quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export,
+                                     Path(tmp), plan.progress)
+    for path in (int8_path, int8_path.with_name(repair.UNREPAIRED)):
+        if path.is_file():
+            onnx_export.embed_metadata(path, described)
+    return onnx_path, int8_path, info, repaired
 
 
 def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
@@ -289,7 +314,8 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
         flips=result.flips,
         tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
-        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset))
+        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset),
+        int8_repair=out.repair)
     html = report.render_html(rep)
     if not result.parity_ok:
         report.write(run, rep, html)
@@ -305,7 +331,9 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     if rep["passed"]:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
-        log.info("%d gate(s) failed; no bundle written; see %s", len(rep["failed_gates"]), run.file("report.json"))
+        log.info("%d gate(s) failed%s; no bundle written; see %s", len(rep["failed_gates"]),
+                 "" if (out.repair or {}).get("met", True) else ", the INT8 repair did not meet its gates",
+                 run.file("report.json"))
     return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
 
 
@@ -325,7 +353,7 @@ def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str,
     """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
     import torch
 
-    from ltcompress import dist, distill, models
+    from ltcompress import dist, distill, logit_cache, models
 
     cfg, data = plan.cfg, plan.data
     torch.manual_seed(cfg.run.seed)
@@ -336,30 +364,12 @@ def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str,
     student, train_pass = distill.prepare_method(plan.loss, student, teacher, data, plan.device,
                                                  cfg.run.eval_batch_size)
     teacher_sha = dist.broadcast_object(teacher_sha)
-    cache = _logit_cache(cfg, data, plan.device, teacher_sha) if teacher is not None else None
+    cache = logit_cache.for_run(cfg, data, plan.device, teacher_sha) if teacher is not None else None
     options = distill.LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
     distill.train(student, plan.loss, data, cfg.student.train, plan.device, stage="student", seed=cfg.run.seed,
                   teacher=teacher, on_epoch=on_epoch, checkpoint=checkpoint, resume=dist.broadcast_object(saved),
                   options=options)
     return student, train_pass
-
-
-def _logit_cache(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> Any:
-    """The teacher-logit cache for this run's exact sample stream, or None when not asked for."""
-    if not cfg.run.teacher_cache:
-        return None
-    import torch
-
-    from ltcompress import dist
-    from ltcompress.logit_cache import LogitCache
-    from ltcompress.teacher import cache_root
-
-    recipe = cfg.student.train
-    spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),
-            "augmentation": _augmentation(data), "sampler": recipe.sampler, "seed": cfg.run.seed,
-            "batch_size": recipe.batch_size, "rank": dist.rank(), "world": dist.world(), "device": device.type,
-            "torch": torch.__version__}
-    return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
 
 
 def _follow(plan: Plan, resume: bool) -> None:
@@ -369,18 +379,6 @@ def _follow(plan: Plan, resume: bool) -> None:
     teacher_obj = (teacher_stage.obtain(plan.teacher_plan, plan.cfg, plan.data, plan.device, None, False, resume)
                    if plan.teacher_plan else None)
     _distill(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)
-
-
-def _augmentation(data: Any) -> str:
-    """What the training augmentation is, as the teacher-logit cache key records it."""
-    from ltcompress.data.batches import AUGMENTATION
-
-    opts = data.pipeline.options
-    if data.pipeline.augment == "crop_flip" and not (opts.re_prob or opts.mixup or opts.cutmix):
-        return AUGMENTATION
-    keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
-    return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
-        f"{k}={getattr(opts, k)}" for k in keys)
 
 
 def _since(start: float) -> float:

@@ -68,6 +68,9 @@ def cli(debug: bool, quiet: bool) -> None:
                    "'flip(fp32, int8) <= 0.02'; repeatable (README: Gates).")
 @click.option("--int8", is_flag=True, help="Also export a static INT8 model (calibrated on a class-stratified "
                                            "training sample), verify and gate it as stage int8.")
+@click.option("--int8-repair", is_flag=True,
+              help="--int8, and when an int8 gate fails on held-out images, return the quantized nodes that hurt "
+                   "the gated classes most to FP32 until it passes (export.repair_budget nodes at most).")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False),
               help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).")
 @click.option("--teacher-init", metavar="auto|pretrained|scratch|FILE",
@@ -102,7 +105,8 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         student_init: str | None, student_weights: str | None, method_args: tuple[str, ...], epochs: int | None,
         teacher_epochs: int | None, seed: int | None,
         device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...],
-        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool, int8: bool) -> None:
+        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool, int8: bool,
+        int8_repair: bool) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
@@ -116,8 +120,10 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         overrides["teacher.train.epochs"] = teacher_epochs
     if teacher_cache:
         overrides["run.teacher_cache"] = True
-    if int8:
+    if int8 or int8_repair:
         overrides["export.int8"] = True
+    if int8_repair:
+        overrides["export.int8_repair"] = True
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
                       gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
                       runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
@@ -133,6 +139,7 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
         _print_outcome(result.metrics, result.flips, result.gates)
         click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
+    _exit_on_failed_repair(result.report.get("int8_repair"), result.run_dir / "report.json")
     _exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
 
 
@@ -178,6 +185,18 @@ def _exit_on_failed_gates(failed: list[dict[str, Any]], where: Path | None) -> N
     if failed:
         listed = "; ".join(f"'{g['gate']}' ({g['subject']} = {_shown(g['value'])})" for g in failed)
         click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}{f'; see {where}' if where else ''}",
+                   err=True)
+        sys.exit(GATE_FAILED_EXIT)
+
+
+def _exit_on_failed_repair(repair: dict[str, Any] | None, where: Path) -> None:
+    """Exit 5 when the INT8 repair spent its budget before the int8 gates passed on the held-out images."""
+    if repair and not repair["met"]:
+        nodes = ", ".join(n["node"] for n in repair["nodes"]) or "none"
+        failing = "; ".join(f"'{g['gate']}' ({_shown(g['value'])})" for g in repair["gates_after"] if not g["passed"])
+        click.echo(f"ltcompress: the INT8 repair did not meet the int8 gates on the held-out images within its "
+                   f"budget ({repair['stopped']}): returned {len(repair['nodes'])} node(s) to FP32 ({nodes}) and "
+                   f"still {failing}; raise export.repair_budget or export.repair_max_size, or see {where}",
                    err=True)
         sys.exit(GATE_FAILED_EXIT)
 

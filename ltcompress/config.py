@@ -19,7 +19,7 @@ from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
 DEFAULT_PRESET = "fmnist-lt"
-CALIBRATIONS = ("stratified", "random")  # how INT8 calibration images are drawn from the training set
+CALIBRATIONS = ("stratified", "random", "head")  # how INT8 calibration images are drawn from the training set
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # how ONNX Runtime turns activations into ranges
 
 
@@ -58,6 +58,7 @@ class DataConfig:
     train_list: str | None = None  # imagefolder list files, relative to data_dir
     test_list: str | None = None
     class_names_file: str | None = None
+    val_list: str | None = None  # held-out images (list file) the INT8 repair decides on; else a training slice
     confine_paths: bool = True  # list files, class-names file and their paths stay inside data_dir (false: anywhere)
     unknown_test_classes: str = "error"  # imagefolder test/<class> with no train/<class>: error (exit 3) | exclude
     # --- real-scale pipeline (imagefolder and anything too large for memory)
@@ -116,6 +117,12 @@ class ExportConfig:
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime's CalibrationMethod)
     per_channel: bool = True  # int8 weights per output channel (false: one range per tensor)
     exclude_nodes: tuple[str, ...] = ()  # nodes of the FP32 graph left in float (names as in the report)
+    # INT8 repair: when an int8 gate fails on held-out data, the nodes that hurt the gated classes most go back
+    # to FP32 until the int8 gates pass there, within a budget (node count and file size)
+    int8_repair: bool = False
+    repair_holdout: float = 0.1  # share of each class's training images set aside before training (no val_list)
+    repair_budget: int = 8  # nodes the repair may return to FP32
+    repair_max_size: float = 1.5  # the repaired file may be at most this many times the INT8 file's size
 
 
 @dataclass(frozen=True)
@@ -332,6 +339,7 @@ def _check_values(cfg: CompressConfig) -> None:
         (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
         (cfg.export.calibration_method in CALIBRATION_METHODS,
          f"export.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}"),
+        *_repair_checks(cfg.export),
     ]
     for where, section in recipes(cfg):
         checks += [
@@ -345,6 +353,18 @@ def _check_values(cfg: CompressConfig) -> None:
             raise UsageError(message)
 
 
+def _repair_checks(e: ExportConfig) -> list[tuple[bool, str]]:
+    return [
+        (e.int8 or not e.int8_repair, "export.int8_repair repairs the INT8 model: turn it on with --int8 (or "
+                                      "--int8-repair, which does both)"),
+        (e.repair_budget >= 1, f"export.repair_budget is {e.repair_budget}: it counts the nodes the INT8 repair "
+                               f"may return to FP32 and must be at least 1 (turn the repair off instead)"),
+        (e.repair_max_size >= 1, "export.repair_max_size must be at least 1 (times the INT8 file's size)"),
+        (0 < e.repair_holdout <= 0.5, "export.repair_holdout must be in (0, 0.5] (the share of each class's "
+                                      "training images set aside for the repair's decisions)"),
+    ]
+
+
 def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
     d = cfg.data
     return [
@@ -355,6 +375,9 @@ def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
         (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
         (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
         (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
+        (d.val_list is None or d.dataset == "imagefolder", "data.val_list is read by the imagefolder dataset; "
+                                                            "other datasets set held-out images aside with "
+                                                            "export.repair_holdout"),
         (d.unknown_test_classes in ("error", "exclude"), "data.unknown_test_classes must be error or exclude"),
         (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
         (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),

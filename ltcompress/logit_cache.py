@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ltcompress.config import CompressConfig
 from ltcompress.rundir import atomic_save_file, entry_lock
 
 log = logging.getLogger("ltcompress")
@@ -70,3 +72,30 @@ class LogitCache:
 
 def _checksum(logits: torch.Tensor) -> str:
     return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def for_run(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> LogitCache | None:
+    """The teacher-logit cache for this run's exact sample stream, or None when not asked for."""
+    if not cfg.run.teacher_cache:
+        return None
+    from ltcompress import dist
+    from ltcompress.teacher import cache_root
+
+    recipe = cfg.student.train
+    spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),
+            "augmentation": augmentation(data), "sampler": recipe.sampler, "seed": cfg.run.seed,
+            "batch_size": recipe.batch_size, "rank": dist.rank(), "world": dist.world(), "device": device.type,
+            "torch": torch.__version__}
+    return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
+
+
+def augmentation(data: Any) -> str:
+    """What the training augmentation is, as the teacher-logit cache key records it."""
+    from ltcompress.data.batches import AUGMENTATION
+
+    opts = data.pipeline.options
+    if data.pipeline.augment == "crop_flip" and not (opts.re_prob or opts.mixup or opts.cutmix):
+        return AUGMENTATION
+    keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
+    return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
+        f"{k}={getattr(opts, k)}" for k in keys)

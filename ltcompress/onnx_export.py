@@ -17,7 +17,7 @@ from torch import nn
 from ltcompress.config import CALIBRATIONS, ExportConfig
 from ltcompress.data import InputSpec, LTData, eval_batches
 from ltcompress.errors import UsageError, VerificationError
-from ltcompress.rundir import staged, temp_name
+from ltcompress.rundir import staged
 
 log = logging.getLogger("ltcompress")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -76,11 +76,19 @@ def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> n
 
     `stratified` fills classes evenly (every class gets min(its count, an equal share), the rest is spread over
     the classes that have more), so a rare class's activations shape the quantization ranges as much as a
-    frequent one's; `random` samples uniformly and so mirrors the long tail (kept for comparison).
+    frequent one's; `random` samples uniformly and so mirrors the long tail; `head` samples only the most
+    frequent classes that together hold half the images, as a sample of production traffic might (both kept
+    to show what a biased calibration does to the tail).
     """
     rng = np.random.default_rng(seed)
-    size = min(size, len(labels))
     assert how in CALIBRATIONS, how  # config validation rejects anything else with exit 2
+    if how == "head":
+        counts = np.bincount(labels)
+        order = np.argsort(-counts, kind="stable")
+        head = order[: int(np.searchsorted(np.cumsum(counts[order]), len(labels) / 2)) + 1]
+        pool = np.flatnonzero(np.isin(labels, head))
+        return np.sort(rng.choice(pool, min(size, len(pool)), replace=False))
+    size = min(size, len(labels))
     if how == "random":
         return np.sort(rng.choice(len(labels), size, replace=False))
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(int(labels.max()) + 1)]
@@ -92,68 +100,121 @@ def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> n
     return np.sort(np.concatenate([pool[:k] for pool, k in zip(pools, take)]))
 
 
-def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path) -> dict[str, Any]:
+def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path,
+         workdir: Path) -> tuple[Quantizer, dict[str, Any]]:
     """The run's INT8 model: calibrate on `cfg.calibration_size` un-augmented training images chosen the
-    `cfg.calibration` way; returns what the report records about the calibration."""
+    `cfg.calibration` way. Returns the calibrated Quantizer (what the INT8 repair re-quantizes with; its files
+    live in `workdir`) and what the report records about the calibration."""
     idx = calibration_indices(data.train.labels, cfg.calibration_size, cfg.calibration, seed)
     batches = (x.contiguous().numpy() for x, _ in eval_batches(data, data.train, 32, torch.device("cpu"), idx))
-    nodes = quantize(fp32_path, batches, path, cfg.calibration_method, cfg.per_channel, cfg.exclude_nodes)
-    per_class = np.bincount(data.train.labels[idx], minlength=data.num_classes)
+    quantizer = Quantizer(fp32_path, batches, workdir, cfg.calibration_method, cfg.per_channel)
+    _check_excluded(cfg.exclude_nodes, quantizer.graph_nodes)
+    quantizer.write(path, exclude=cfg.exclude_nodes)
     weights = "per-channel" if cfg.per_channel else "per-tensor"
-    return {"method": f"static QDQ, uint8 activations, int8 {weights} weights, {cfg.calibration_method}",
-            "calibration_method": cfg.calibration_method, "per_channel": cfg.per_channel,
-            "excluded_nodes": list(cfg.exclude_nodes), "quantized_nodes": nodes,
-            "calibration": cfg.calibration, "calibration_size": int(len(idx)),
-            "calibration_per_class": dict(zip(data.class_names, per_class.tolist())), "seed": seed}
+    log.info("export: %s (static QDQ U8S8 %s, %s, %s calibration on %d images, %d node(s) left in float, "
+             "%.2f MB)", path.name, weights, cfg.calibration_method, cfg.calibration, len(idx),
+             len(cfg.exclude_nodes), path.stat().st_size / 1e6)
+    per_class = np.bincount(data.train.labels[idx], minlength=data.num_classes)
+    return quantizer, {
+        "method": f"static QDQ, uint8 activations, int8 {weights} weights, {cfg.calibration_method}",
+        "calibration_method": cfg.calibration_method, "per_channel": cfg.per_channel,
+        "excluded_nodes": list(cfg.exclude_nodes), "quantized_nodes": quantizer.nodes,
+        "calibration": cfg.calibration, "calibration_size": int(len(idx)),
+        "calibration_per_class": dict(zip(data.class_names, per_class.tolist())), "seed": seed}
 
 
 def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path, method: str = "minmax",
              per_channel: bool = True, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Static INT8 (QDQ, uint8 activations, int8 weights) with ONNX Runtime; returns the names of the nodes whose
-    operator it quantizes (what `exclude` and export.exclude_nodes usefully name).
+    """Static INT8 in one call (see Quantizer); returns the names of the nodes whose operator it quantizes. A
+    name in `exclude` that the graph does not have is exit 2 with the names it does have."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as tmp:
+        quantizer = Quantizer(fp32_path, calibration, Path(tmp), method, per_channel)
+        _check_excluded(exclude, quantizer.graph_nodes)
+        quantizer.write(path, exclude=exclude)
+        return quantizer.nodes
+
+
+class Quantizer:
+    """Static INT8 (QDQ, uint8 activations, int8 weights) with ONNX Runtime, calibrated once and written as often
+    as asked with different nodes left in float (the INT8 repair tries dozens).
 
     uint8 activations matter on CPUs: with int8 ones ORT leaves MobileNetV3's depthwise convolutions in float
     and the model runs ~5x slower. The model is pre-processed (shape inference, graph optimisation) first, as
-    ORT recommends; node names are those of the pre-processed graph. A name in `exclude` that the graph does
-    not have is exit 2 with the names it does have, never silently ignored.
+    ORT recommends; node names are those of the pre-processed graph. The calibrated ranges are kept in ORT's
+    calibration cache file, so a re-quantization costs no calibration pass.
     """
+
+    def __init__(self, fp32_path: Path, calibration: Iterator[np.ndarray], workdir: Path, method: str = "minmax",
+                 per_channel: bool = True) -> None:
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        self.method, self.per_channel = method, per_channel
+        self.prepared, self.ranges = workdir / "prepared.onnx", workdir / "ranges.json"
+        graph = prepare(fp32_path, self.prepared).graph
+        self.graph_nodes = [n.name for n in graph.node]
+        self.op_types = {n.name: n.op_type for n in graph.node}
+        quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)  # what quantize_static quantizes by default
+        self.nodes = [n.name for n in graph.node if n.op_type in quantizable]
+        self._quantize(workdir / "calibrated.onnx", iter(calibration), (), None)
+
+    def write(self, path: Path, exclude: tuple[str, ...] | list[str] = (), only: list[str] | None = None) -> Path:
+        """The INT8 model at `path` (written under a temporary name and renamed): every quantizable node but
+        those in `exclude`, or only the nodes in `only`."""
+        with staged(path) as tmp:
+            self._quantize(tmp, None, tuple(exclude), only)
+        return path
+
+    def _quantize(self, out: Path, calibration: Iterator[np.ndarray] | None, exclude: tuple[str, ...],
+                  only: list[str] | None) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+        from onnxruntime.quantization import quantize_static
+
+        class Reader(CalibrationDataReader):
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(calibration, None) if calibration is not None else None
+                return None if batch is None else {INPUT_NAME: batch}
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        with _quiet("INT8 quantization"):
+            quantize_static(str(self.prepared), str(out), Reader() if calibration is not None else None,
+                            quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[self.method], nodes_to_exclude=list(exclude),
+                            nodes_to_quantize=only, calibration_cache_path=str(self.ranges))
+
+
+def prepare(fp32_path: Path, out: Path) -> Any:
+    """ORT's quantization pre-processing (shape inference, graph optimisation), with every node named: the
+    optimiser leaves some nodes (MobileNetV3's hard-swish Muls) without a name, and a node must have one of its
+    own to be excluded or returned to FP32 alone. Returns the prepared onnx.ModelProto, also written to `out`."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
+    with _quiet("INT8 pre-processing"):
+        quant_pre_process(str(fp32_path), str(out))
+    model = onnx.load(str(out))
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(name for k in range(len(taken) + 1)
+                             if (name := f"{node.op_type}_{i}" + (f"_{k}" if k else "")) not in taken)
+            taken.add(node.name)
+    onnx.save(model, str(out))
+    return model
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    prepared = temp_name(path, ".pre.onnx")
-    with staged(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+@contextlib.contextmanager
+def _quiet(what: str) -> Iterator[None]:
+    """ONNX Runtime's chatter hidden; its failures become exit 4 naming `what` (a disk error stays exit 7)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            quant_pre_process(str(fp32_path), str(prepared))
-            graph = onnx.load(str(prepared)).graph
-            _check_excluded(exclude, [n.name for n in graph.node])
-            nodes = [n.name for n in graph.node if n.op_type in QDQRegistry]
-            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method], nodes_to_exclude=list(exclude))
-        except UsageError:
-            raise
+            yield
         except Exception as exc:
-            raise VerificationError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from exc
-        finally:
-            prepared.unlink(missing_ok=True)
-    log.info("export: %s (static QDQ U8S8 %s, %s, %d node(s) left in float, %.2f MB)", path.name,
-             "per-channel" if per_channel else "per-tensor", method, len(exclude), path.stat().st_size / 1e6)
-    return nodes
-
+            raise VerificationError(f"{what} failed: {str(exc).splitlines()[0]}") from exc
 
 
 def check_exclude_nodes(arch: str, spec: InputSpec, num_classes: int, exclude: tuple[str, ...], opset: int) -> None:
@@ -161,17 +222,11 @@ def check_exclude_nodes(arch: str, spec: InputSpec, num_classes: int, exclude: t
     names depend on the graph, not on the weights): a typo costs seconds, not a training run."""
     import tempfile
 
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from ltcompress import models
 
     with tempfile.TemporaryDirectory(prefix="ltcompress-nodes-") as tmp:
         fp32 = export(models.create(arch, num_classes, spec.channels), spec, Path(tmp) / "student.onnx", opset)
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32), str(Path(tmp) / "pre.onnx"))
-        _check_excluded(exclude, [n.name for n in onnx.load(str(Path(tmp) / "pre.onnx")).graph.node])
+        _check_excluded(exclude, [n.name for n in prepare(fp32, Path(tmp) / "pre.onnx").graph.node])
 
 
 def _check_excluded(exclude: tuple[str, ...], nodes: list[str]) -> None:

@@ -48,19 +48,22 @@ def environment(device: str) -> dict[str, Any]:
 def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
           student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
           flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
-          device: str, tail_losses: dict[str, Any] | None = None) -> dict[str, Any]:
+          device: str, tail_losses: dict[str, Any] | None = None,
+          int8_repair: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
     return {
         "schema": REPORT_SCHEMA,
         "run": {"name": run.path.name, "dir": str(run.path.resolve()),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": timings},
-        "passed": all(g["passed"] for g in gates) and bool(parity["fp32"].get("ok")),
+        "passed": all(g["passed"] for g in gates) and bool(parity["fp32"].get("ok"))
+        and (int8_repair or {}).get("met", True),
         "gates": gates,
         "failed_gates": [g for g in gates if not g["passed"]],
         "stages": stages,
         "parity": parity,
         "flips": flips,
         "tail_losses": tail_losses or {},
+        "int8_repair": int8_repair,
         "data": data_info,
         "teacher": teacher,
         "student": student,
@@ -70,6 +73,14 @@ def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], tea
         "environment": environment(device),
         "command": sys.argv if Path(sys.argv[0]).name in ("ltcompress", "__main__.py") else None,
     }
+
+
+def _repair_summary(repair: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model card's line on the INT8 repair: where it decided, and which nodes run in FP32 because of it."""
+    if not repair:
+        return None
+    return {"held_out": repair["held_out"], "met": repair["met"],
+            "fp32_nodes": [n["node"] for n in repair["nodes"]]}
 
 
 def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
@@ -124,6 +135,7 @@ def model_card(report: dict[str, Any], body: str) -> str:
         "data": {k: data[k] for k in ("dataset", "class_names", "class_counts", "shot_groups", "test_size")},
         "results": {stage: {k: m.get(k) for k in keys} for stage, m in report["stages"].items()},
         "gates": [{k: g[k] for k in ("gate", "value", "passed")} for g in report["gates"]],
+        "int8_repair": _repair_summary(report.get("int8_repair")),
     }
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 

@@ -72,6 +72,8 @@ def render(report: dict[str, Any]) -> str:
                           "changed between consecutive stages"), _flip_table(report)]
     if report.get("tail_losses"):
         parts += ["<h2>Where the tail goes</h2>", _tail_table(report, stages)]
+    if report.get("int8_repair"):
+        parts += ["<h2>INT8 repair</h2>", _repair_section(report)]
     parts += ["<h2>Per class</h2>", _class_table(report, stages),
               "<h2>Provenance</h2>", _provenance(report), f"<script>{_PROBE}</script></body></html>"]
     return "\n".join(parts)
@@ -149,6 +151,49 @@ def _tail_table(report: dict[str, Any], stages: list[str]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table><p>Per stage: % of the class's test images misclassified "
             "&rarr; the classes that absorb most of them (% of the class's test images). Full confusion matrices: "
             "<code>predictions.npz</code>, keys <code>confusion_&lt;stage&gt;</code>.</p>")
+
+
+def _repair_section(report: dict[str, Any]) -> str:
+    """What the INT8 repair decided on (held-out images), which nodes went back to FP32 at what cost, and the
+    test set's per-class accuracy before and after (reported, not decided on)."""
+    r = report["int8_repair"]
+    gates = ", ".join(f"<code>{_e(g['gate'])}</code> {'n/a' if g['value'] is None else format(g['value'], '.4f')}"
+                      for g in r["gates_before"])
+    head = (f"<p>Decided on held-out images: {_e(r['held_out'])}. Int8 gates there before the repair: {gates}. "
+            f"Verdict: <span class='{'pass' if r['met'] else 'fail'}'>"
+            f"{'met' if r['met'] else 'not met within the budget (' + _e(r.get('stopped', '')) + ')'}</span>.</p>")
+    if not r["needed"]:
+        return head + "<p>Every int8 gate passed on the held-out images: no node went back to FP32.</p>"
+    rows = [f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
+            f"<td></td><td>{r['int8_latency_ms']:.3f}</td><td></td></tr>"]
+    for i, n in enumerate(r["nodes"], 1):
+        verdicts = ", ".join(f"{'n/a' if g['value'] is None else format(g['value'], '.4f')}"
+                             f" {'PASS' if g['passed'] else 'FAIL'}" for g in n["gates"])
+        rows.append(f"<tr><td class='l'>{i}. <code>{_e(n['node'])}</code></td><td class='l'>{_e(n['op_type'])}</td>"
+                    f"<td>{n['damage']:.3g}</td><td>{n['size_bytes'] / 1e6:.3f}</td><td>{n['added_bytes']:+d}</td>"
+                    f"<td>{n['latency_ms']:.3f}</td><td class='l'>{verdicts}</td></tr>")
+    table = ("<table id='repair'><thead><tr><th class='l'>back to FP32 (in order)</th><th class='l'>op</th>"
+             "<th>damage alone</th><th>model MB</th><th>bytes added</th><th>batch-1 ms</th>"
+             f"<th class='l'>int8 gates on held-out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+             f"<p>Nodes ranked by {_e(r['ranked_by'])}.</p>")
+    return head + table + _repair_classes(report)
+
+
+def _repair_classes(report: dict[str, Any]) -> str:
+    before, after = report["int8_repair"].get("test_before"), report["stages"].get("int8")
+    if not before or not after:
+        return ""
+    data = report["data"]
+    group_of = {name: g for g, members in data["shot_groups"].items() for name in members}
+    fp32 = report["stages"]["fp32"]["per_class"]
+    rows = [f"<tr><td class='l'>{_e(name)}</td><td class='l'>{group_of.get(name, '')}</td><td>{_pct(fp32.get(name))}"
+            f"</td><td>{_pct(before['per_class'].get(name))}</td><td>{_pct(after['per_class'].get(name))}</td></tr>"
+            for name in data["class_names"]]
+    rows += [f"<tr><td class='l'><b>{key}</b></td><td></td><td>{_pct(report['stages']['fp32'][key])}</td>"
+             f"<td>{_pct(before[key])}</td><td>{_pct(after[key])}</td></tr>" for key in ("balanced", "few", "worst")]
+    return ("<table id='repair-classes'><thead><tr><th class='l'>class</th><th class='l'>group</th><th>fp32</th>"
+            f"<th>int8 before repair</th><th>int8 repaired</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            "<p>Test-set accuracy in %, measured after the repair for this table only: no decision used it.</p>")
 
 
 def _flip_table(report: dict[str, Any]) -> str:

@@ -66,6 +66,30 @@ def open_session(onnx_path: Path) -> Any:
         return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
+def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: int = 0) -> float:
+    """Median wall time (ms) of one ONNX Runtime CPU run on `x` after warm-up, repeated for `budget_s` and at
+    least 10 times: medians of repeats in one process, so ratios between models hold on a noisy machine.
+    `threads` is ORT's intra-op thread count (0: its default)."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(3):
+        session.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < budget_s or len(times) < 10:
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
 def onnx_input_dims(onnx_path: Path) -> list[int]:
     """The model's input shape (0 for a dynamic axis), read from the file without loading its weights."""
     import onnx

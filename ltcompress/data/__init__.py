@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 from ltcompress.config import DataConfig
 from ltcompress.data.batches import iterate, random_crop_flip, to_batch
-from ltcompress.data.core import InputSpec, LTData, Split, longtail_counts, longtail_indices, shot_groups
+from ltcompress.data.core import (InputSpec, LTData, Split, counts_text, hold_out, longtail_counts,
+                                  longtail_indices, shot_groups)
 from ltcompress.data.loader import eval_batches, train_batches
 from ltcompress.errors import UsageError
 from ltcompress.registry import Registry
@@ -47,5 +48,5 @@ def load(cfg: DataConfig, cache_root: Path, pretrained: Mapping[str, Any] | None
     return data
 
 
-__all__ = ["DATASETS", "InputSpec", "LTData", "Split", "eval_batches", "iterate", "load", "longtail_counts",
-           "longtail_indices", "random_crop_flip", "shot_groups", "to_batch", "train_batches"]
+__all__ = ["DATASETS", "InputSpec", "LTData", "Split", "counts_text", "eval_batches", "hold_out", "iterate", "load",
+           "longtail_counts", "longtail_indices", "random_crop_flip", "shot_groups", "to_batch", "train_batches"]

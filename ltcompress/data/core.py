@@ -2,6 +2,7 @@
 images to the run's input (the exact steps the edge bundle's runtime repeats on a device)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class LTData:
     pipeline: Pipeline = field(default_factory=Pipeline)
     manifest: tuple[str, ...] = field(default=())  # file-backed data: one "label size mtime path" line per file
     excluded_test_classes: tuple[str, ...] = ()  # test class folders left out (data.unknown_test_classes=exclude)
+    val: Split | None = None  # held-out images the INT8 repair decides on (never trained on, never the test set)
+    val_source: str = ""  # where `val` comes from, as the report states it
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +86,42 @@ class LTData:
     @property
     def in_memory(self) -> bool:
         return not (self.train.lazy or self.test.lazy)
+
+
+def take(split: Split, idx: np.ndarray) -> Split:
+    """The images of `split` at `idx` (in memory or lazy), in that order."""
+    images = None if split.images is None else split.images[idx]
+    files = None if split.files is None else tuple(split.files[i] for i in idx)
+    return Split(images, split.labels[idx], files)
+
+
+def hold_out(data: LTData, share: float, seed: int) -> LTData:
+    """`data` with a stratified slice of its training set set aside as `val`: round(share * n) images of each
+    class of n images (at least one when n >= 2, none from a class of one image, which training needs). The
+    class counts, shot groups and fingerprint then describe what is left for training."""
+    rng = np.random.default_rng([seed, 11])
+    labels = data.train.labels
+    held = []
+    for c in range(data.num_classes):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, round(share * len(idx))) if len(idx) >= 2 else 0
+        held.append(rng.permutation(idx)[:k])
+    val_idx = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(len(labels)), val_idx)
+    h = hashlib.sha256(data.fingerprint.encode())
+    h.update(f"held out {share} seed {seed}".encode() + val_idx.tobytes())
+    source = (f"stratified slice of the training set set aside before training: {share:g} of each class "
+              f"(seed {seed}), {len(val_idx)} images")
+    return dataclasses.replace(data, train=take(data.train, keep), val=take(data.train, val_idx),
+                               class_counts=np.bincount(labels[keep], minlength=data.num_classes),
+                               fingerprint=h.hexdigest(), val_source=source)
+
+
+def counts_text(counts: np.ndarray) -> str:
+    """Class counts for the log: all of them when few, else a summary (1,000 classes would flood it)."""
+    if len(counts) <= 20:
+        return str(counts.tolist())
+    return f"{len(counts)} classes, {int(counts.max())} down to {int(counts.min())} images"
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list[int]:

@@ -92,6 +92,19 @@ def _unknown_test_classes(cfg: DataConfig, root: Path, names: tuple[str, ...], e
                 len(extra), shown)
     excluded.extend(extra)
 
+def _val_entries(cfg: DataConfig, root: Path, names: tuple[str, ...]) -> Entries:
+    """data.val_list: held-out images with labels in the training classes (the INT8 repair decides on them)."""
+    if not cfg.val_list:
+        return []
+    path = setting_path(root, cfg.val_list, "data.val_list", cfg.confine_paths)
+    entries = read_list(root, path, cfg.confine_paths)
+    for image, label in entries:
+        if not 0 <= label < len(names):
+            raise DataError(f"{path}: label {label} of {image} is out of range 0..{len(names) - 1} ({len(names)} "
+                            f"training classes); data.val_list must use the training labels")
+    return entries
+
+
 def _names_file(cfg: DataConfig, root: Path) -> tuple[str, ...] | None:
     """data.class_names_file: one name per line in label order, or an iNaturalist categories JSON."""
     if not cfg.class_names_file:
@@ -155,26 +168,30 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
         raise DataError(f"--data-dir {root} is not a folder")
     excluded: list[str] = []
     train_entries, test_entries, names = _entries(cfg, root, excluded)
-    lines = manifest(root, {"train": train_entries, "test": test_entries})
+    val_entries = _val_entries(cfg, root, names)
+    lines = manifest(root, {"train": train_entries, "test": test_entries, "val": val_entries})
     mode = source_mode(3, cfg.channels)
     spec = InputSpec(cfg.input_size, cfg.channels, (0.0,) * cfg.channels, (1.0,) * cfg.channels, mode,
                      cfg.input_size, "crop", cfg.crop_pct or 0.875, cfg.interpolation or "bilinear")
-    keep, reason = in_memory(cfg, len(train_entries) + len(test_entries), cfg.channels)
+    keep, reason = in_memory(cfg, len(train_entries) + len(test_entries) + len(val_entries), cfg.channels)
     augment = "timm" if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg, reason)
-    train, test = (Split(None, np.asarray([label for _, label in entries], dtype=np.int64),
-                         tuple(str(p) for p, _ in entries)) for entries in (train_entries, test_entries))
+    train, test, val = (Split(None, np.asarray([label for _, label in entries], dtype=np.int64),
+                              tuple(str(p) for p, _ in entries)) for entries in (train_entries, test_entries,
+                                                                                 val_entries))
     skipped: list[str] = []
     if keep:
-        train, test = (_decode_all(split, spec, pipeline, skipped) for split in (train, test))
+        train, test, val = (_decode_all(split, spec, pipeline, skipped) if len(split) else split
+                            for split in (train, test, val))
     name = f"imagefolder {root}"
     counts = check_splits(name, train, test, names)
     mean, std = _stats(cfg, train, spec, pipeline, skipped)
     spec = InputSpec(spec.size, spec.channels, mean, std, mode, spec.source_size, spec.geometry, spec.crop_pct,
                      spec.interpolation)
     log.info("data: %s, %s", "in memory" if keep else "decoded lazily in %d worker(s)" % pipeline.workers, reason)
+    held = f"data.val_list {cfg.val_list}, {len(val)} images" if len(val) else ""
     return LTData(train, test, counts, names, spec, fingerprint(name, (), lines), skipped, pipeline, lines,
-                  tuple(excluded))
+                  tuple(excluded), val if len(val) else None, held)
 
 
 def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,

@@ -1,0 +1,189 @@
+"""INT8 repair: held-out data set aside before training, nodes ranked by what they do to the gated classes, and a
+real run that fails its int8 gate without the repair and passes with it."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from ltcompress import gates as gate_mod, models
+from ltcompress.data import InputSpec, LTData, Split, hold_out
+from ltcompress.onnx_export import Quantizer, calibration_indices, export
+from ltcompress.repair import damage, gated_classes
+
+GROUPS = {"many": [0], "medium": [1], "few": [2, 3]}
+NAMES = ("a_head", "b_mid", "c_tail", "d_tail")
+
+
+def test_damage_is_the_class_balanced_mean_kl_of_a_naive_loop():
+    rng = np.random.default_rng(0)
+    ref, out = rng.normal(size=(40, 4)), rng.normal(size=(40, 4))
+    labels = rng.integers(0, 4, 40)
+    expected = []
+    for c in (1, 3):
+        kls = []
+        for i in np.flatnonzero(labels == c):
+            p, q = np.exp(ref[i]) / np.exp(ref[i]).sum(), np.exp(out[i]) / np.exp(out[i]).sum()
+            kls.append(sum(p[k] * np.log(p[k] / q[k]) for k in range(4)))
+        expected.append(np.mean(kls))
+    assert damage(ref, out, labels, [1, 3]) == pytest.approx(np.mean(expected), rel=1e-9)
+    assert damage(ref, ref, labels, [0, 1, 2, 3]) == pytest.approx(0.0, abs=1e-12)
+    assert damage(ref, out, labels, [7]) == 0.0  # a class with no held-out image says nothing
+
+
+@pytest.mark.parametrize("expr, classes", [("drop(fp32, int8).few <= 0.01", [2, 3]), ("int8.medium >= 0.5", [1]),
+                                           ("int8.class[c_tail] >= 0.5", [2]), ("flip(fp32, int8) <= 0.1", [0, 1, 2, 3]),
+                                           ("int8.worst >= 0.1", [0, 1, 2, 3])])
+def test_gated_classes_are_the_classes_a_gate_reads(expr, classes):
+    assert gated_classes([gate_mod.parse(expr)], GROUPS, NAMES) == classes
+
+
+def _data(counts: list[int]) -> LTData:
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+    images = np.arange(len(labels), dtype=np.uint8).reshape(-1, 1, 1, 1).repeat(4, 2).repeat(4, 3)
+    spec = InputSpec(4, 1, (0.5,), (0.25,), "L", 4)
+    test = Split(images[:4], labels[:4])
+    names = tuple(f"c{i}" for i in range(len(counts)))
+    return LTData(Split(images, labels), test, np.asarray(counts), names, spec, "fp")
+
+
+def test_hold_out_sets_a_stratified_slice_aside_and_keeps_every_class_trainable():
+    data = _data([50, 20, 9, 2, 1])
+    held = hold_out(data, 0.1, seed=0)
+    assert held.val is not None
+    assert np.bincount(held.val.labels, minlength=5).tolist() == [5, 2, 1, 1, 0]  # >= 1 from n >= 2, none from 1
+    assert held.class_counts.tolist() == [45, 18, 8, 1, 1] == np.bincount(held.train.labels).tolist()
+    train_pixels = {int(x) for x in held.train.images[:, 0, 0, 0]}
+    assert train_pixels.isdisjoint(int(x) for x in held.val.images[:, 0, 0, 0])  # never trained on
+    assert len(train_pixels) + len(held.val) == 82
+    assert held.fingerprint != data.fingerprint  # caches keyed by it see a different training set
+    again = hold_out(data, 0.1, seed=0)
+    assert np.array_equal(again.val.images, held.val.images) and again.fingerprint == held.fingerprint
+    assert "set aside before training" in held.val_source
+
+
+def test_head_calibration_samples_only_the_classes_holding_half_the_images():
+    labels = np.repeat(np.arange(4), [60, 30, 6, 4])
+    idx = calibration_indices(labels, 40, "head", seed=0)
+    assert set(labels[idx].tolist()) == {0}  # class 0 alone holds 60 % of the images
+    labels = np.repeat(np.arange(4), [40, 30, 20, 10])
+    assert set(labels[calibration_indices(labels, 1000, "head", 0)].tolist()) == {0, 1}
+
+
+def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_path):
+    torch.manual_seed(0)
+    fp32 = export(models.create("test_efficientnet", 4, 3).eval(), InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB",
+                                                                              32), tmp_path / "m.onnx", 18)
+    rng = np.random.default_rng(0)
+    q = Quantizer(fp32, iter([rng.normal(size=(4, 3, 32, 32)).astype(np.float32)]), tmp_path)
+    names = q.graph_nodes
+    assert all(names) and len(set(names)) == len(names)
+    assert {"Mul", "Sigmoid", "Conv"} <= {q.op_types[n] for n in q.nodes}  # SiLU parts are quantized too
+    ops = {n.op_type for n in onnx.load(str(q.write(tmp_path / "none.onnx", exclude=q.nodes))).graph.node}
+    assert "QuantizeLinear" not in ops  # with every listed node excluded, nothing is quantized
+    only = onnx.load(str(q.write(tmp_path / "one.onnx", only=[q.nodes[0]]))).graph.node
+    assert 0 < sum(n.op_type == "QuantizeLinear" for n in only) <= 3
+
+
+# A long-tailed folder where per-tensor ranges calibrated on the head class alone clip the tail: the head is dark,
+# the tail classes bright, each class its own stripes.
+SYNTH = {"a_head": (80, "h", 0, 50), "b_mid": (30, "v", 0, 50), "c_tail": (8, "h", 170, 255),
+         "d_tail": (8, "v", 170, 255)}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    rng = np.random.default_rng(0)
+    stripes = np.arange(32) // 4 % 2 == 0
+    for name, (n_train, orient, low, high) in SYNTH.items():
+        for split, n in (("train", n_train), ("test", 10)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(low, low + (high - low) // 3, size=(32, 32)).astype(np.uint8)
+                mask = np.broadcast_to(stripes[:, None] if orient == "h" else stripes[None, :], img.shape)
+                Image.fromarray(np.where(mask, np.uint8(high), img)).convert("RGB").save(folder / f"{i}.png")
+    return root
+
+
+def _synth_args(root, tmp_path, name, *extra, gate="drop(fp32, int8).few <= 0.1"):
+    return ["run", "--dataset", "imagefolder", "--data-dir", str(root), "--student", "test_efficientnet",
+            "--method", "ce", "--epochs", "15", "--no-progress", "--runs-dir", str(tmp_path), "--name", name,
+            "--gate", gate, "--set", "data.input_size=32", "--set", "data.many_threshold=50",
+            "--set", "data.few_threshold=10", "--set", "data.augment=crop_flip", "--set", "export.calibration=head",
+            "--set", "export.per_channel=false", "--set", "export.repair_holdout=0.25", *extra]
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, capsys):
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "plain", "--int8"), capsys)
+    assert code == 5 and "drop(fp32, int8).few" in err
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["int8_repair"] is None and not (tmp_path / "plain" / "bundle").exists()
+
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "fixed", "--int8-repair", "--set", "export.repair_budget=64",
+                                       "--set", "export.repair_max_size=8"), capsys)
+    assert code == 0, err
+    run = tmp_path / "fixed"
+    report = json.loads((run / "report.json").read_text())
+    r = report["int8_repair"]
+    assert r["needed"] and r["met"] and r["nodes"]
+    assert "set aside before training" in r["held_out"] and r["held_out_images"] == 32
+    assert report["data"]["class_counts"] == [60, 22, 6, 6]  # trained on what was left
+    assert [g["passed"] for g in r["gates_before"]] == [False] and [g["passed"] for g in r["gates_after"]] == [True]
+    assert all(n["op_type"] and n["size_bytes"] > 0 and n["latency_ms"] > 0 for n in r["nodes"])
+    assert r["nodes"][-1]["size_bytes"] <= 8 * r["int8_size_bytes"]
+    assert r["test_before"]["few"] < report["stages"]["int8"]["few"]  # the tail came back on the test set too
+    assert (run / "student.int8.unrepaired.onnx").is_file()
+    bundled = (run / "bundle" / "model.int8.onnx").read_bytes()
+    assert hashlib.sha256(bundled).hexdigest() == report["artifacts"]["int8_sha256"]
+    assert bundled == (run / "student.int8.onnx").read_bytes()
+    html = (run / "report.html").read_text()
+    assert "<h2>INT8 repair</h2>" in html and r["nodes"][0]["node"] in html and "int8 before repair" in html
+    card = (run / "bundle" / "README.md").read_text()
+    assert "fp32_nodes:" in card and r["nodes"][0]["node"] in card
+
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "short", "--int8-repair", "--set", "export.repair_budget=1"),
+                           capsys)
+    assert code == 5 and "did not meet the int8 gates on the held-out images" in err and "budget of 1" in err
+    assert not json.loads((tmp_path / "short" / "report.json").read_text())["passed"]
+    assert not (tmp_path / "short" / "bundle").exists()
+
+
+def test_val_list_is_the_held_out_split_and_its_labels_are_checked(synth, tmp_path, capsys):
+    from ltcompress.data.imagefolder import load_imagefolder
+    from ltcompress.config import DataConfig
+
+    (synth / "val.txt").write_text("".join(f"test/{n}/0.png {i}\n" for i, n in enumerate(SYNTH)))
+    data = load_imagefolder(DataConfig(dataset="imagefolder", data_dir=str(synth), val_list="val.txt"), tmp_path)
+    assert data.val is not None and data.val.labels.tolist() == [0, 1, 2, 3]
+    assert data.val_source == "data.val_list val.txt, 4 images"
+    (synth / "bad.txt").write_text("test/a_head/0.png 9\n")
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "bad", "--int8-repair", "--set", "data.val_list=bad.txt"),
+                           capsys)
+    assert code == 3 and "bad.txt: label 9 of" in err and "out of range 0..3" in err
+
+
+@pytest.mark.parametrize("extra, gate, message", [
+    (["--int8-repair", "--set", "export.repair_budget=0"], None, "export.repair_budget is 0"),
+    (["--int8-repair"], "few >= 0", "export.int8_repair works toward the int8 gates and this run has none"),
+    (["--set", "export.int8_repair=true"], None, "turn it on with --int8"),
+    (["--int8-repair", "--set", "export.repair_holdout=0.9"], None, "export.repair_holdout must be in (0, 0.5]"),
+])
+def test_bad_repair_settings_are_one_line_and_exit_2(synth, tmp_path, capsys, extra, gate, message):
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "x", *extra, gate=gate or "int8.few >= 0"), capsys)
+    assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_val_list_belongs_to_imagefolder(tmp_path, capsys):
+    code, _, err = run_cli(["run", "--no-progress", "--set", "data.val_list=v.txt", "--runs-dir", str(tmp_path)],
+                           capsys)
+    assert code == 2 and "data.val_list is read by the imagefolder dataset" in err
