@@ -1,23 +1,27 @@
-"""Deployment benchmark on a finished run: teacher ONNX vs student FP32 vs student INT8 (size, ONNX Runtime
-latency at batch 1 and 32, accuracy), and INT8 calibration: class-stratified vs random samples of several sizes.
+"""Deployment benchmark on finished runs: student FP32 against INT8 with each calibration method and against
+repaired INT8 (size, ONNX Runtime latency at batch 1 and 32, balanced / Few / worst), one table per run and a
+summary over the runs (the seeds); optionally the teacher and a calibration-sample sweep.
 
-    python bench/deploy.py RUN_DIR [--sizes 64 256 512 1024] [--seeds 0 1 2] [--threads 0]
+    python bench/deploy.py RUN_DIR [RUN_DIR ...] [--methods minmax entropy percentile] [--repair]
+                           [--teacher] [--sizes 64 256 512 1024] [--seeds 0 1 2] [--threads 0]
 
-RUN_DIR is a finished `ltcompress run` (its teacher.safetensors, student.onnx and report.json are used; the
-data is loaded as the run loaded it). Latencies are medians of repeated runs in one process, so the ratios
-between models are comparable even on a noisy machine; accuracies are on the full test split, measured with
-ONNX Runtime. Calibration rows report the median over calibration seeds.
+Each RUN_DIR is a finished `ltcompress run` (its student.onnx and report.json are used; the data is loaded as
+the run loaded it, with the held-out slice of an `--int8-repair` run set aside again). `--repair` repairs each
+INT8 model toward the run's own int8 gates, deciding on the run's held-out images exactly as the run did; the
+gates' verdicts below are on the test set. Latencies are medians of repeated runs in one process, so ratios
+between models are comparable on a noisy machine; accuracies are on the full test split, with ONNX Runtime.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,34 +29,15 @@ import torch
 
 from ltcompress import config as config_mod
 from ltcompress import data as data_stage
+from ltcompress import gates as gate_mod
+from ltcompress import repair as repair_stage
 from ltcompress.config import ExportConfig
 from ltcompress.metrics import summarize
 from ltcompress.onnx_export import export, int8
 from ltcompress.teacher import cache_root, load_weights_file
-from ltcompress.verify import ort_logits
+from ltcompress.verify import latency_ms, ort_logits
 
 COLUMNS = ("overall", "balanced", "few", "worst")
-
-
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def latency_ms(path: Path, shape: tuple[int, ...], threads: int, budget_s: float = 6.0) -> float:
-    """Median wall time of one ORT run at `shape`, after warm-up; as many repeats as fit in `budget_s`."""
-    sess = session(path, threads)
-    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    for _ in range(5):
-        sess.run(None, {"input": x})
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < budget_s or len(times) < 10:
-        t = time.perf_counter()
-        sess.run(None, {"input": x})
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def accuracy(path: Path, data: data_stage.LTData, groups: dict) -> dict:
@@ -60,50 +45,101 @@ def accuracy(path: Path, data: data_stage.LTData, groups: dict) -> dict:
     return summarize(pred, data.test.labels, groups, data.class_names)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512, 1024])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
-    args = parser.parse_args()
-    report = json.loads((args.run / "report.json").read_text())
+def measure(path: Path, data: data_stage.LTData, groups: dict, threads: int, budget: float) -> dict[str, Any]:
+    shape = (data.spec.channels, data.spec.size, data.spec.size)
+    m = accuracy(path, data, groups)
+    return {"mb": path.stat().st_size / 1e6, **{c: m[c] for c in COLUMNS},
+            "b1": latency_ms(path, np.zeros((1, *shape), np.float32), budget, threads),
+            "b32": latency_ms(path, np.zeros((32, *shape), np.float32), budget, threads)}
+
+
+def load_run(run: Path) -> tuple[dict, config_mod.CompressConfig, data_stage.LTData, dict, list]:
+    """The run's report, config, data (with its held-out slice set aside again), groups and int8 gates."""
+    report = json.loads((run / "report.json").read_text())
     saved = report["config"]
     cfg = config_mod.resolve(None, {f"data.{k}": v for k, v in saved["data"].items()})
     data = data_stage.load(cfg.data, cache_root(None))
+    gates = repair_stage.int8_gates([gate_mod.parse(g) for g in saved["gates"]])
+    if saved["export"].get("int8_repair"):  # the same held-out images the run set aside (or its val_list)
+        data = repair_stage.set_aside(data, gates, saved["export"]["repair_holdout"], saved["data"]["seed"])
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    work = Path(tempfile.mkdtemp(prefix="ltcompress-deploy-"))
+    return report, cfg, data, groups, gates
 
-    arch = saved["resolved"]["teacher_arch"]
-    teacher = load_weights_file(arch, args.run / "teacher.safetensors", data.num_classes, data.spec.channels)
-    models = {f"teacher ({arch}) FP32": export(teacher, data.spec, work / "teacher.onnx", 18),
-              "student FP32": args.run / "student.onnx", "student INT8": work / "student.int8.onnx"}
-    int8(models["student FP32"], data, ExportConfig(), 0, models["student INT8"])
-    print(f"run {args.run.name}: {saved['method']['name']} on {cfg.data.dataset}, {len(data.train)} train / "
-          f"{len(data.test)} test images, {data.spec.size} px; {os.cpu_count()} cores, onnxruntime "
-          f"{ort.__version__}, torch {torch.__version__}; CPU flags: "
-          f"{' '.join(report['environment'].get('cpu_flags', []))}\n", flush=True)
 
-    rows, measured = [], {}
-    shape = (data.spec.channels, data.spec.size, data.spec.size)
+def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    """Every model of one run, measured; returns label -> measurements."""
+    report, cfg, data, groups, gates = load_run(run)
+    saved, seed = report["config"], report["config"]["run"]["seed"]
+    print(f"run {run.name}: {saved['method']['name']} on {cfg.data.dataset}, {len(data.train)} train / "
+          f"{len(data.test)} test images, {data.spec.size} px, held out: {data.val_source or 'none'}; int8 gates: "
+          f"{', '.join(g.expr for g in gates) or 'none'}\n", flush=True)
+    models: dict[str, Path] = {"student FP32": run / "student.onnx"}
+    if args.teacher:
+        arch = saved["resolved"]["teacher_arch"]
+        teacher = load_weights_file(arch, run / "teacher.safetensors", data.num_classes, data.spec.channels)
+        models = {f"teacher ({arch}) FP32": export(teacher, data.spec, work / "teacher.onnx", 18), **models}
+    repairs: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        export_cfg = variant(method)
+        path = work / f"{run.name}-{method.replace(':', '-')}.onnx"
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            quantizer, _ = int8(run / "student.onnx", data, export_cfg, seed, path, Path(tmp))
+            models[f"INT8 {method}"] = path
+            if args.repair and gates:
+                fixed = path.with_name(path.stem + "-repaired.onnx")
+                fixed.write_bytes(path.read_bytes())
+                held = repair_stage.held_out(data, gates, run / "student.onnx", {}, torch.device("cpu"), 256)
+                repairs[method] = repair_stage.repair(quantizer, fixed, held, data, groups, gates, export_cfg,
+                                                      Path(tmp))
+                models[f"INT8 {method} repaired"] = fixed
+    measured = {}
     for label, path in models.items():
-        m = accuracy(path, data, groups)
-        measured[label] = {"mb": path.stat().st_size / 1e6, "b1": latency_ms(path, (1, *shape), args.threads),
-                           "b32": latency_ms(path, (32, *shape), args.threads), **{c: m[c] for c in COLUMNS}}
+        measured[label] = measure(path, data, groups, args.threads, args.budget)
         print(f"  measured {label}", file=sys.stderr, flush=True)
-    print("| model | size (MB) | batch-1 latency (ms) | batch-32 latency (ms) | "
-          + " | ".join(COLUMNS) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(COLUMNS))
-    for label, r in measured.items():
-        rows.append(f"| {label} | {r['mb']:.2f} | {r['b1']:.2f} | {r['b32']:.1f} | "
-                    + " | ".join(f"{100 * r[c]:.1f}" for c in COLUMNS) + " |")
-    print("\n".join(rows))
-    t, s, q = (measured[k] for k in models)
-    print(f"\nstudent/teacher size {s['mb'] / t['mb']:.3f} (target <= 0.1); teacher/student batch-1 latency "
-          f"{t['b1'] / s['b1']:.1f}x (target >= 5x); INT8/FP32 size {q['mb'] / s['mb']:.3f} (target <= 0.3); "
-          f"INT8 batch-1 speed-up {s['b1'] / q['b1']:.2f}x; Few drop FP32 -> INT8 "
-          f"{100 * (s['few'] - q['few']):.2f} points (target <= 1)\n")
+    print_table(measured, repairs)
+    if args.sizes:
+        calibration_sweep(models["student FP32"], data, groups, args, work, measured["student FP32"])
+    return measured
 
+
+def variant(spec: str) -> ExportConfig:
+    """`method[:calibration[:per-tensor]]`, e.g. `entropy` or `minmax:head:per-tensor` (ranges from the head
+    classes alone, one weight range per tensor: a calibration that hurts the tail, for the repair to mend)."""
+    method, calibration, weights = (spec.split(":") + ["stratified", "per-channel"][spec.count(":"):])[:3]
+    if method not in config_mod.CALIBRATION_METHODS or calibration not in config_mod.CALIBRATIONS or \
+            weights not in ("per-channel", "per-tensor"):
+        raise SystemExit(f"--methods {spec!r}: expected method[:calibration[:per-tensor]] with method in "
+                         f"{config_mod.CALIBRATION_METHODS} and calibration in {config_mod.CALIBRATIONS}")
+    return dataclasses.replace(ExportConfig(), calibration_method=method, calibration=calibration,
+                               per_channel=weights == "per-channel")
+
+
+def print_table(measured: dict[str, dict[str, Any]], repairs: dict[str, dict[str, Any]]) -> None:
+    fp = measured["student FP32"]
+    print("| model | size (MB) | batch-1 ms | batch-32 ms | " + " | ".join(COLUMNS)
+          + " | Few drop | worst drop | FP32 nodes |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(COLUMNS) + 3))
+    for label, r in measured.items():
+        method = label.split()[1] if label.endswith("repaired") else None  # "INT8 <variant> repaired"
+        nodes = str(len(repairs[method]["nodes"])) if method else ""
+        drops = (f"{100 * (fp['few'] - r['few']):.2f} | {100 * (fp['worst'] - r['worst']):.2f}"
+                 if label != "student FP32" and not label.startswith("teacher") else " | ")
+        print(f"| {label} | {r['mb']:.2f} | {r['b1']:.3f} | {r['b32']:.2f} | "
+              + " | ".join(f"{100 * r[c]:.1f}" for c in COLUMNS) + f" | {drops} | {nodes} |")
+    for method, rep in repairs.items():
+        print(f"\nrepair of INT8 {method}: held-out gates before {fmt_gates(rep['gates_before'])}, after "
+              f"{fmt_gates(rep['gates_after'])}; back to FP32: {', '.join(n['node'] for n in rep['nodes']) or 'none'}")
+    print(flush=True)
+
+
+def fmt_gates(gates: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{g['gate']} = {g['value']:.4f}" + ("" if g.get("expected") is None else
+                     f" (expected {g['expected']:.4f})") + f" {'PASS' if g['passed'] else 'FAIL'}" for g in gates)
+
+
+def calibration_sweep(fp32: Path, data: data_stage.LTData, groups: dict, args: argparse.Namespace, work: Path,
+                      reference: dict[str, Any]) -> None:
+    """Class-stratified against random calibration samples of several sizes (median over calibration seeds)."""
     rarest = data.class_names[int(np.argmin(data.class_counts))]
     print("| calibration | images | Few (median) | Few drop vs FP32 (points) | balanced (median) | worst (median) |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -112,15 +148,64 @@ def main() -> None:
             runs = []
             for seed in args.seeds:
                 path = work / f"cal-{how}-{size}-{seed}.onnx"
-                info = int8(models["student FP32"], data, ExportConfig(calibration=how, calibration_size=size),
-                            seed, path)
+                with tempfile.TemporaryDirectory(dir=work) as tmp:
+                    _, info = int8(fp32, data, ExportConfig(calibration=how, calibration_size=size), seed, path,
+                                   Path(tmp))
                 runs.append((accuracy(path, data, groups), info))
                 path.unlink()
             few = statistics.median(m["few"] for m, _ in runs)
             tail = min(i["calibration_per_class"][rarest] for _, i in runs)
-            print(f"| {how} | {size} (rarest class: {tail}) | {100 * few:.1f} | {100 * (s['few'] - few):.2f} | "
-                  f"{100 * statistics.median(m['balanced'] for m, _ in runs):.1f} | "
+            print(f"| {how} | {size} (rarest class: {tail}) | {100 * few:.1f} | {100 * (reference['few'] - few):.2f} "
+                  f"| {100 * statistics.median(m['balanced'] for m, _ in runs):.1f} | "
                   f"{100 * statistics.median(m['worst'] for m, _ in runs):.1f} |", flush=True)
+
+
+def summary(results: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Medians over the runs, and each run's Few/worst drop against its own FP32, with the repair's targets."""
+    labels = [k for k in next(iter(results.values())) if not k.startswith("teacher")]
+    print(f"summary over {len(results)} run(s): medians; drops in points against each run's own FP32, per run")
+    print("| model | size (MB) | batch-1 ms | batch-32 ms | balanced | few | worst | Few drop per run | "
+          "worst drop per run | size vs INT8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    verdicts = []
+    for label in labels:
+        rows = [r[label] for r in results.values()]
+        med = {k: statistics.median(x[k] for x in rows) for k in ("mb", "b1", "b32", "balanced", "few", "worst")}
+        fps = [r["student FP32"] for r in results.values()]
+        few_drop = [100 * (f["few"] - x["few"]) for f, x in zip(fps, rows)]
+        worst_drop = [100 * (f["worst"] - x["worst"]) for f, x in zip(fps, rows)]
+        base = label.removesuffix(" repaired")
+        ratio = max(x["mb"] / r[base]["mb"] for x, r in zip(rows, results.values())) if base != label else None
+        print(f"| {label} | {med['mb']:.2f} | {med['b1']:.3f} | {med['b32']:.2f} | {100 * med['balanced']:.1f} | "
+              f"{100 * med['few']:.1f} | {100 * med['worst']:.1f} | {' / '.join(f'{d:.2f}' for d in few_drop)} | "
+              f"{' / '.join(f'{d:.2f}' for d in worst_drop)} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+        if ratio is not None:
+            met = all(d <= 1 for d in few_drop) and all(d <= 2 for d in worst_drop) and ratio <= 1.5
+            verdicts.append(f"{label}: target (Few drop <= 1 and worst drop <= 2 points on every run, at most 1.5x "
+                            f"the INT8 size) {'met' if met else 'NOT met'}")
+    print("\n" + "\n".join(verdicts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--methods", nargs="+", default=["minmax"],
+                        help="INT8 variants to compare: method[:calibration[:per-tensor]], e.g. minmax entropy "
+                             "percentile minmax:head:per-tensor")
+    parser.add_argument("--repair", action="store_true", help="also repair each INT8 model toward the run's int8 "
+                                                              "gates on its held-out images")
+    parser.add_argument("--teacher", action="store_true", help="also measure the teacher, exported to ONNX")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[], help="calibration sample sizes to sweep")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds of the sweep")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of repeated runs per latency")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, onnxruntime {ort.__version__}, torch {torch.__version__}; CPU flags: "
+          f"{' '.join(json.loads((args.runs[0] / 'report.json').read_text())['environment'].get('cpu_flags', []))}\n")
+    work = Path(tempfile.mkdtemp(prefix="ltcompress-deploy-"))
+    results = {run.name: bench_run(run, args, work) for run in args.runs}
+    if len(results) > 1 or args.repair:
+        summary(results)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ KEYWORDS = {
     "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
     "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
     "device": "run.device", "int8": "export.int8", "student_init": "student.init", "student_weights": "student.weights",
+    "int8_repair": "export.int8_repair",
 }
 
 
@@ -62,6 +63,8 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
             raise TypeError(f"compress() got an unexpected keyword argument {key!r}")
         if value is not None:
             flat[KEYWORDS[key]] = tuple(value) if key == "gates" else value
+    if keywords.get("int8_repair"):  # a repair of an INT8 model that is not built would be a surprise
+        flat.setdefault("export.int8", True)
     dataset = flat.get("data.dataset")
     if preset is None and dataset in config_mod.list_presets():
         preset = dataset  # --dataset cifar10-lt brings that dataset's preset (n_max, epochs, ...)
@@ -78,10 +81,10 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
     ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init,
     student_init, student_weights, data_dir, method_args, seed, device, int8 (also export a calibrated INT8
-    model, stage ``int8``). `resume=True` continues the interrupted run named by `name` from its last checkpoint
-    (the settings must be the same). Under torchrun every rank trains and rank 0 alone writes the run and
-    returns the result; the other ranks return None. Raises an LTCompressError subclass for errors; a failed
-    gate is not an error.
+    model, stage ``int8``), int8_repair (INT8 with its tail-aware repair). `resume=True` continues the
+    interrupted run named by `name` from its last checkpoint (the settings must be the same). Under torchrun
+    every rank trains and rank 0 alone writes the run and returns the result; the other ranks return None.
+    Raises an LTCompressError subclass for errors; a failed gate is not an error.
     """
     from ltcompress import checkpoint, dist, rundir
     from ltcompress.errors import Interrupted, StorageError
@@ -276,8 +279,8 @@ def _export(plan: Plan, run: Any, student: Any, teacher: Any,
 
     cfg, data = plan.cfg, plan.data
     onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
-    described = report.model_metadata(data, cfg.method.name, teacher_sha, onnx_export.INPUT_NAME)
-    onnx_export.embed_metadata(onnx_path, described)
+    described = report.model_metadata(data, cfg, teacher_sha, onnx_export.INPUT_NAME)
+    onnx_export.embed_metadata(onnx_path, {**described, "ltcompress.stage": "fp32"})
     if not cfg.export.int8:
         return onnx_path, None, None, None
     int8_path, repaired = run.file("student.int8.onnx"), None
@@ -289,9 +292,9 @@ def _export(plan: Plan, run: Any, student: Any, teacher: Any,
                                    plan.device, cfg.run.eval_batch_size)
             repaired = repair.repair(quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export,
                                      Path(tmp), plan.progress)
-    for path in (int8_path, int8_path.with_name(repair.UNREPAIRED)):
+    for path, stage in ((int8_path, "int8"), (int8_path.with_name(repair.UNREPAIRED), "int8 before repair")):
         if path.is_file():
-            onnx_export.embed_metadata(path, described)
+            onnx_export.embed_metadata(path, {**described, "ltcompress.stage": stage})
     return onnx_path, int8_path, info, repaired
 
 
@@ -305,6 +308,9 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     from ltcompress.methods import method_info
 
     cfg, data, result = plan.cfg, plan.data, out.verification
+    stamp = {"ltcompress.report_sha256": report.results_sha256(plan.resolved, result.stages, out.gate_results)}
+    for path in filter(None, (out.onnx_path, out.int8_path)):  # before report.artifacts takes their sha256
+        onnx_export.embed_metadata(path, stamp)
     rep = report.build(
         run=run, config=plan.resolved, gates=out.gate_results, stages=result.stages,
         parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
@@ -314,7 +320,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
         flips=result.flips,
         tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
-        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export.opset),
+        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export, data.spec),
         int8_repair=out.repair)
     html = report.render_html(rep)
     if not result.parity_ok:

@@ -144,7 +144,7 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
 
 
 @cli.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", type=click.Path(exists=True))
 @click.option("--dataset", help="Dataset to measure on (default: the one the export was trained on).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--gate", "gates", multiple=True, metavar="EXPR",
@@ -154,8 +154,9 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result to this new file.")
 def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[str, ...], settings: tuple[str, ...],
            json_out: str | None) -> None:
-    """Re-verify an export without training: PATH is a run directory or its bundle/. Runs the ONNX model(s)
-    with ONNX Runtime on the test split, prints per-stage metrics and flips, and evaluates the gates.
+    """Re-verify an export without training: PATH is a run directory, its bundle/, or one exported .onnx file
+    (which says from its own metadata what data it was made for). Runs the ONNX model(s) with ONNX Runtime on
+    the test split, prints per-stage metrics and flips, and evaluates the gates.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 5 gate failed, 7 I/O.
     """
@@ -193,7 +194,8 @@ def _exit_on_failed_repair(repair: dict[str, Any] | None, where: Path) -> None:
     """Exit 5 when the INT8 repair spent its budget before the int8 gates passed on the held-out images."""
     if repair and not repair["met"]:
         nodes = ", ".join(n["node"] for n in repair["nodes"]) or "none"
-        failing = "; ".join(f"'{g['gate']}' ({_shown(g['value'])})" for g in repair["gates_after"] if not g["passed"])
+        failing = "; ".join(f"'{g['gate']}' ({_shown(g['value'])}, expected {_shown(g.get('expected'))})"
+                            for g in repair["gates_after"] if not g["passed"])
         click.echo(f"ltcompress: the INT8 repair did not meet the int8 gates on the held-out images within its "
                    f"budget ({repair['stopped']}): returned {len(repair['nodes'])} node(s) to FP32 ({nodes}) and "
                    f"still {failing}; raise export.repair_budget or export.repair_max_size, or see {where}",

@@ -123,6 +123,7 @@ class ExportConfig:
     repair_holdout: float = 0.1  # share of each class's training images set aside before training (no val_list)
     repair_budget: int = 8  # nodes the repair may return to FP32
     repair_max_size: float = 1.5  # the repaired file may be at most this many times the INT8 file's size
+    speed_budget_s: float = 1.0  # seconds per model and batch size (1, 32) to measure ORT latency; 0: skip
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ def _repair_checks(e: ExportConfig) -> list[tuple[bool, str]]:
                                       "--int8-repair, which does both)"),
         (e.repair_budget >= 1, f"export.repair_budget is {e.repair_budget}: it counts the nodes the INT8 repair "
                                f"may return to FP32 and must be at least 1 (turn the repair off instead)"),
+        (e.speed_budget_s >= 0, "export.speed_budget_s must be 0 (do not measure) or more"),
         (e.repair_max_size >= 1, "export.repair_max_size must be at least 1 (times the INT8 file's size)"),
         (0 < e.repair_holdout <= 0.5, "export.repair_holdout must be in (0, 0.5] (the share of each class's "
                                       "training images set aside for the repair's decisions)"),

@@ -128,15 +128,20 @@ def check_applicable(gates: list[Gate], groups: Mapping[str, list[int]], stages:
 
 def evaluate(gates: list[Gate], stage_metrics: Mapping[str, Mapping[str, Any]],
              predictions: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
-             groups: Mapping[str, list[int]] | None = None, class_names: tuple[str, ...] = ()) -> list[GateResult]:
+             groups: Mapping[str, list[int]] | None = None, class_names: tuple[str, ...] = (),
+             flips: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[GateResult]:
     """Every gate's value and verdict; a value that does not exist (an empty group) fails its gate.
-    flip() gates need the stages' predictions, the test labels and the groups."""
+    flip() gates need the stages' predictions, the test labels and the groups, or `flips`: flip summaries per
+    (a, b) pair measured another way (the INT8 repair's expected flips)."""
     results = []
     for gate in gates:
         if gate.kind == "flip":
             a, b = gate.stages
-            assert predictions is not None and labels is not None and groups is not None
-            value = _pick(flip_rates(predictions[a], predictions[b], labels, dict(groups), class_names), gate)
+            if flips is not None:
+                value = _pick(flips[(a, b)], gate)
+            else:
+                assert predictions is not None and labels is not None and groups is not None
+                value = _pick(flip_rates(predictions[a], predictions[b], labels, dict(groups), class_names), gate)
         elif gate.kind == "drop":
             first, second = (_pick(stage_metrics[s], gate) for s in gate.stages)
             value = None if first is None or second is None else first - second

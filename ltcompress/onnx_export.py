@@ -58,12 +58,12 @@ def _forward_args(model: nn.Module) -> list[str]:
 
 
 def embed_metadata(path: Path, props: dict[str, str]) -> None:
-    """Write `props` into the model's ONNX metadata_props (replacing earlier ltcompress.* entries), so the file
+    """Write `props` into the model's ONNX metadata_props (replacing entries with the same keys), so the file
     describes itself: class names and the evaluation preprocessing travel with the model, not beside it."""
     import onnx
 
     model = onnx.load(str(path))
-    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("ltcompress.")]
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     for key, value in [*kept, *props.items()]:
         model.metadata_props.add(key=key, value=value)
@@ -159,11 +159,15 @@ class Quantizer:
         self.nodes = [n.name for n in graph.node if n.op_type in quantizable]
         self._quantize(workdir / "calibrated.onnx", iter(calibration), (), None)
 
-    def write(self, path: Path, exclude: tuple[str, ...] | list[str] = (), only: list[str] | None = None) -> Path:
+    def write(self, path: Path, exclude: tuple[str, ...] | list[str] = (), only: list[str] | None = None,
+              int8_weights: tuple[str, ...] | list[str] = ()) -> Path:
         """The INT8 model at `path` (written under a temporary name and renamed): every quantizable node but
-        those in `exclude`, or only the nodes in `only`."""
+        those in `exclude`, or only the nodes in `only`. Excluded nodes named in `int8_weights` compute in
+        float but keep their weights stored as int8 (see store_weights_int8)."""
         with staged(path) as tmp:
             self._quantize(tmp, None, tuple(exclude), only)
+            if int8_weights:
+                store_weights_int8(tmp, set(int8_weights))
         return path
 
     def _quantize(self, out: Path, calibration: Iterator[np.ndarray] | None, exclude: tuple[str, ...],
@@ -184,6 +188,44 @@ class Quantizer:
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[self.method], nodes_to_exclude=list(exclude),
                             nodes_to_quantize=only, calibration_cache_path=str(self.ranges))
+
+
+def store_weights_int8(path: Path, nodes: set[str]) -> None:
+    """Store the float weights of `nodes` (Conv, Gemm, MatMul) as int8, symmetric per output channel, behind a
+    DequantizeLinear: the node computes in float (ONNX Runtime folds the constant DequantizeLinear when the
+    model loads) but the file stays INT8-sized. On the models we measured the tail's INT8 damage came from
+    quantized activations, not weights, so a node repaired this way recovers what a float node does."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    dequantize = []
+    for node in graph.node:
+        if (node.name not in nodes or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2
+                or node.input[1] not in weights):
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        axis = {"Conv": 0, "MatMul": 1, "Gemm": 0 if trans_b else 1}[node.op_type]  # the output channels
+        name = node.input[1]
+        w = numpy_helper.to_array(weights[name]).astype(np.float32)
+        if w.ndim < 2:
+            continue
+        scale = np.maximum(np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1), 1e-12) / 127.0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(weights[name])
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                                  numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero")])
+        dequantize.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                                           [name], name=f"{name}_DequantizeWeight", axis=axis))
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(dequantize + rest)  # constant inputs only: first is a valid topological order
+    onnx.save(model, str(path))
 
 
 def prepare(fp32_path: Path, out: Path) -> Any:

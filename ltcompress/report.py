@@ -3,6 +3,7 @@ gate passed)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -14,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ltcompress.config import CompressConfig, bundled_dir
+from ltcompress.config import CompressConfig, ExportConfig, bundled_dir
 from ltcompress.rundir import (RunDir, atomic_write_bytes, atomic_write_text, io_errors, link_or_copy, sha256_file,
                                temp_name, write_json)
 
@@ -46,8 +47,8 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
-          student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any], gates: list[dict[str, Any]],
-          flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
+          student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any],
+          gates: list[dict[str, Any]], flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
           device: str, tail_losses: dict[str, Any] | None = None,
           int8_repair: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
@@ -200,35 +201,62 @@ def data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> d
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
         "skipped_images": len(data.skipped), "skipped": list(data.skipped),
         "excluded_test_classes": list(data.excluded_test_classes),
+        "held_out": held_out(data),
         "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
                      "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
                      "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},
     }
 
 
+def held_out(data: Any) -> dict[str, Any] | None:
+    """The held-out images (INT8 repair): where from, how many, and the (share, seed) of a training slice, which
+    `ltcompress verify` repeats so its shot groups count the same training images."""
+    if data.val is None:
+        return None
+    share, seed = data.held_out or (None, None)
+    return {"source": data.val_source, "images": len(data.val), "share": share, "seed": seed}
+
+
 def artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None,
-               opset: int) -> dict[str, Any]:
+              export: ExportConfig, spec: Any) -> dict[str, Any]:
+    """The exported files (paths, sha256, sizes), the INT8 calibration, and each model's measured latency."""
+    from ltcompress.verify import speed
+
     out: dict[str, Any] = {"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
                            "onnx_sha256": sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size,
-                           "opset": opset}
+                           "opset": export.opset}
     if int8_path is not None:
         out.update({"student_int8_onnx": str(int8_path), "int8_sha256": sha256_file(int8_path),
                     "int8_bytes": int8_path.stat().st_size, "int8": int8_info})
+    models = {"fp32": onnx_path, **({"int8": int8_path} if int8_path is not None else {})}
+    out["latency_ms"] = speed(models, (spec.channels, spec.size, spec.size), export.speed_budget_s)
     return out
 
 
-def model_metadata(data: Any, method: str, teacher_sha256: str | None, input_name: str) -> dict[str, str]:
+def model_metadata(data: Any, cfg: CompressConfig, teacher_sha256: str | None, input_name: str) -> dict[str, str]:
     """What every exported ONNX file carries in its metadata_props: enough to run it without side files (class
-    names, the evaluation preprocessing) and to trace it (ltcompress version, method and its reading, the
-    teacher's sha256, the data fingerprint)."""
+    names, the evaluation preprocessing), to measure it again (the data settings, the input spec) and to trace
+    it (ltcompress version, method and its reading, the teacher's sha256, the data fingerprint; the report's
+    hash is added once the report's results exist, see results_sha256)."""
     from ltcompress.methods import method_info
 
-    info = method_info(method)
-    return {"ltcompress.version": versions()["ltcompress"], "ltcompress.method": method,
+    info = method_info(cfg.method.name)
+    return {"ltcompress.version": versions()["ltcompress"], "ltcompress.method": cfg.method.name,
             "ltcompress.method_status": info.status, "ltcompress.method_reading": info.reading,
             "ltcompress.teacher_sha256": teacher_sha256 or "", "ltcompress.data_fingerprint": data.fingerprint,
             "ltcompress.class_names": json.dumps(list(data.class_names)),
-            "ltcompress.preprocess": json.dumps(preprocess(data, input_name))}
+            "ltcompress.preprocess": json.dumps(preprocess(data, input_name)),
+            "ltcompress.data": json.dumps(dataclasses.asdict(cfg.data)),
+            "ltcompress.input": json.dumps(dataclasses.asdict(data.spec)),
+            "ltcompress.held_out": json.dumps(held_out(data))}
+
+
+def results_sha256(config: dict[str, Any], stages: dict[str, Any], gates: list[dict[str, Any]]) -> str:
+    """sha256 of report.json's results (its `config`, `stages` and `gates`, as canonical JSON), which every model
+    file of the run carries as `ltcompress.report_sha256`: a report and a model belong together when it matches.
+    (The report records the models' own sha256, so the models cannot carry the whole file's hash.)"""
+    text = json.dumps({"config": config, "stages": stages, "gates": gates}, sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def preprocess(data: Any, input_name: str) -> dict[str, Any]:

@@ -35,8 +35,12 @@ class VerifyResult:
 
 
 def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
-    """(layout, {stage: model file}, recorded report) for a run directory or a bundle."""
+    """(layout, {stage: model file}, recorded report) for a run directory, a bundle, or one .onnx file (whose
+    metadata stands in for the report)."""
     folder = Path(path)
+    if folder.is_file():
+        stage, recorded = from_metadata(folder)
+        return "model", {stage: folder}, recorded
     for layout, (fp32, int8) in LAYOUTS.items():
         if (folder / fp32).is_file():
             models = {"fp32": folder / fp32, **({"int8": folder / int8} if (folder / int8).is_file() else {})}
@@ -44,7 +48,48 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
                 break
             return layout, models, read_report(folder / "report.json")
     raise UsageError(f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
-                     f"(model.onnx, report.json); pass runs/<name> or runs/<name>/bundle")
+                     f"(model.onnx, report.json); pass runs/<name>, runs/<name>/bundle or an exported .onnx file")
+
+
+def model_props(path: Path) -> dict[str, str]:
+    """A model's ONNX metadata_props, read without its weights (a damaged file is named: rundir.read_errors)."""
+    import onnx
+
+    from ltcompress.rundir import read_errors
+
+    with read_errors(path, "export it again, or copy it again from its run"):
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def from_metadata(path: Path) -> tuple[str, dict[str, Any]]:
+    """The stage and the report-like facts (data settings, input spec, class names) a bare .onnx carries; a model
+    without them cannot be measured on the right data and is a usage error, never a guess."""
+    props = model_props(path)
+    needed = ("ltcompress.data", "ltcompress.input", "ltcompress.class_names")
+    missing = [k for k in needed if k not in props]
+    if missing:
+        raise UsageError(f"{path} carries no {', '.join(missing)} metadata, so it cannot say what data it was made "
+                         f"for; verify its run directory or bundle instead (models exported by older ltcompress "
+                         f"versions lack it)")
+    try:
+        data, spec, names = (json.loads(props[k]) for k in needed)
+    except ValueError:
+        raise VerificationError(f"{path}: its ltcompress metadata is not valid JSON; export it again") from None
+    held = json.loads(props.get("ltcompress.held_out", "null"))
+    stage = "int8" if props.get("ltcompress.stage", "fp32").startswith("int8") else "fp32"
+    return stage, {"config": {"data": data}, "data": {"input": spec, "class_names": names, "held_out": held},
+                   "stages": {}}
+
+
+def report_matches(models: dict[str, Path], recorded: dict[str, Any]) -> bool | None:
+    """Whether the models carry the hash of this report's results (None when either side predates it)."""
+    from ltcompress.report import results_sha256
+
+    if not all(k in recorded for k in ("config", "stages", "gates")):
+        return None
+    want = results_sha256(recorded["config"], recorded["stages"], recorded["gates"])
+    stamps = {model_props(path).get("ltcompress.report_sha256") for path in models.values()}
+    return None if stamps == {None} else stamps == {want}
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -88,6 +133,10 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
 
     folder = Path(path)
     layout, models, recorded = locate(folder)
+    matches = report_matches(models, recorded) if layout != "model" else None
+    if matches is False:
+        log.warning("%s: the model file(s) do not carry this report's hash (ltcompress.report_sha256): the report "
+                    "describes another export; the recorded numbers below are not this model's", folder)
     # a damaged model is named before minutes of data loading, not after
     dims = {stage: verify_stage.onnx_input_dims(model) for stage, model in models.items()}
     parsed = [gate_mod.parse(g) for g in gates]
@@ -102,7 +151,11 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     if out is not None and out.exists():
         raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")
     cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
-    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims["fp32"])
+    dims_in = next(iter(dims.values()))  # every model of an export takes the same input
+    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims_in)
+    held = recorded["data"].get("held_out") or {}
+    if held.get("share") and cfg.data.dataset == recorded["config"]["data"]["dataset"]:
+        data = data_stage.hold_out(data, held["share"], held["seed"])  # the training counts the groups came from
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
 
@@ -119,7 +172,7 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
                                                                                        models.items()},
                          "data": dataclasses.asdict(cfg.data), "passed": result.passed, "gates": results,
                          "failed_gates": result.failed_gates, "stages": stages, "flips": flips,
-                         "recorded_stages": result.recorded})
+                         "recorded_stages": result.recorded, "report_matches_model": matches})
     return result
 
 

@@ -90,6 +90,30 @@ def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: i
     return 1000 * statistics.median(times)
 
 
+def speed(models: dict[str, Path], shape: tuple[int, int, int], budget_s: float) -> dict[str, Any] | None:
+    """Median ONNX Runtime CPU latency of each exported model at batch 1 and 32 (ORT's default threads), and
+    INT8's speed-up over FP32: INT8 is not faster everywhere (small inputs, CPUs without VNNI), and the report
+    says so rather than letting a user assume it. None when export.speed_budget_s is 0."""
+    if budget_s <= 0:
+        return None
+    out: dict[str, Any] = {"budget_s": budget_s, "threads": "onnxruntime default"}
+    for batch in (1, 32):
+        x = np.zeros((batch, *shape), np.float32)
+        row = {stage: round(latency_ms(path, x, budget_s), 4) for stage, path in models.items()}
+        if "int8" in row:
+            row["int8_speedup"] = round(row["fp32"] / row["int8"], 3)
+        out[f"batch_{batch}"] = row
+    if "int8" in models:
+        slower = [b for b in (1, 32) if out[f"batch_{b}"]["int8_speedup"] < 1.2]
+        out["int8_worth_it"] = not slower
+        if slower:
+            out["note"] = (f"INT8 is less than 1.2x faster than FP32 here at batch {' and '.join(map(str, slower))} "
+                           f"(this CPU, onnxruntime's default threads): ship FP32 for speed on a CPU like this one, "
+                           f"INT8 for size; measure on the target device")
+            log.warning("verify: %s", out["note"])
+    return out
+
+
 def onnx_input_dims(onnx_path: Path) -> list[int]:
     """The model's input shape (0 for a dynamic axis), read from the file without loading its weights."""
     import onnx

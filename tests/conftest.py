@@ -22,6 +22,7 @@ TINY = {
     "data.n_max": 100, "data.imbalance": 10, "data.test_per_class": 30,
     "data.many_threshold": 50, "data.few_threshold": 15,
     "teacher.train.epochs": 2, "student.train.epochs": 2,
+    "export.speed_budget_s": 0.05,  # latency measured, but briefly: tests never judge wall-clock times
 }
 TINY_MODELS = {"teacher": "test_resnet", "student": "test_efficientnet"}
 

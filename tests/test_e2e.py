@@ -24,7 +24,7 @@ from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "student", "method",
-               "artifacts", "config", "environment", "command", "flips", "tail_losses"}
+               "artifacts", "config", "environment", "command", "flips", "tail_losses", "int8_repair"}
 COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
 
 
@@ -133,6 +133,13 @@ def test_report_keys_and_values(passed_run):
     assert rep["teacher"]["weights_sha256"] == sha256_file(run / "teacher.safetensors")
     assert rep["method"]["name"] == "bkd" and rep["method"]["status"] == "exact"
     assert rep["artifacts"]["onnx_sha256"] == sha256_file(run / "student.onnx")
+    speed = rep["artifacts"]["latency_ms"]
+    for batch in ("batch_1", "batch_32"):
+        assert speed[batch]["fp32"] > 0 and speed[batch]["int8"] > 0
+        assert speed[batch]["int8_speedup"] == pytest.approx(speed[batch]["fp32"] / speed[batch]["int8"], rel=1e-2)
+    worth = all(speed[b]["int8_speedup"] >= 1.2 for b in ("batch_1", "batch_32"))
+    assert speed["int8_worth_it"] is worth and ("note" in speed) is not worth  # said, whichever way it went
+    assert "<h2>Size and speed</h2>" in (run / "report.html").read_text()
 
 
 def _check_tail_losses(tail, matrix, pred, labels, names, shot_groups):
@@ -222,6 +229,42 @@ def test_exported_models_describe_themselves(passed_run):
         assert meta["ltcompress.teacher_sha256"] == rep["teacher"]["weights_sha256"]
         assert meta["ltcompress.version"] == rep["environment"]["versions"]["ltcompress"]
         assert meta["ltcompress.data_fingerprint"] == rep["data"]["fingerprint"]
+
+
+def test_models_carry_their_reports_hash_and_verify_measures_a_bare_model(passed_run, tmp_path, capsys):
+    from conftest import run_cli
+    from ltcompress.report import results_sha256
+
+    run, _ = passed_run
+    rep = json.loads((run / "report.json").read_text())
+    stamp = results_sha256(rep["config"], rep["stages"], rep["gates"])
+    for name in ("student.onnx", "student.int8.onnx", "bundle/model.int8.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(run / name)).metadata_props}
+        assert meta["ltcompress.report_sha256"] == stamp, name
+    # one .onnx file alone: its metadata says what data it was made for (no report, no side files)
+    bare = tmp_path / "copied.onnx"
+    bare.write_bytes((run / "student.int8.onnx").read_bytes())
+    code, _, err = run_cli(["verify", str(bare), "--gate", "int8.few >= 0", "--json", str(tmp_path / "v.json")],
+                           capsys)
+    assert code == 0, err
+    got = json.loads((tmp_path / "v.json").read_text())
+    assert list(got["stages"]) == ["int8"] and got["layout"] == "model"
+    assert got["stages"]["int8"]["per_class"] == rep["stages"]["int8"]["per_class"]
+    stripped = onnx.load(str(bare))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "plain.onnx"))
+    code, _, err = run_cli(["verify", str(tmp_path / "plain.onnx")], capsys)
+    assert code == 2 and "carries no ltcompress.data" in err
+    # a bundle whose report was swapped for another's is said to be so
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in ("model.onnx", "labels.json", "preprocess.json"):
+        (bundle / f).write_bytes((run / "bundle" / f).read_bytes())
+    other = {**rep, "stages": {**rep["stages"], "fp32": {**rep["stages"]["fp32"], "few": 0.123}}}
+    (bundle / "report.json").write_text(json.dumps(other))
+    code, _, err = run_cli(["verify", str(bundle), "--json", str(tmp_path / "b.json")], capsys)
+    assert code == 0 and "do not carry this report's hash" in err
+    assert json.loads((tmp_path / "b.json").read_text())["report_matches_model"] is False
 
 
 def test_failed_gate_is_exit_5_report_written_no_bundle_and_teacher_reused(passed_run, workdir, monkeypatch,

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
@@ -89,6 +90,31 @@ def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_
     assert "QuantizeLinear" not in ops  # with every listed node excluded, nothing is quantized
     only = onnx.load(str(q.write(tmp_path / "one.onnx", only=[q.nodes[0]]))).graph.node
     assert 0 < sum(n.op_type == "QuantizeLinear" for n in only) <= 3
+
+
+def test_a_repaired_node_computes_in_float_with_its_weights_stored_int8(tmp_path):
+    torch.manual_seed(0)
+    fp32 = export(models.create("test_efficientnet", 4, 3).eval(), InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB",
+                                                                              32), tmp_path / "m.onnx", 18)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 32, 32)).astype(np.float32)
+    q = Quantizer(fp32, iter([x]), tmp_path)
+    back = [n for n in q.nodes if q.op_types[n] in ("Conv", "Gemm")][-3:]
+    floated = q.write(tmp_path / "float.onnx", exclude=back)
+    stored = q.write(tmp_path / "stored.onnx", exclude=back, int8_weights=back)
+    assert stored.stat().st_size < floated.stat().st_size
+    graph = onnx.load(str(stored)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    for name in back:
+        node = next(n for n in graph.node if n.name == name)
+        weight = producers[node.input[1]]  # the weight comes through a DequantizeLinear of int8 values
+        assert weight.op_type == "DequantizeLinear" and inits[weight.input[0]].data_type == onnx.TensorProto.INT8
+    onnx.checker.check_model(str(stored))
+    run = {p.name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+           for p in (floated, stored)}
+    scale = np.abs(run["float.onnx"]).max()
+    assert np.abs(run["float.onnx"] - run["stored.onnx"]).max() < 0.05 * scale  # int8 weights, float compute
 
 
 # A long-tailed folder where per-tensor ranges calibrated on the head class alone clip the tail: the head is dark,
@@ -187,3 +213,11 @@ def test_val_list_belongs_to_imagefolder(tmp_path, capsys):
     code, _, err = run_cli(["run", "--no-progress", "--set", "data.val_list=v.txt", "--runs-dir", str(tmp_path)],
                            capsys)
     assert code == 2 and "data.val_list is read by the imagefolder dataset" in err
+
+
+def test_compress_int8_repair_keyword_builds_the_int8_model_it_repairs():
+    from ltcompress.api import build_config
+
+    cfg = build_config(int8_repair=True)
+    assert cfg.export.int8 and cfg.export.int8_repair
+    assert not build_config(int8_repair=False).export.int8

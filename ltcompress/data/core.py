@@ -78,6 +78,7 @@ class LTData:
     excluded_test_classes: tuple[str, ...] = ()  # test class folders left out (data.unknown_test_classes=exclude)
     val: Split | None = None  # held-out images the INT8 repair decides on (never trained on, never the test set)
     val_source: str = ""  # where `val` comes from, as the report states it
+    held_out: tuple[float, int] | None = None  # (share, seed) when `val` was sliced from the training set
 
     @property
     def num_classes(self) -> int:
@@ -114,7 +115,7 @@ def hold_out(data: LTData, share: float, seed: int) -> LTData:
               f"(seed {seed}), {len(val_idx)} images")
     return dataclasses.replace(data, train=take(data.train, keep), val=take(data.train, val_idx),
                                class_counts=np.bincount(labels[keep], minlength=data.num_classes),
-                               fingerprint=h.hexdigest(), val_source=source)
+                               fingerprint=h.hexdigest(), val_source=source, held_out=(share, seed))
 
 
 def counts_text(counts: np.ndarray) -> str:
