@@ -123,7 +123,7 @@ class ExportConfig:
     repair_holdout: float = 0.1  # share of each class's training images set aside before training (no val_list)
     repair_budget: int = 8  # nodes the repair may return to FP32
     repair_max_size: float = 1.5  # the repaired file may be at most this many times the INT8 file's size
-    speed_budget_s: float = 1.0  # seconds per model and batch size (1, 32) to measure ORT latency; 0: skip
+    speed_budget_s: float = 0.25  # seconds per model and batch size (1, 32) to measure ORT latency; 0: skip
 
 
 @dataclass(frozen=True)

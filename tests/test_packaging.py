@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_non_editable_install_has_presets_and_edge_runtime(tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info",
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "bench-runs", "build", "*.egg-info",
                                                              "__pycache__", ".pytest_cache"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -144,16 +144,12 @@ def _synth_args(root, tmp_path, name, *extra, gate="drop(fp32, int8).few <= 0.1"
             "--method", "ce", "--epochs", "15", "--no-progress", "--runs-dir", str(tmp_path), "--name", name,
             "--gate", gate, "--set", "data.input_size=32", "--set", "data.many_threshold=50",
             "--set", "data.few_threshold=10", "--set", "data.augment=crop_flip", "--set", "export.calibration=head",
-            "--set", "export.per_channel=false", "--set", "export.repair_holdout=0.25", *extra]
+            "--set", "export.per_channel=false", "--set", "export.repair_holdout=0.25",
+            "--set", "export.speed_budget_s=0", *extra]
 
 
 @pytest.mark.slow
 def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, capsys):
-    code, _, err = run_cli(_synth_args(synth, tmp_path, "plain", "--int8"), capsys)
-    assert code == 5 and "drop(fp32, int8).few" in err
-    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
-    assert plain["int8_repair"] is None and not (tmp_path / "plain" / "bundle").exists()
-
     code, _, err = run_cli(_synth_args(synth, tmp_path, "fixed", "--int8-repair", "--set", "export.repair_budget=64",
                                        "--set", "export.repair_max_size=8"), capsys)
     assert code == 0, err
@@ -166,7 +162,9 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, 
     assert [g["passed"] for g in r["gates_before"]] == [False] and [g["passed"] for g in r["gates_after"]] == [True]
     assert all(n["op_type"] and n["size_bytes"] > 0 and n["latency_ms"] > 0 for n in r["nodes"])
     assert r["nodes"][-1]["size_bytes"] <= 8 * r["int8_size_bytes"]
-    assert r["test_before"]["few"] < report["stages"]["int8"]["few"]  # the tail came back on the test set too
+    # the same student's INT8 model without the repair fails the gate on the test set; repaired, it passes
+    assert report["stages"]["fp32"]["few"] - r["test_before"]["few"] > 0.1
+    assert report["gates"][0]["passed"] and r["test_before"]["few"] < report["stages"]["int8"]["few"]
     assert (run / "student.int8.unrepaired.onnx").is_file()
     bundled = (run / "bundle" / "model.int8.onnx").read_bytes()
     assert hashlib.sha256(bundled).hexdigest() == report["artifacts"]["int8_sha256"]
