@@ -151,9 +151,11 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
               help="Gate on the fp32 or int8 stage, drop() or flip() between them; repeatable.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A data setting by dotted key, e.g. data.test_per_class=500; repeatable.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result to this new file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table (as run --json).")
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False),
+              help="Also write the result as JSON to this new file.")
 def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[str, ...], settings: tuple[str, ...],
-           json_out: str | None) -> None:
+           as_json: bool, output: str | None) -> None:
     """Re-verify an export without training: PATH is a run directory, its bundle/, or one exported .onnx file
     (which says from its own metadata what data it was made for). Runs the ONNX model(s) with ONNX Runtime on
     the test split, prints per-stage metrics and flips, and evaluates the gates.
@@ -163,12 +165,15 @@ def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[st
     from ltcompress.reverify import verify_export
 
     result = verify_export(path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"),
-                      json_out=json_out)
-    _print_outcome(result.metrics, result.flips, result.gates)
-    for stage, old in result.recorded.items():
-        click.echo(f"recorded {stage}: balanced {old['balanced']:.4f}, few "
-                   f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)")
-    _exit_on_failed_gates(result.failed_gates, Path(json_out) if json_out else None)
+                           json_out=output)
+    if as_json:
+        click.echo(json.dumps(result.document, indent=2))
+    else:
+        _print_outcome(result.metrics, result.flips, result.gates)
+        for stage, old in result.recorded.items():
+            click.echo(f"recorded {stage}: balanced {old['balanced']:.4f}, few "
+                       f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)")
+    _exit_on_failed_gates(result.failed_gates, Path(output) if output else None)
 
 
 def _print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:

@@ -201,6 +201,9 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise UsageError(f"preset {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise UsageError(f"preset {path} must be a YAML mapping of sections (data:, teacher:, ...)")
+    if isinstance(data.get("resolved"), dict):  # a run's own config.yaml: its settings, not what it derived
+        data = {k: v for k, v in data.items() if k not in ("resolved", "preset")}
+        data["run"] = {**(data.get("run") or {}), "name": None}  # a new run directory; the old one stays as it is
     return data
 
 

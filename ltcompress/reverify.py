@@ -32,6 +32,7 @@ class VerifyResult:
     metrics: dict[str, dict[str, Any]]  # fp32 (and int8) -> metrics
     flips: dict[str, dict[str, Any]]
     recorded: dict[str, dict[str, Any]] = field(repr=False)  # the same stages from the export's own report
+    document: dict[str, Any] = field(repr=False, default_factory=dict)  # all of it as JSON (--json, --output)
 
 
 def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
@@ -167,12 +168,13 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     results = [g.to_dict() for g in gate_mod.evaluate(parsed, stages, preds, labels, groups, data.class_names)]
     result = VerifyResult(folder, all(r["passed"] for r in results), results, [r for r in results if not r["passed"]],
                           stages, flips, {k: v for k, v in recorded.get("stages", {}).items() if k in stages})
+    result.document = {"path": str(folder.resolve()), "layout": layout,
+                       "models": {k: str(p) for k, p in models.items()}, "data": dataclasses.asdict(cfg.data),
+                       "passed": result.passed, "gates": results, "failed_gates": result.failed_gates,
+                       "stages": stages, "flips": flips, "recorded_stages": result.recorded,
+                       "report_matches_model": matches}
     if out is not None:
-        write_json(out, {"path": str(folder.resolve()), "layout": layout, "models": {k: str(p) for k, p in
-                                                                                       models.items()},
-                         "data": dataclasses.asdict(cfg.data), "passed": result.passed, "gates": results,
-                         "failed_gates": result.failed_gates, "stages": stages, "flips": flips,
-                         "recorded_stages": result.recorded, "report_matches_model": matches})
+        write_json(out, result.document)
     return result
 
 

@@ -157,6 +157,26 @@ def _check_tail_losses(tail, matrix, pred, labels, names, shot_groups):
         assert all(x["share"] == pytest.approx(x["images"] / lost["test_images"]) for x in lost["lost_to"])
 
 
+def test_a_run_reruns_from_its_own_config_to_the_identical_student(passed_run, workdir, monkeypatch, capsys,
+                                                                    tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    code, _, err = run_cli(["run", "--preset", str(run / "config.yaml"), "--runs-dir", str(tmp_path / "again"),
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    (again,) = (tmp_path / "again").iterdir()  # a new run directory, the original left as it was
+    first, second = load_file(run / "student.safetensors"), load_file(again / "student.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    mine, theirs = (yaml.safe_load((r / "config.yaml").read_text()) for r in (run, again))
+    for section in ("data", "teacher", "student", "method", "export"):
+        assert mine[section] == theirs[section], section
+    assert mine["gates"] == theirs["gates"] and mine["run"]["seed"] == theirs["run"]["seed"]
+
+
 def test_config_and_metrics_log(passed_run):
     run, _ = passed_run
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -244,7 +264,7 @@ def test_models_carry_their_reports_hash_and_verify_measures_a_bare_model(passed
     # one .onnx file alone: its metadata says what data it was made for (no report, no side files)
     bare = tmp_path / "copied.onnx"
     bare.write_bytes((run / "student.int8.onnx").read_bytes())
-    code, _, err = run_cli(["verify", str(bare), "--gate", "int8.few >= 0", "--json", str(tmp_path / "v.json")],
+    code, _, err = run_cli(["verify", str(bare), "--gate", "int8.few >= 0", "--output", str(tmp_path / "v.json")],
                            capsys)
     assert code == 0, err
     got = json.loads((tmp_path / "v.json").read_text())
@@ -262,7 +282,7 @@ def test_models_carry_their_reports_hash_and_verify_measures_a_bare_model(passed
         (bundle / f).write_bytes((run / "bundle" / f).read_bytes())
     other = {**rep, "stages": {**rep["stages"], "fp32": {**rep["stages"]["fp32"], "few": 0.123}}}
     (bundle / "report.json").write_text(json.dumps(other))
-    code, _, err = run_cli(["verify", str(bundle), "--json", str(tmp_path / "b.json")], capsys)
+    code, _, err = run_cli(["verify", str(bundle), "--output", str(tmp_path / "b.json")], capsys)
     assert code == 0 and "do not carry this report's hash" in err
     assert json.loads((tmp_path / "b.json").read_text())["report_matches_model"] is False
 
