@@ -48,11 +48,16 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; unknown names raise UsageError (exit 2) naming the closest valid ones."""
+    """Maps names to objects; unknown names raise UsageError (exit 2) naming the closest valid ones.
 
-    def __init__(self, kind: str) -> None:
+    `plugins` names an entry-point group (``ltcompress.methods``): on first lookup, every entry point of the
+    group installed by another package is loaded. It names a module that registers its entries when imported,
+    or a function in one that does when called; a plugin that fails to load is a warning, never a crash."""
+
+    def __init__(self, kind: str, plugins: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._plugins = plugins
 
     def register(self, name: str, target: Any, *, lazy: bool = False, **meta: Any) -> None:
         """`lazy`: `target` is a ``"module:attr"`` string imported on first use."""
@@ -61,15 +66,22 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, target, dict(meta), lazy)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._all()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._all())
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return list(self._all())
+
+    def _all(self) -> dict[str, Entry[T]]:
+        if self._plugins is not None:
+            group, self._plugins = self._plugins, None  # once, and never again from inside a plugin
+            load_plugins(group)
+        return self._entries
 
     def entry(self, name: str) -> Entry[T]:
+        self._all()
         try:
             return self._entries[name]
         except KeyError:
@@ -80,3 +92,22 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         return self.entry(name).load()
+
+
+def load_plugins(group: str) -> list[str]:
+    """Load every entry point of `group` (see Registry); returns the names of those that loaded."""
+    import logging
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=group):
+        try:
+            target = point.load()
+            if callable(target) and not isinstance(target, type):
+                target()
+            loaded.append(point.name)
+        except Exception as exc:  # another package's bug must not take the CLI down
+            logging.getLogger("ltcompress").warning(
+                "plugin %r (%s, entry point group %s) failed to load: %s: %s", point.name, point.value, group,
+                type(exc).__name__, exc)
+    return loaded

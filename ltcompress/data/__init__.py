@@ -18,7 +18,7 @@ from ltcompress.data.loader import eval_batches, train_batches
 from ltcompress.errors import UsageError
 from ltcompress.registry import Registry
 
-DATASETS: Registry[Callable[[DataConfig, Path], LTData]] = Registry("dataset")
+DATASETS: Registry[Callable[[DataConfig, Path], LTData]] = Registry("dataset", plugins="ltcompress.datasets")
 DATASETS.register("fmnist-lt", "ltcompress.data.fmnist:load_fmnist_lt", lazy=True,
                   summary="Fashion-MNIST, long-tailed training subset, balanced official test split")
 DATASETS.register("cifar10-lt", "ltcompress.data.cifar:load_cifar10_lt", lazy=True,

@@ -1,7 +1,8 @@
 """The method registry. Names, one-line descriptions and sources register here without importing torch;
 each implementation (one file per loss) loads on first use.
 
-A method registered from outside the package uses ``register_method`` with the class itself.
+A method from another package registers through the ``ltcompress.methods`` entry-point group (docs/extending.md),
+or with ``register_method`` called before the method is used.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ltcompress.registry import Registry
 if TYPE_CHECKING:
     from ltcompress.methods.base import Method
 
-METHODS: Registry[type["Method"]] = Registry("method")
+METHODS: Registry[type["Method"]] = Registry("method", plugins="ltcompress.methods")
 
 
 @dataclass(frozen=True)
