@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ltcompress.data import InputSpec, LTData, Split, iterate, to_batch
-from ltcompress.distill import pick_device
+from ltcompress.dist import pick_device
 from loop import bare_loop, fresh, sync, toolkit_loop  # bench/ is on sys.path when this script runs
 
 CLASSES = 10

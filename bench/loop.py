@@ -24,7 +24,8 @@ from ltcompress import models
 from ltcompress.config import DataConfig, TrainConfig
 from ltcompress.data import LTData, iterate, load, to_batch
 from ltcompress.data.samplers import epoch_stream
-from ltcompress.distill import LoopOptions, amp_dtype, autocast, freeze, pick_device, train
+from ltcompress.dist import pick_device
+from ltcompress.distill import LoopOptions, amp_dtype, autocast, freeze, train
 from ltcompress.logit_cache import LogitCache
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext

@@ -163,7 +163,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
     teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
     parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
-    device = dist.init_from_env(distill.pick_device(cfg.run.device))  # torchrun: join the process group
+    device = dist.init_from_env(dist.pick_device(cfg.run.device))  # torchrun: join the process group
     distill.amp_dtype(device, cfg.run.precision)
     for section, recipe in config_mod.recipes(cfg):
         SAMPLERS.get(recipe.sampler)

@@ -88,7 +88,7 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--epochs", type=int, help="Student (distillation) epochs.")
 @click.option("--teacher-epochs", type=int, help="Teacher training epochs.")
 @click.option("--seed", type=int, help="Training seed.")
-@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
 @click.option("--name", help="Run name (folder under --runs-dir); must not exist yet.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",

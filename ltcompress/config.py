@@ -131,7 +131,7 @@ class RunConfig:
     name: str | None = None
     runs_dir: str = "runs"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (CUDA: bf16, else fp16 + GradScaler; CPU: fp32) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the student (opt-in; pays off on GPUs, not on small CPUs)
     cache_dir: str | None = None

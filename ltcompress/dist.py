@@ -13,6 +13,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ltcompress.errors import UsageError
+
+
+def pick_device(name: str) -> torch.device:
+    """The device a run asks for. auto: CUDA when present, else CPU (Apple's mps when asked for: its operator coverage varies). A device
+    that is not here is exit 2, not a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    cuda_missing = not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    if (device.type == "cuda" and cuda_missing) or (device.type == "mps" and not torch.backends.mps.is_available()):
+        raise UsageError(f"--device {name}: no such device here ({torch.cuda.device_count()} CUDA device(s) "
+                         f"visible, mps {'available' if torch.backends.mps.is_available() else 'not available'}); "
+                         f"use --device auto or cpu")
+    return device
+
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()

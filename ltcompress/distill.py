@@ -46,20 +46,6 @@ def used_batch(requested: int, train_images: int) -> int:
     return min(requested, train_images)
 
 
-def pick_device(name: str) -> torch.device:
-    """auto: CUDA when present, else CPU. Asking for CUDA where there is none is exit 2, not a crash later."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                         f"use --device auto or cpu")
-    return device
-
-
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype: auto is bf16 on GPUs that have it, fp16 (with a GradScaler) on those that do not,
     and full fp32 on the CPU. None: no autocast."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -132,16 +131,20 @@ def atomic_save_file(tensors: dict[str, Any], path: Path, metadata: dict[str, st
 
 @contextlib.contextmanager
 def entry_lock(folder: Path, shared: bool = False) -> Iterator[None]:
-    """A cache entry's lock (`folder/.lock`): exclusive while one process writes the entry's files, shared
-    while others read them, so no reader ever sees one writer's metadata beside another's weights."""
+    """A cache entry's lock (`folder/.lock`, through `filelock`, so on Linux, macOS and Windows alike), held
+    while one process writes the entry's files or another reads them: no reader ever sees one writer's metadata
+    beside another's weights. `shared` says the holder only reads; readers take the lock in turn too (reads
+    are short), which keeps the lock portable."""
+    from filelock import FileLock
+
     with io_errors(folder / ".lock"):
         folder.mkdir(parents=True, exist_ok=True)
-        fh = open(folder / ".lock", "a")
+        lock = FileLock(folder / ".lock")
+        lock.acquire()
     try:
-        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
-        fh.close()  # closing releases the lock
+        lock.release()
 
 
 def sha256_file(path: Path) -> str:
@@ -180,8 +183,7 @@ class RunDir:
 
     def close(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
 
@@ -190,12 +192,14 @@ def default_name(method: str, student: str) -> str:
 
 
 def _lock(path: Path) -> RunDir:
-    with io_errors(path / ".lock"):  # a read-only file system is exit 7 naming the file, not a crash
-        lock = open(path / ".lock", "w")
+    """The run directory's lock, held until the run ends (filelock: portable; released if the process dies)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path / ".lock", timeout=0)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+        with io_errors(path / ".lock"):  # a read-only file system is exit 7 naming the file, not a crash
+            lock.acquire()
+    except Timeout:
         raise UsageError(f"run directory {path} is locked by another process") from None
     return RunDir(path, lock)
 
