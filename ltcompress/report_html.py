@@ -44,6 +44,8 @@ window.addEventListener('load', function () {
 def render(report: dict[str, Any]) -> str:
     """The whole page as one string."""
     stages = [s for s in STAGES if s in report["stages"]]
+    if not plotting():
+        log.warning('report.html: no plots, matplotlib is not installed (pip install "ltcompress[report]")')
     data = report["data"]
     names = data["class_names"]
     title = f"ltcompress report: {report['run']['name']}"
@@ -252,6 +254,9 @@ def _provenance(report: dict[str, Any]) -> str:
 def _figure(draw: Callable[[], bytes], caption: str) -> str:
     """The plot `draw` makes, embedded; or, when it cannot be drawn, a note in its place: a plot is never
     worth failing a run whose model, verdict and tables are all there."""
+    if not plotting():
+        return ("<p class='plot-missing'>Plots need matplotlib, which is not installed: <code>pip install "
+                "\"ltcompress[report]\"</code>. The tables on this page hold the same numbers.</p>")
     try:
         svg = draw()
     except Exception as exc:  # noqa: BLE001 - any plotting failure becomes a note, never a failed run
@@ -264,6 +269,15 @@ def _figure(draw: Callable[[], bytes], caption: str) -> str:
                 f"{_e(exc)}). The tables on this page hold the same numbers.</p>")
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
     return f"<figure><img src='{uri}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def plotting() -> bool:
+    """Whether report.html can have plots: matplotlib is the `report` extra (pip install "ltcompress[report]")."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _plain(text: str) -> str:

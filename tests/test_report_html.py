@@ -109,6 +109,22 @@ def test_a_plot_that_cannot_be_drawn_becomes_a_note(monkeypatch, caplog):
     assert "no room for the legend" in caplog.text
 
 
+def test_without_matplotlib_the_report_has_its_tables_and_says_how_to_get_plots(monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    html = render(_report(["a", "b"]))
+    assert "<figure>" not in html and html.count('pip install "ltcompress[report]"') == 2
+    assert "<table id='gates'>" in html and 'ltcompress[report]' in caplog.text
+
+
 def test_where_the_tail_goes_names_the_absorbing_classes():
     names = ["<big>", "b&c"]
     report = _report(names)
