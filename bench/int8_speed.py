@@ -37,6 +37,15 @@ VARIANTS = {"QDQ per-channel (ltcompress default)": (QuantFormat.QDQ, True),
             "QOperator per-tensor": (QuantFormat.QOperator, False)}
 
 
+class Reader(CalibrationDataReader):
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"input": batch}
+
+
 def build(arch: str, size: int, work: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     spec = InputSpec(size, 3, (0.5,) * 3, (0.25,) * 3, "RGB", size)
@@ -48,16 +57,9 @@ def build(arch: str, size: int, work: Path) -> dict[str, Path]:
     out = {"FP32": fp32}
     for name, (fmt, per_channel) in VARIANTS.items():
         path = work / f"{name.split()[0]}-{per_channel}-{size}.onnx"
-        reader = iter(batches)
-
-        class Reader(CalibrationDataReader):
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(reader, None)
-                return None if batch is None else {"input": batch}
-
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(str(prepared), str(path), Reader(), quant_format=fmt, per_channel=per_channel,
+            quantize_static(str(prepared), str(path), Reader(batches), quant_format=fmt, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         out[name] = path
     return out

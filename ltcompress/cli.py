@@ -18,6 +18,30 @@ from ltcompress.methods import METHODS, list_methods
 log = logging.getLogger("ltcompress")
 
 
+def _completes(names: Any, files: bool = False) -> Any:
+    """Shell completion for an option whose value is a registered name (`names()` is called only when the shell
+    asks, so --help stays instant); `files` also offers paths (a preset may be a .yaml file)."""
+    from click.shell_completion import CompletionItem
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        items = [CompletionItem(n) for n in names() if n.startswith(incomplete)]
+        return items + [CompletionItem(incomplete, type="file")] * files
+
+    return complete
+
+
+def _dataset_names() -> list[str]:
+    from ltcompress.data import DATASETS
+
+    return DATASETS.names()
+
+
+def _preset_names() -> list[str]:
+    from ltcompress.config import list_presets
+
+    return list_presets()
+
+
 def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values are parsed as YAML scalars (numbers, true/false, null, lists)."""
     out: dict[str, Any] = {}
@@ -55,12 +79,16 @@ def cli(debug: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.option("--preset", help="Built-in preset name or a .yaml file (default: fmnist-lt). See list-presets.")
+@click.option("--preset", shell_complete=_completes(_preset_names, files=True),
+              help="Built-in preset name or a .yaml file, such as a run's config.yaml (default: fmnist-lt). See "
+                   "list-presets.")
 @click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
 @click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
-@click.option("--method", help="Distillation method or baseline: " + ", ".join(
-    i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods()) + "; see list-methods.")
-@click.option("--dataset", help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
+@click.option("--method", shell_complete=_completes(METHODS.names), help="Distillation method or baseline: "
+              + ", ".join(i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods())
+              + "; see list-methods.")
+@click.option("--dataset", shell_complete=_completes(_dataset_names),
+              help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
                                 "a dataset with a preset of its name brings that preset.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--gate", "gates", multiple=True, metavar="EXPR",

@@ -17,8 +17,8 @@ from ltcompress.errors import UsageError
 
 
 def pick_device(name: str) -> torch.device:
-    """The device a run asks for. auto: CUDA when present, else CPU (Apple's mps when asked for: its operator coverage varies). A device
-    that is not here is exit 2, not a crash later."""
+    """The device a run asks for. auto: CUDA when present, else CPU (Apple's mps when asked for: its operator
+    coverage varies). A device that is not here is exit 2, not a crash later."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -251,7 +251,7 @@ class Loop:
                                 first_step=skip, generator=state.generator, mixer=self.mixer)
         for i, batch in enumerate(batches, start=skip):
             stopping = self.step(state, batch, epoch + 1 + i / self.steps, stop,
-                                 lambda x: self._teacher(x, cached, i, stored))
+                                 lambda x, i=i: self._teacher(x, cached, i, stored))
             state.step = i + 1
             bar.update(1)
             if i == skip and epoch == self.first_epoch:

@@ -1,5 +1,6 @@
 """The CLI's contract without training: instant help, registry-generated listings, exit codes for bad input."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,15 @@ def test_readme_method_table_is_the_registry_markdown(capsys):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert code == 0 and out.count("\n") == len(METHODS.names()) + 2
     assert out.strip() in readme, "README's method table differs from `ltcompress list-methods --markdown`"
+
+
+@pytest.mark.parametrize("option, prefix, expected", [("--method", "kr", "plain,krdistill"),
+                                                      ("--preset", "fmnist-lt-b", "plain,fmnist-lt-bench"),
+                                                      ("--dataset", "cifar1", "plain,cifar10-lt")])
+def test_shell_completion_offers_registered_names(option, prefix, expected):
+    from conftest import LTCOMPRESS
+
+    env = {**os.environ, "COMP_WORDS": f"ltcompress run {option} {prefix}", "COMP_CWORD": "3",
+           "_LTCOMPRESS_COMPLETE": "bash_complete"}
+    out = subprocess.run([str(LTCOMPRESS)], capture_output=True, text=True, env=env, check=True).stdout
+    assert expected in out.splitlines()

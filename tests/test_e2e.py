@@ -23,8 +23,8 @@ from ltcompress.metrics import SUMMARY_KEYS
 from ltcompress.rundir import sha256_file
 
 pytestmark = pytest.mark.slow
-REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "student", "method",
-               "artifacts", "config", "environment", "command", "flips", "tail_losses", "int8_repair"}
+REPORT_KEYS = {"schema", "run", "passed", "gates", "failed_gates", "stages", "parity", "data", "teacher", "student",
+               "method", "artifacts", "config", "environment", "command", "flips", "tail_losses", "int8_repair"}
 COUNTS = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
 
 
@@ -144,7 +144,7 @@ def test_report_keys_and_values(passed_run):
 
 def _check_tail_losses(tail, matrix, pred, labels, names, shot_groups):
     """The full confusion matrix counts the stage's predictions; the tail summary follows it, class by class."""
-    for t, name in enumerate(names):
+    for t in range(len(names)):
         for q in range(len(names)):
             assert matrix[t, q] == int(((labels == t) & (pred == q)).sum())
     assert list(tail) == shot_groups["medium"] + shot_groups["few"]

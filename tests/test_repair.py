@@ -38,9 +38,9 @@ def test_damage_is_the_class_balanced_mean_kl_of_a_naive_loop():
     assert damage(ref, out, labels, [7]) == 0.0  # a class with no held-out image says nothing
 
 
-@pytest.mark.parametrize("expr, classes", [("drop(fp32, int8).few <= 0.01", [2, 3]), ("int8.medium >= 0.5", [1]),
-                                           ("int8.class[c_tail] >= 0.5", [2]), ("flip(fp32, int8) <= 0.1", [0, 1, 2, 3]),
-                                           ("int8.worst >= 0.1", [0, 1, 2, 3])])
+@pytest.mark.parametrize("expr, classes", [
+    ("drop(fp32, int8).few <= 0.01", [2, 3]), ("int8.medium >= 0.5", [1]), ("int8.class[c_tail] >= 0.5", [2]),
+    ("flip(fp32, int8) <= 0.1", [0, 1, 2, 3]), ("int8.worst >= 0.1", [0, 1, 2, 3])])
 def test_gated_classes_are_the_classes_a_gate_reads(expr, classes):
     assert gated_classes([gate_mod.parse(expr)], GROUPS, NAMES) == classes
 
