@@ -62,6 +62,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TINY_COUNTS = [40, 20, 10, 6]  # the generated long-tailed tensors of the in-process training tests
+
+
+def tiny_data(seed: int = 0):
+    """Generated long-tailed images (a learnable corner mark per class) as an in-memory LTData."""
+    import numpy as np
+
+    from ltcompress.data import InputSpec, LTData, Split
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(TINY_COUNTS)), TINY_COUNTS)
+    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+    images[:, 0, :4, :4] = (labels * 60)[:, None, None]  # something learnable
+    spec = InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32)
+    test = Split(images[::3].copy(), labels[::3].copy())
+    return LTData(Split(images, labels), test, np.array(TINY_COUNTS), ("a", "b", "c", "d"), spec, "synthetic")
+
+
+def tiny_method(name: str, epochs: int, **params):
+    """A registered method built the way the pipeline builds it, for TINY_COUNTS."""
+    import torch
+
+    from ltcompress.methods import METHODS
+    from ltcompress.methods.base import MethodContext
+
+    cls = METHODS.get(name)
+    return cls(cls.make_params(params), MethodContext(torch.tensor(TINY_COUNTS, dtype=torch.float32), epochs))
+
+
+def tiny_distill(method_name: str = "bkd", teacher="test_resnet", *, seed: int = 0, epochs: int = 2,
+                 batch_size: int = 16, params=None, recipe=None, options=None, **train_kwargs):
+    """The one tiny in-process training the loop tests share: seed, a new `teacher` architecture (or the module
+    given, or None), test_efficientnet on tiny_data(), the method prepared, trained on the CPU. Returns
+    (student, method, result)."""
+    import torch
+
+    from ltcompress import models
+    from ltcompress.config import TrainConfig
+    from ltcompress.distill import LoopOptions, prepare_method, train
+
+    torch.manual_seed(seed)
+    if isinstance(teacher, str):
+        teacher = models.create(teacher, len(TINY_COUNTS))
+    method, data, cpu = tiny_method(method_name, epochs, **(params or {})), tiny_data(), torch.device("cpu")
+    student, _ = prepare_method(method, models.create("test_efficientnet", len(TINY_COUNTS)), teacher, data, cpu, 32)
+    result = train(student, method, data, TrainConfig(epochs=epochs, batch_size=batch_size, **(recipe or {})), cpu,
+                   stage="student", seed=seed, teacher=teacher, options=options or LoopOptions(progress=False),
+                   **train_kwargs)
+    return student, method, result
+
+
 def tiny_cli_args(**extra: str) -> list[str]:
     args = ["--teacher", TINY_MODELS["teacher"], "--student", TINY_MODELS["student"], "--no-progress"]
     for key, value in TINY.items():

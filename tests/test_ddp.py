@@ -9,11 +9,8 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from conftest import free_port, tiny_cli_args
-from ltcompress import dist, models
-from ltcompress.config import TrainConfig
-from ltcompress.distill import LoopOptions, prepare_method, train
-from test_distill import COUNTS, make, tiny_data
+from conftest import free_port, tiny_cli_args, tiny_distill
+from ltcompress import dist
 
 # Accuracy of a 2-process run against a 1-process run with the same global batch, on the 300 test images of the
 # tiny configuration. Not bit-identical: BatchNorm sees per-rank batches (half the size) and each rank augments
@@ -26,12 +23,7 @@ def _worker(rank: int, world: int, port: int, out: str, method_name: str, params
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        teacher = models.create("test_resnet", len(COUNTS))
-        method, data, cpu = make(method_name, 2, **params), tiny_data(), torch.device("cpu")
-        student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
-        result = train(student, method, data, TrainConfig(epochs=2, batch_size=16), cpu, stage="student", seed=0,
-                       teacher=teacher, options=LoopOptions(progress=False))
+        student, method, result = tiny_distill(method_name, params=params)
         torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": result.history},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:

@@ -5,35 +5,17 @@ import torch
 
 from ltcompress import models
 from ltcompress.config import TrainConfig
-from ltcompress.data import InputSpec, LTData, Split
-from ltcompress.distill import LoopOptions, prepare_method, train
+from ltcompress.distill import LoopOptions, train
 from ltcompress.methods import METHODS
-from ltcompress.methods.base import MethodContext
 
-COUNTS = [40, 20, 10, 6]
+from conftest import TINY_COUNTS, tiny_data, tiny_distill, tiny_method
 
-
-def tiny_data(seed=0):
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(len(COUNTS)), COUNTS)
-    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
-    images[:, 0, :4, :4] = (labels * 60)[:, None, None]  # something learnable
-    spec = InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32)
-    test = Split(images[::3].copy(), labels[::3].copy())
-    return LTData(Split(images, labels), test, np.array(COUNTS), ("a", "b", "c", "d"), spec, "synthetic")
-
-
-def make(name, epochs, **params):
-    cls = METHODS.get(name)
-    return cls(cls.make_params(params), MethodContext(torch.tensor(COUNTS, dtype=torch.float32), epochs))
+COUNTS = TINY_COUNTS
+make = tiny_method
 
 
 def student_after(method_name, teacher, seed=0, **recipe):
-    torch.manual_seed(seed)
-    method, data, cpu = make(method_name, 2), tiny_data(), torch.device("cpu")
-    student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
-    result = train(student, method, data, TrainConfig(epochs=2, batch_size=16, **recipe), cpu, stage="student",
-                   seed=seed, teacher=teacher, options=LoopOptions(progress=False))
+    student, _, result = tiny_distill(method_name, teacher, seed=seed, recipe=recipe)
     return student, result
 
 

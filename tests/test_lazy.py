@@ -21,7 +21,7 @@ from ltcompress.data import eval_batches, load, train_batches
 from ltcompress.data.core import streamed_stats, channel_stats
 from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.logit_cache import LogitCache
-from test_distill import make
+from conftest import tiny_method as make
 
 COUNTS = [24, 12, 6, 4]
 

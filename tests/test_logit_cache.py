@@ -3,22 +3,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ltcompress import models
-from ltcompress.config import TrainConfig
-from ltcompress.distill import LoopOptions, prepare_method, train
+from ltcompress.distill import LoopOptions
 from ltcompress.logit_cache import LogitCache
-from test_distill import COUNTS, make, tiny_data
+from conftest import TINY_COUNTS as COUNTS, tiny_distill
 
 SPEC = {"teacher_sha256": "t" * 64, "data": "d" * 64, "sampler": "instance", "seed": 0}
 
 
 def _student(method_name="bkd", cache=None, **params):
-    torch.manual_seed(0)
-    teacher = models.create("test_resnet", len(COUNTS))
-    method, data, cpu = make(method_name, 2, **params), tiny_data(), torch.device("cpu")
-    student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
-    result = train(student, method, data, TrainConfig(epochs=2, batch_size=8), cpu, stage="student", seed=0,
-                   teacher=teacher, options=LoopOptions(teacher_cache=cache, progress=False))
+    student, _, result = tiny_distill(method_name, batch_size=8, params=params,
+                                      options=LoopOptions(teacher_cache=cache, progress=False))
     return student.state_dict(), [h.get("teacher_logits") for h in result.history]
 
 

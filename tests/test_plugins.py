@@ -48,7 +48,7 @@ class BSKD(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         zs = step.student_logits.float()
-        log_n = self.ctx.class_counts.to(zs.device).log()
+        log_n = self.class_counts.log()
         log_q = F.log_softmax(step.teacher_logits.float() / self.params.T, dim=1)
         return F.cross_entropy(zs + log_n[None, :], step.targets) + tempered_kl(zs, log_q, self.params.T)
 

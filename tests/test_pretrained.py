@@ -280,7 +280,7 @@ def test_cli_maps_student_options(tmp_path):
 def test_pretrained_teacher_is_fine_tuned_with_its_recipe_and_records_it(hub, tmp_path, monkeypatch):
     """The teacher's init resolves to pretrained (from the HF cache): teacher.finetune runs, the cache key and
     teacher.json name it; a scratch teacher keeps teacher.train under another key."""
-    from test_distill import tiny_data
+    from conftest import tiny_data
 
     from ltcompress import teacher as stage
     from ltcompress.config import resolve

@@ -11,13 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_MODELS, tiny_cli_args
+from conftest import TINY_MODELS, tiny_cli_args, tiny_distill
 from ltcompress import checkpoint, models
 from ltcompress.cli import main
-from ltcompress.config import TrainConfig
-from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.rundir import atomic_torch_save
-from test_distill import COUNTS, make, tiny_data
 
 EPOCHS = 3
 
@@ -25,18 +22,12 @@ EPOCHS = 3
 def _train(stop_after_epoch=None, resume=None, saved=None):
     """Distill test_resnet -> test_efficientnet on generated data; with `stop_after_epoch`, Ctrl-C arrives then
     (the loop finishes the step it is in, checkpoints mid-epoch and raises KeyboardInterrupt)."""
-    torch.manual_seed(0)
-    teacher = models.create("test_resnet", len(COUNTS))
-    method, data, cpu = make("bkd", EPOCHS), tiny_data(), torch.device("cpu")
-    student, _ = prepare_method(method, models.create("test_efficientnet", len(COUNTS)), teacher, data, cpu, 32)
-
     def on_epoch(record):
         if record["epoch"] == stop_after_epoch:
             os.kill(os.getpid(), signal.SIGINT)
 
-    train(student, method, data, TrainConfig(epochs=EPOCHS, batch_size=8), cpu, stage="student", seed=0,
-          teacher=teacher, on_epoch=on_epoch, resume=resume, options=LoopOptions(progress=False),
-          checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)))
+    student, _, _ = tiny_distill("bkd", epochs=EPOCHS, batch_size=8, on_epoch=on_epoch, resume=resume,
+                                 checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)))
     return student
 
 

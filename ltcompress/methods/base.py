@@ -76,6 +76,8 @@ class Method(nn.Module):
         super().__init__()
         self.params = params
         self.ctx = ctx
+        # training images per class, on the method's device (it moves with the training module); not saved
+        self.register_buffer("class_counts", ctx.class_counts.float().clone(), persistent=False)
 
     def forward(self, step: StepInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -26,4 +26,4 @@ class BSCE(Method):
     uses_teacher = False
 
     def forward(self, step: StepInputs) -> torch.Tensor:
-        return bsce_loss(step.student_logits, step.targets, self.ctx.class_counts.to(step.student_logits.device))
+        return bsce_loss(step.student_logits, step.targets, self.class_counts)

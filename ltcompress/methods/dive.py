@@ -72,5 +72,5 @@ class DiVE(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        counts = self.ctx.class_counts.to(step.student_logits.device)
-        return dive_loss(step.student_logits, step.teacher_logits, step.targets, counts, p.alpha, p.tau, p.power)
+        return dive_loss(step.student_logits, step.teacher_logits, step.targets, self.class_counts, p.alpha, p.tau,
+                         p.power)

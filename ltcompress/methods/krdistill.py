@@ -125,9 +125,8 @@ class KRDistill(Method):
         p = self.params
         loss = F.cross_entropy(step.student_logits.float(), step.targets)
         if p.logit_term:
-            counts = self.ctx.class_counts.to(step.teacher_logits.device)
-            target = rectified_target(step.teacher_logits, step.targets, counts, p.T, p.tau, p.prior_after_temper,
-                                      self.swap_rows(step.targets))
+            target = rectified_target(step.teacher_logits, step.targets, self.class_counts, p.T, p.tau,
+                                      p.prior_after_temper, self.swap_rows(step.targets))
             loss = loss + p.alpha * tempered_kl(step.student_logits, target, p.T)
         if p.feature_term:
             projected = self.projector(step.student_features.float())

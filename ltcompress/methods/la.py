@@ -30,5 +30,4 @@ class LA(Method):
     uses_teacher = False
 
     def forward(self, step: StepInputs) -> torch.Tensor:
-        counts = self.ctx.class_counts.to(step.student_logits.device)
-        return la_loss(step.student_logits, step.targets, counts, self.params.tau)
+        return la_loss(step.student_logits, step.targets, self.class_counts, self.params.tau)
