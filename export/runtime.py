@@ -17,7 +17,8 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# the image files a folder holds; ltcompress's imagefolder dataset reads this very set (one list, no drift)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # torchvision's PIL mapping
 
 

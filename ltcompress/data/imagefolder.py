@@ -23,10 +23,11 @@ from ltcompress.config import DataConfig
 from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint,
                                   resolve_workers, sample_indices, source_mode, streamed_stats)
 from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list, setting_path
+from ltcompress.edge.runtime import IMAGE_SUFFIXES
 from ltcompress.errors import DataError
 
 log = logging.getLogger("ltcompress")
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SUFFIXES = IMAGE_SUFFIXES  # the edge runtime's: what trains is what a device classifies
 Entries = list[tuple[Path, int]]
 
 
