@@ -20,7 +20,8 @@ KEYWORDS = {
     "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
     "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
     "device": "run.device", "int8": "export.int8", "student_init": "student.init", "student_weights": "student.weights",
-    "int8_repair": "export.int8_repair",
+    "int8_repair": "export.int8_repair", "epochs": "student.train.epochs", "teacher_epochs": "teacher.train.epochs",
+    "teacher_cache": "run.teacher_cache",
 }
 
 
@@ -80,10 +81,11 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
     ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init,
-    student_init, student_weights, data_dir, method_args, seed, device, int8 (also export a calibrated INT8
-    model, stage ``int8``), int8_repair (INT8 with its tail-aware repair). `resume=True` continues the
-    interrupted run named by `name` from its last checkpoint (the settings must be the same). Under torchrun
-    every rank trains and rank 0 alone writes the run and returns the result; the other ranks return None.
+    student_init, student_weights, data_dir, method_args, seed, device, epochs, teacher_epochs, teacher_cache,
+    int8 (also export a calibrated INT8 model, stage ``int8``), int8_repair (INT8 with its tail-aware repair);
+    the CLI's options are these same keywords. `resume=True` continues the interrupted run named by `name` from
+    its last checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone
+    writes the run and returns the result; the other ranks return None.
     Raises an LTCompressError subclass for errors; a failed gate is not an error.
     """
     from ltcompress import checkpoint, dist, rundir
@@ -109,7 +111,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         run.write_config(plan.resolved)
         if plan.data.manifest:
             rundir.atomic_write_text(run.file("data-manifest.txt"), "\n".join(plan.data.manifest) + "\n")
-    handler = _log_to(run.file("run.log"))
+    handler = run.log_to_file(log)
     try:
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
         return _finish(plan, run, _run(plan, run, resume))
@@ -389,12 +391,3 @@ def _follow(plan: Plan, resume: bool) -> None:
 
 def _since(start: float) -> float:
     return round(time.perf_counter() - start, 2)
-
-
-def _log_to(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    return handler

@@ -141,23 +141,14 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
     """
     from ltcompress.api import compress
 
-    overrides = _key_values(settings, "--set")
-    if epochs is not None:
-        overrides["student.train.epochs"] = epochs
-    if teacher_epochs is not None:
-        overrides["teacher.train.epochs"] = teacher_epochs
-    if teacher_cache:
-        overrides["run.teacher_cache"] = True
-    if int8 or int8_repair:
-        overrides["export.int8"] = True
-    if int8_repair:
-        overrides["export.int8_repair"] = True
+    flags = {"int8": int8, "int8_repair": int8_repair, "teacher_cache": teacher_cache}  # off: the preset's value
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
-                      gates=gates or None, overrides=overrides, progress=not no_progress, name=name,
-                      runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
-                      student_init=student_init, student_weights=student_weights,
-                      data_dir=data_dir, method_args=_key_values(method_args, "--method-arg") or None, seed=seed,
-                      device=device, resume=resume)
+                      gates=gates or None, overrides=_key_values(settings, "--set"), progress=not no_progress,
+                      name=name, runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
+                      student_init=student_init, student_weights=student_weights, data_dir=data_dir,
+                      method_args=_key_values(method_args, "--method-arg") or None, seed=seed, device=device,
+                      epochs=epochs, teacher_epochs=teacher_epochs, resume=resume,
+                      **{k: True for k, on in flags.items() if on})
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if as_json:

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -177,6 +178,15 @@ class RunDir:
     def log_metrics(self, record: dict[str, Any]) -> None:
         with io_errors(self.file("metrics.jsonl")), open(self.file("metrics.jsonl"), "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def log_to_file(self, logger: logging.Logger) -> logging.Handler:
+        """`logger` also writes to the run's run.log (INFO and up); remove the handler when the run ends."""
+        handler = logging.FileHandler(self.file("run.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        return handler
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(self.file("config.yaml"), yaml.safe_dump(config, sort_keys=False))
