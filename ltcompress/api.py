@@ -75,7 +75,12 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
 def compress(teacher: str | None = None, student: str | None = None, method: str | None = None,
              dataset: str | None = None, *, gates: Sequence[str] | None = None, preset: str | None = None,
              overrides: Mapping[str, Any] | None = None, config: CompressConfig | None = None,
-             progress: bool = True, resume: bool = False, **keywords: Any) -> CompressResult | None:
+             progress: bool = True, resume: bool = False, name: str | None = None, runs_dir: str | None = None,
+             teacher_weights: str | None = None, teacher_init: str | None = None, student_init: str | None = None,
+             student_weights: str | None = None, data_dir: str | None = None,
+             method_args: Mapping[str, Any] | None = None, seed: int | None = None, device: str | None = None,
+             epochs: int | None = None, teacher_epochs: int | None = None, teacher_cache: bool | None = None,
+             int8: bool | None = None, int8_repair: bool | None = None) -> CompressResult | None:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
@@ -91,8 +96,8 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     from ltcompress import checkpoint, dist, rundir
     from ltcompress.errors import Interrupted, StorageError
 
-    cfg = config or build_config(preset, overrides, teacher=teacher, student=student, method=method,
-                                 dataset=dataset, gates=gates, **keywords)
+    given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
+    cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
     plan = _validate(cfg, progress)
     if not dist.is_main():
