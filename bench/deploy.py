@@ -34,7 +34,8 @@ from ltcompress import repair as repair_stage
 from ltcompress.config import ExportConfig
 from ltcompress.metrics import summarize
 from ltcompress.onnx_export import export, int8
-from ltcompress.teacher import cache_root, load_weights_file
+from ltcompress.rundir import cache_root
+from ltcompress.teacher import load_weights_file
 from ltcompress.verify import latency_ms, ort_logits
 
 COLUMNS = ("overall", "balanced", "few", "worst")

@@ -158,7 +158,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     import torch
 
     from ltcompress import data as data_stage
-    from ltcompress import dist, distill, gates as gate_mod, models
+    from ltcompress import dist, distill, gates as gate_mod, models, rundir
     from ltcompress import teacher as teacher_stage
     from ltcompress.data.samplers import SAMPLERS
     from ltcompress.methods import METHODS
@@ -183,7 +183,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     student_init = _student_init(cfg, student_arch)
     pre = models.pretrained_preprocessing(student_arch) if student_init[0] == "pretrained" else None
     t = time.perf_counter()
-    data = data_stage.load(cfg.data, teacher_stage.cache_root(cfg.run.cache_dir), pre)
+    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
     if cfg.export.int8_repair:
         from ltcompress.repair import set_aside
 

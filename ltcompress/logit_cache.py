@@ -79,7 +79,7 @@ def for_run(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> Lo
     if not cfg.run.teacher_cache:
         return None
     from ltcompress import dist
-    from ltcompress.teacher import cache_root
+    from ltcompress.rundir import cache_root
 
     recipe = cfg.student.train
     spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),

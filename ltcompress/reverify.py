@@ -130,7 +130,7 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     from ltcompress import gates as gate_mod
     from ltcompress import verify as verify_stage
     from ltcompress.rundir import write_json
-    from ltcompress.teacher import cache_root
+    from ltcompress.rundir import cache_root
 
     folder = Path(path)
     layout, models, recorded = locate(folder)

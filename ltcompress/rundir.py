@@ -148,6 +148,16 @@ def entry_lock(folder: Path, shared: bool = False) -> Iterator[None]:
         lock.release()
 
 
+def cache_root(configured: str | None) -> Path:
+    """Where every cache lives (teachers, teacher logits, downloaded data): ``run.cache_dir``, else
+    ``$LTCOMPRESS_CACHE``, else ``$XDG_CACHE_HOME/ltcompress`` (~/.cache/ltcompress)."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("LTCOMPRESS_CACHE"):
+        return Path(os.environ["LTCOMPRESS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ltcompress"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

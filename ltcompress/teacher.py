@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_ba
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
-from ltcompress.rundir import RunDir, atomic_torch_save, entry_lock, link_or_copy, sha256_file, write_json
+from ltcompress.rundir import (RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file,
+                               write_json)
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -37,15 +37,6 @@ CACHE_FORMAT = 1
 class Teacher:
     module: nn.Module
     provenance: dict[str, Any]
-
-
-def cache_root(configured: str | None) -> Path:
-    """``run.cache_dir``, else ``$LTCOMPRESS_CACHE``, else ``$XDG_CACHE_HOME/ltcompress`` (~/.cache/ltcompress)."""
-    if configured:
-        return Path(configured).expanduser()
-    if os.environ.get("LTCOMPRESS_CACHE"):
-        return Path(os.environ["LTCOMPRESS_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ltcompress"
 
 
 # ---------------------------------------------------------------- weights from a file
