@@ -59,7 +59,7 @@ def load_run(run: Path) -> tuple[dict, config_mod.CompressConfig, data_stage.LTD
     report = json.loads((run / "report.json").read_text())
     saved = report["config"]
     cfg = config_mod.resolve(None, {f"data.{k}": v for k, v in saved["data"].items()})
-    data = data_stage.load(cfg.data, cache_root(None))
+    data = data_stage.load(cfg.data, cache_root(cfg.run.cache_dir))
     gates = repair_stage.int8_gates([gate_mod.parse(g) for g in saved["gates"]])
     if saved["export"].get("int8_repair"):  # the same held-out images the run set aside (or its val_list)
         data = repair_stage.set_aside(data, gates, saved["export"]["repair_holdout"], saved["data"]["seed"])

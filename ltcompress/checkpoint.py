@@ -97,6 +97,9 @@ def check_same_config(run: Any, resolved: dict[str, Any]) -> None:
                          f"new run") from exc
     current = plain(resolved)
     saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
+    for section, key in (("run", "cache_dir"), ("data", "download")):  # where caches live, not what trains
+        saved.get(section, {}).pop(key, None)
+        current[section].pop(key, None)
     changed = differences(saved, current)
     if changed:
         run.close()

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ltcompress import environment
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
@@ -43,7 +44,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "fmnist-lt"
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: $LTCOMPRESS_DATA when set (filled in when resolved)
+    download: bool = True  # fetch a missing built-in dataset into the cache ($LTCOMPRESS_OFFLINE=1: false)
     n_max: int = 1000
     imbalance: float = 100.0
     profile: str = "exp"
@@ -134,7 +136,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (CUDA: bf16, else fp16 + GradScaler; CPU: fp32) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the student (opt-in; pays off on GPUs, not on small CPUs)
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # None: $LTCOMPRESS_CACHE, else ~/.cache/ltcompress (filled in when resolved)
     eval_batch_size: int = 256
     teacher_cache: bool = False  # reuse the teacher's logits from an earlier run with the same stream (exact)
 
@@ -311,7 +313,7 @@ def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
     name = preset or DEFAULT_PRESET
     merged = _deep_merge(load_preset(name), dotted_to_nested(overrides))
     merged["preset"] = name
-    cfg = _build(CompressConfig, merged, "")
+    cfg = environment.apply(_build(CompressConfig, merged, ""))  # the one place the environment is read
     _check_values(cfg)
     return cfg
 

@@ -149,13 +149,11 @@ def entry_lock(folder: Path, shared: bool = False) -> Iterator[None]:
 
 
 def cache_root(configured: str | None) -> Path:
-    """Where every cache lives (teachers, teacher logits, downloaded data): ``run.cache_dir``, else
-    ``$LTCOMPRESS_CACHE``, else ``$XDG_CACHE_HOME/ltcompress`` (~/.cache/ltcompress)."""
-    if configured:
-        return Path(configured).expanduser()
-    if os.environ.get("LTCOMPRESS_CACHE"):
-        return Path(os.environ["LTCOMPRESS_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ltcompress"
+    """Where every cache lives (teachers, teacher logits, downloaded data): ``run.cache_dir``, which resolving
+    the configuration always fills in (ltcompress.environment); the default location for a bare call."""
+    from ltcompress.environment import default_cache
+
+    return Path(configured).expanduser() if configured else default_cache({})
 
 
 def sha256_file(path: Path) -> str:

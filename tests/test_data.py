@@ -62,13 +62,16 @@ def test_fmnist_resize_upsamples_instead_of_padding(fmnist):
 
 
 def test_explicit_data_dir_without_files_is_exit_3(tmp_path, monkeypatch):
-    monkeypatch.delenv("LTCOMPRESS_DATA", raising=False)
+    from ltcompress.config import resolve
+
     with pytest.raises(DataError, match="does not hold the Fashion-MNIST files") as info:
         locate_fmnist(str(tmp_path), tmp_path)
     assert info.value.exit_code == 3
     monkeypatch.setenv("LTCOMPRESS_DATA", str(tmp_path / "nowhere"))
+    cfg = resolve(None, {})
+    assert cfg.data.data_dir == str(tmp_path / "nowhere")  # read when the config resolves, recorded in it
     with pytest.raises(DataError, match=r"\$LTCOMPRESS_DATA"):
-        locate_fmnist(None, tmp_path)
+        load_fmnist_lt(cfg.data, tmp_path)
 
 
 @pytest.mark.parametrize("payload, reason", [(b"not gzip at all", "cannot read"),

@@ -7,7 +7,6 @@ also refuse archives whose checksum it does not know.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -114,16 +113,16 @@ def _download(root: Path, fmt: CifarFormat) -> Path | None:
     return _find(root, fmt)
 
 
-def locate(fmt: CifarFormat, data_dir: str | None, cache_root: Path) -> Path:
+def locate(fmt: CifarFormat, data_dir: str | None, cache_root: Path, download: bool = True) -> Path:
     how = f"download {URL}{fmt.archive} and pass --data-dir FOLDER (the .tar.gz or its extracted folder)"
-    for label, value in (("--data-dir", data_dir), ("$LTCOMPRESS_DATA", os.environ.get("LTCOMPRESS_DATA"))):
-        if value:
-            found = _find(Path(value).expanduser(), fmt)
-            if found is None:
-                raise DataError(f"{label} {value} holds neither {fmt.archive} nor {fmt.folder}/; {how}")
-            return found
+    if data_dir:
+        found = _find(Path(data_dir).expanduser(), fmt)
+        if found is None:
+            raise DataError(f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) holds neither {fmt.archive} "
+                            f"nor {fmt.folder}/; {how}")
+        return found
     found = _find(cache_root / "data", fmt)
-    if found is None and os.environ.get("LTCOMPRESS_OFFLINE") != "1":
+    if found is None and download:
         found = _download(cache_root / "data", fmt)
     if found is None:
         raise DataError(f"{fmt.name}: CIFAR archive not found and the download failed; {how}")
@@ -150,7 +149,7 @@ def _split(read: Callable[[str], bytes], members: tuple[str, ...], fmt: CifarFor
 
 
 def load(fmt: CifarFormat, cfg: DataConfig, cache_root: Path) -> LTData:
-    source = locate(fmt, cfg.data_dir, cache_root)
+    source = locate(fmt, cfg.data_dir, cache_root, cfg.download)
     read = _reader(source, fmt)
     meta = load_batch(read(fmt.meta), f"{source}:{fmt.meta}")
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(fmt.names_key, []))

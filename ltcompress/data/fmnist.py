@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +68,15 @@ def _download_fmnist(root: Path) -> dict[str, Path] | None:
 
 def locate_fmnist(data_dir: str | None, cache_root: Path, allow_download: bool = True) -> dict[str, Path]:
     """DESIGN.md's search order; an explicit folder that lacks the files stops at once (exit 3)."""
-    explicit = [("--data-dir", data_dir), ("$LTCOMPRESS_DATA", os.environ.get("LTCOMPRESS_DATA"))]
-    for label, value in explicit:
-        if value:
-            files = _fmnist_files(Path(value).expanduser())
-            if files is None:
-                raise DataError(f"{label} {value} does not hold the Fashion-MNIST files "
-                                f"({', '.join(s + '.gz' for s in FMNIST_FILES.values())}); {GET_FMNIST}")
-            return files
+    if data_dir:
+        files = _fmnist_files(Path(data_dir).expanduser())
+        if files is None:
+            raise DataError(f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) does not hold the "
+                            f"Fashion-MNIST files ({', '.join(s + '.gz' for s in FMNIST_FILES.values())}); "
+                            f"{GET_FMNIST}")
+        return files
     files = _fmnist_files(DEBIAN_FMNIST)
-    if files is None and allow_download and os.environ.get("LTCOMPRESS_OFFLINE") != "1":
+    if files is None and allow_download:
         files = _download_fmnist(cache_root / "data")
     if files is None:
         raise DataError(f"Fashion-MNIST not found (looked in {DEBIAN_FMNIST}, download failed). Get it: {GET_FMNIST}")
@@ -86,7 +84,7 @@ def locate_fmnist(data_dir: str | None, cache_root: Path, allow_download: bool =
 
 
 def load_fmnist_lt(cfg: DataConfig, cache_root: Path) -> LTData:
-    files = locate_fmnist(cfg.data_dir, cache_root)
+    files = locate_fmnist(cfg.data_dir, cache_root, cfg.download)
     arrays = {key: _read_idx(path, key.split("_")[1]) for key, path in files.items()}
     if len(arrays["train_images"]) != len(arrays["train_labels"]) or \
             len(arrays["test_images"]) != len(arrays["test_labels"]):
