@@ -4,18 +4,16 @@ Unknown keys and values of the wrong type are UsageError (exit 2) before any wor
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from ltcompress import environment
+from ltcompress.values import bundled_dir, coerce
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
@@ -170,15 +168,6 @@ def plain(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------- presets
-def bundled_dir(subpackage: str, repo_folder: str) -> Path:
-    """Where installed data packages live: ``ltcompress.<subpackage>`` once installed (presets/ and export/
-    are mapped into the package namespace), or ``<repo>/<repo_folder>`` when running from a source checkout."""
-    try:
-        return Path(str(resources.files(f"ltcompress.{subpackage}")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / repo_folder
-
-
 def _preset_dir() -> Path:
     return bundled_dir("presets", "presets")
 
@@ -234,54 +223,6 @@ def dotted_to_nested(flat: Mapping[str, Any]) -> dict[str, Any]:
                 raise UsageError(f"config key {key!r} conflicts with another value for {part!r}")
         node[parts[-1]] = value
     return nested
-
-
-def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check (and where lossless, convert) a value against a field annotation; UsageError otherwise."""
-    hint = annotation
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option, where)
-            except UsageError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-    elif origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    elif origin in (collections.abc.Mapping, dict):
-        if isinstance(value, Mapping):
-            return dict(value)
-    else:
-        return value
-    want = getattr(hint, "__name__", str(hint))
-    raise UsageError(f"config value {where}={value!r} should be of type {want}")
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:

@@ -15,7 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ltcompress.config import CompressConfig, ExportConfig, bundled_dir
+from ltcompress.config import CompressConfig, ExportConfig
+from ltcompress.values import bundled_dir
 from ltcompress.rundir import (RunDir, atomic_write_bytes, atomic_write_text, io_errors, link_or_copy, sha256_file,
                                temp_name, write_json)
 

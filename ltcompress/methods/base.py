@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltcompress.config import coerce
+from ltcompress.values import coerce
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
