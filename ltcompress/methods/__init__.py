@@ -23,15 +23,20 @@ class MethodInfo:
     summary: str
     source: str
     status: str  # "exact" (follows its source) or "reading" (our reading of an unread source)
-    distills: bool  # needs a teacher
     reading: str = ""  # for a reading: which of our readings the defaults put in force, and where it is measured
 
+    @property
+    def distills(self) -> bool:
+        """Whether the method needs a teacher: its class's own `uses_teacher` (one fact, declared by the method;
+        asking loads the class)."""
+        return bool(METHODS.get(self.name).uses_teacher)
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "distills": self.distills}
 
 
 def register_method(name: str, target: Any, *, summary: str, source: str, status: str = "exact",
-                    distills: bool = True, reading: str = "") -> None:
+                    reading: str = "") -> None:
     """Register a method class (or a lazy ``"module:Class"`` string) under `name`. A reading says which of our
     readings its defaults put in force (`reading`), so a report can tell two readings of one name apart."""
     if status not in ("exact", "reading"):
@@ -39,7 +44,7 @@ def register_method(name: str, target: Any, *, summary: str, source: str, status
     if (status == "reading") != bool(reading):
         raise ValueError("a reading (and only a reading) names the reading in force: pass reading=...")
     METHODS.register(name, target, lazy=isinstance(target, str),
-                     info=MethodInfo(name, summary, source, status, distills, reading))
+                     info=MethodInfo(name, summary, source, status, reading))
 
 
 def method_info(name: str) -> MethodInfo:
@@ -50,16 +55,16 @@ def list_methods() -> list[MethodInfo]:
     return [method_info(n) for n in METHODS.names()]
 
 
-register_method("ce", "ltcompress.methods.ce:CE", distills=False,
+register_method("ce", "ltcompress.methods.ce:CE",
                 summary="Cross-entropy on the labels; no teacher (baseline, and the default teacher loss)",
                 source="-")
-register_method("bsce", "ltcompress.methods.bsce:BSCE", distills=False,
+register_method("bsce", "ltcompress.methods.bsce:BSCE",
                 summary="Balanced Softmax: CE on logits shifted by log class counts; predicts with raw logits",
                 source="Ren et al., NeurIPS 2020 (official code)")
-register_method("la", "ltcompress.methods.la:LA", distills=False,
+register_method("la", "ltcompress.methods.la:LA",
                 summary="Logit adjustment: CE on logits shifted by tau * log class prior (tau = 1 equals bsce)",
                 source="Menon et al., ICLR 2021 (paper formula)")
-register_method("ldam_drw", "ltcompress.methods.ldam_drw:LDAMDRW", distills=False,
+register_method("ldam_drw", "ltcompress.methods.ldam_drw:LDAMDRW",
                 summary="LDAM-DRW: label-distribution-aware margins on a cosine classifier, deferred "
                         "effective-number re-weighting",
                 source="Cao et al., NeurIPS 2019 (official code)")
