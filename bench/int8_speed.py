@@ -14,9 +14,7 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from ltcompress import models
 from ltcompress.data import InputSpec
 from ltcompress.onnx_export import export, prepare
+from ltcompress.verify import latency_ms
 
 LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
           "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
@@ -66,19 +65,9 @@ def build(arch: str, size: int, work: Path) -> dict[str, Path]:
 
 
 def latency(path: Path, x: np.ndarray, threads: int, level: str, budget: float) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = LEVELS[level]
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, {"input": x})
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < budget or len(times) < 10:
-        t = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    return latency_ms(path, x, budget, threads, options)
 
 
 def main() -> None:

@@ -150,7 +150,8 @@ def repair(quantizer: Quantizer, int8_path: Path, held: HeldOut, data: LTData, g
     fails like a failed gate (exit 5, no bundle)."""
     gates = int8_gates(gates)
     names = data.class_names
-    before = judge(gates, held, _logits(int8_path, data), groups, names)
+    int8_logits = _logits(int8_path, data)
+    before = judge(gates, held, int8_logits, groups, names)
     record: dict[str, Any] = {
         "held_out": held.source, "held_out_images": int(len(held.labels)), "gates_before": shown(before),
         "budget": {"nodes": cfg.repair_budget, "max_size": cfg.repair_max_size}, "ranked_by": RANKED_BY}
@@ -161,8 +162,8 @@ def repair(quantizer: Quantizer, int8_path: Path, held: HeldOut, data: LTData, g
     record.update(needed=True, gated_classes=[names[c] for c in classes],
                   int8_size_bytes=int8_path.stat().st_size, int8_latency_ms=_latency(int8_path, data))
     ranked = _rank(quantizer, held, data, classes, cfg.exclude_nodes, workdir, progress)
-    steps, stopped, after = _fall_back(quantizer, int8_path, ranked, held, data, groups, before, cfg, workdir,
-                                       progress)
+    search = _Search(quantizer, held, data, groups, cfg, workdir, int8_path, int8_logits, before)
+    steps, stopped, after = _fall_back(search, ranked, progress)
     met = all(r.passed for r in after)
     if steps:
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
@@ -199,9 +200,8 @@ def _rank(quantizer: Quantizer, held: HeldOut, data: LTData, classes: list[int],
     return sorted(scores, key=lambda s: -s[1])
 
 
-def _fall_back(quantizer: Quantizer, int8_path: Path, ranked: list[tuple[str, float]], held: HeldOut,
-               data: LTData, groups: Mapping[str, list[int]], before: list[Verdict], cfg: ExportConfig,
-               workdir: Path, progress: bool) -> tuple[list[dict[str, Any]], str, list[Verdict]]:
+def _fall_back(state: _Search, ranked: list[tuple[str, float]],
+               progress: bool) -> tuple[list[dict[str, Any]], str, list[Verdict]]:
     """Return nodes to float, worst first, until the int8 gates pass on the held-out images or
     `cfg.repair_budget` nodes went back. First pass: a node goes back only when that lowers the class-balanced
     KL divergence from FP32 over all held-out images (quantization errors partly cancel, so a return can make
@@ -211,8 +211,7 @@ def _fall_back(quantizer: Quantizer, int8_path: Path, ranked: list[tuple[str, fl
     file larger than `cfg.repair_max_size` times the INT8 one is never taken."""
     from tqdm.auto import tqdm
 
-    state = _Search(quantizer, held, data, groups, [r.gate for r in before], cfg, workdir, int8_path)
-    state.after = before
+    cfg = state.cfg
     passed_over = []
     for node, score in tqdm(ranked, desc="int8 repair: trying nodes", disable=not progress, leave=False):
         if state.done():
@@ -236,14 +235,16 @@ class _Search:
     """The repair's state between trials: the nodes back in float, each accepted step, the current loss."""
 
     def __init__(self, quantizer: Quantizer, held: HeldOut, data: LTData, groups: Mapping[str, list[int]],
-                 gates: list[Gate], cfg: ExportConfig, workdir: Path, int8_path: Path) -> None:
-        self.q, self.held, self.data, self.groups, self.gates, self.cfg = quantizer, held, data, groups, gates, cfg
+                 cfg: ExportConfig, workdir: Path, int8_path: Path, int8_logits: np.ndarray,
+                 before: list[Verdict]) -> None:
+        self.q, self.held, self.data, self.groups, self.cfg = quantizer, held, data, groups, cfg
+        self.gates = [r.gate for r in before]
         self.candidate, self.trial = workdir / "candidate.onnx", workdir / "trial.onnx"
         self.base, self.every = int8_path.stat().st_size, list(range(data.num_classes))
-        self.loss = damage(held.fp32_logits, _logits(int8_path, data), held.labels, self.every)
+        self.loss = damage(held.fp32_logits, int8_logits, held.labels, self.every)
         self.fallen: list[str] = []
         self.steps: list[dict[str, Any]] = []
-        self.after: list[Verdict] = []
+        self.after: list[Verdict] = before
         self.too_big: set[str] = set()
 
     def done(self) -> bool:

@@ -35,37 +35,34 @@ class VerifyResult:
     document: dict[str, Any] = field(repr=False, default_factory=dict)  # all of it as JSON (--json, --output)
 
 
-def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any]]:
-    """(layout, {stage: model file}, recorded report) for a run directory, a bundle, or one .onnx file (whose
-    metadata stands in for the report)."""
+Headers = dict[str, tuple[list[int], dict[str, str]]]  # stage -> (input dims, metadata_props)
+
+
+def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Headers]:
+    """(layout, {stage: model file}, recorded report, each model's header) for a run directory, a bundle, or one
+    .onnx file (whose metadata stands in for the report). Each model is read once, here, so a damaged one is
+    named before minutes of data loading."""
+    from ltcompress.verify import onnx_header
+
     folder = Path(path)
     if folder.is_file():
-        stage, recorded = from_metadata(folder)
-        return "model", {stage: folder}, recorded
+        header = onnx_header(folder)
+        stage, recorded = from_metadata(folder, header[1])
+        return "model", {stage: folder}, recorded, {stage: header}
     for layout, (fp32, int8) in LAYOUTS.items():
         if (folder / fp32).is_file():
             models = {"fp32": folder / fp32, **({"int8": folder / int8} if (folder / int8).is_file() else {})}
             if not (folder / "report.json").is_file():
                 break
-            return layout, models, read_report(folder / "report.json")
+            recorded = read_report(folder / "report.json")
+            return layout, models, recorded, {stage: onnx_header(p) for stage, p in models.items()}
     raise UsageError(f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
                      f"(model.onnx, report.json); pass runs/<name>, runs/<name>/bundle or an exported .onnx file")
 
 
-def model_props(path: Path) -> dict[str, str]:
-    """A model's ONNX metadata_props, read without its weights (a damaged file is named: rundir.read_errors)."""
-    import onnx
-
-    from ltcompress.rundir import read_errors
-
-    with read_errors(path, "export it again, or copy it again from its run"):
-        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
-def from_metadata(path: Path) -> tuple[str, dict[str, Any]]:
-    """The stage and the report-like facts (data settings, input spec, class names) a bare .onnx carries; a model
-    without them cannot be measured on the right data and is a usage error, never a guess."""
-    props = model_props(path)
+def from_metadata(path: Path, props: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The stage and the report-like facts (data settings, input spec, class names) a bare .onnx carries in
+    `props`; a model without them cannot be measured on the right data and is a usage error, never a guess."""
     needed = ("ltcompress.data", "ltcompress.input", "ltcompress.class_names")
     missing = [k for k in needed if k not in props]
     if missing:
@@ -82,14 +79,14 @@ def from_metadata(path: Path) -> tuple[str, dict[str, Any]]:
                    "stages": {}}
 
 
-def report_matches(models: dict[str, Path], recorded: dict[str, Any]) -> bool | None:
+def report_matches(headers: Headers, recorded: dict[str, Any]) -> bool | None:
     """Whether the models carry the hash of this report's results (None when either side predates it)."""
     from ltcompress.report import results_sha256
 
     if not all(k in recorded for k in ("config", "stages", "gates")):
         return None
     want = results_sha256(recorded["config"], recorded["stages"], recorded["gates"])
-    stamps = {model_props(path).get("ltcompress.report_sha256") for path in models.values()}
+    stamps = {props.get("ltcompress.report_sha256") for _, props in headers.values()}
     return None if stamps == {None} else stamps == {want}
 
 
@@ -133,13 +130,11 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     from ltcompress.rundir import cache_root
 
     folder = Path(path)
-    layout, models, recorded = locate(folder)
-    matches = report_matches(models, recorded) if layout != "model" else None
+    layout, models, recorded, headers = locate(folder)
+    matches = report_matches(headers, recorded) if layout != "model" else None
     if matches is False:
         log.warning("%s: the model file(s) do not carry this report's hash (ltcompress.report_sha256): the report "
                     "describes another export; the recorded numbers below are not this model's", folder)
-    # a damaged model is named before minutes of data loading, not after
-    dims = {stage: verify_stage.onnx_input_dims(model) for stage, model in models.items()}
     parsed = [gate_mod.parse(g) for g in gates]
     for gate in parsed:
         if gate.metric == "agreement":
@@ -152,7 +147,7 @@ def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequen
     if out is not None and out.exists():
         raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")
     cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
-    dims_in = next(iter(dims.values()))  # every model of an export takes the same input
+    dims_in = next(iter(headers.values()))[0]  # every model of an export takes the same input
     data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims_in)
     held = recorded["data"].get("held_out") or {}
     if held.get("share") and cfg.data.dataset == recorded["config"]["data"]["dataset"]:

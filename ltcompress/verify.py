@@ -66,16 +66,17 @@ def open_session(onnx_path: Path) -> Any:
         return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
-def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: int = 0) -> float:
+def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: int = 0,
+               options: Any = None) -> float:
     """Median wall time (ms) of one ONNX Runtime CPU run on `x` after warm-up, repeated for `budget_s` and at
     least 10 times: medians of repeats in one process, so ratios between models hold on a noisy machine.
-    `threads` is ORT's intra-op thread count (0: its default)."""
+    `threads` is ORT's intra-op thread count (0: its default); `options`, an ort.SessionOptions to start from."""
     import statistics
     import time
 
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = options or ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
@@ -114,13 +115,15 @@ def speed(models: dict[str, Path], shape: tuple[int, int, int], budget_s: float)
     return out
 
 
-def onnx_input_dims(onnx_path: Path) -> list[int]:
-    """The model's input shape (0 for a dynamic axis), read from the file without loading its weights."""
+def onnx_header(onnx_path: Path) -> tuple[list[int], dict[str, str]]:
+    """The model's input shape (0 for a dynamic axis) and its metadata_props, from one read of the file; a
+    damaged or unreadable file is named (rundir.read_errors)."""
     import onnx
 
     with read_errors(onnx_path, "export it again, or copy it again from its run"):
         model = onnx.load(str(onnx_path), load_external_data=False)
-        return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        return dims, {p.key: p.value for p in model.metadata_props}
 
 
 def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
