@@ -19,7 +19,7 @@ from PIL import Image
 
 # the image files a folder holds; ltcompress's imagefolder dataset reads this very set (one list, no drift)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # torchvision's PIL mapping
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}  # torchvision's PIL mapping
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -42,7 +42,7 @@ def pixels(image: Image.Image, pre: dict[str, Any]) -> np.ndarray:
         arr = _resize_centre_crop(img, size, float(pre.get("crop_pct", 1.0)), pre.get("interpolation", "bilinear"))
     else:
         if img.size != (pre["source_size"], pre["source_size"]):
-            img = img.resize((pre["source_size"], pre["source_size"]), Image.BILINEAR)
+            img = img.resize((pre["source_size"], pre["source_size"]), Image.Resampling.BILINEAR)
         arr = _chw(img)
         (h, w) = arr.shape[1:]
         canvas = np.zeros((arr.shape[0], size, size), dtype=np.uint8)

@@ -191,7 +191,7 @@ def _validate(cfg: CompressConfig, progress: bool) -> Plan:
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
     gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
-    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch else None
+    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch and teacher_loss else None
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs,
                         cfg.data.many_threshold, cfg.data.few_threshold)
     loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write

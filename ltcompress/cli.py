@@ -141,14 +141,14 @@ def run(preset: str | None, teacher: str | None, student: str | None, method: st
     """
     from ltcompress.api import compress
 
-    flags = {"int8": int8, "int8_repair": int8_repair, "teacher_cache": teacher_cache}  # off: the preset's value
     result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
                       gates=gates or None, overrides=_key_values(settings, "--set"), progress=not no_progress,
                       name=name, runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
                       student_init=student_init, student_weights=student_weights, data_dir=data_dir,
                       method_args=_key_values(method_args, "--method-arg") or None, seed=seed, device=device,
                       epochs=epochs, teacher_epochs=teacher_epochs, resume=resume,
-                      **{k: True for k, on in flags.items() if on})
+                      # a flag left off keeps the preset's value
+                      int8=int8 or None, int8_repair=int8_repair or None, teacher_cache=teacher_cache or None)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if as_json:

@@ -239,7 +239,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
                 f"Valid keys{' in ' + where if where else ''}: {', '.join(names)}."
             )
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):  # over the field's own default: teacher.finetune keeps its lr
+        # a section builds over the field's own default: teacher.finetune keeps its lr
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             default = next(f for f in dataclasses.fields(cls) if f.name == key)
             base = default.default_factory() if default.default_factory is not dataclasses.MISSING else hint()
             merged = _deep_merge(dataclasses.asdict(base), value) if isinstance(value, Mapping) else value

@@ -13,7 +13,8 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from ltcompress.logit_cache import LogitCache
 from ltcompress.methods.base import Method, StepInputs, TrainingPass
 from ltcompress.models import features_and_logits
 from ltcompress.rundir import atomic_save_file
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 log = logging.getLogger("ltcompress")
 RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride; rank 0 of 1 is the plain seed
@@ -98,7 +102,7 @@ def training_pass(teacher: nn.Module, student: nn.Module, data: LTData, device: 
                   features: bool) -> TrainingPass:
     """The frozen teacher's logits (and features) on the un-augmented training set, plus the student's feature
     width (one eval-mode forward on two images: BatchNorm statistics are untouched)."""
-    freeze(teacher.to(device, memory_format=torch.channels_last))
+    freeze(teacher.to(device).to(memory_format=torch.channels_last))
     logits, feats, labels = [], [], []
     for x, y in eval_batches(data, data.train, batch, device):
         if features:
@@ -147,7 +151,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    ema: nn.Module | None
+    ema: ModelEmaV3 | None
     generator: torch.Generator
     history: list[dict[str, Any]]
     epoch: int = 0
@@ -189,7 +193,7 @@ def build_state(model: nn.Module, method: Method, recipe: TrainConfig, device: t
                 seed: int, options: LoopOptions) -> TrainState:
     """SGD + one-cycle (warm-up share `recipe.warmup`) over student and method parameters, one DDP wrapper,
     a GradScaler for fp16, and an EMA of the student when the recipe asks for one."""
-    module = TrainModule(model, method).to(device, memory_format=torch.channels_last).train()
+    module = TrainModule(model, method).to(device).to(memory_format=torch.channels_last).train()
     if options.compile:
         module.student.compile()
     wrapped: nn.Module = module
@@ -236,7 +240,7 @@ class Loop:
         self.first_epoch = 0
         self.checkpointed = False  # a checkpoint of this stage exists on disk (resumed from one, or one written)
         if teacher is not None:
-            freeze(teacher.to(device, memory_format=torch.channels_last))
+            freeze(teacher.to(device).to(memory_format=torch.channels_last))
 
     def epoch(self, state: TrainState, stop: StopRequest, bar: Any,
               checkpoint: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
@@ -244,14 +248,15 @@ class Loop:
         t0, epoch, skip = time.perf_counter(), state.epoch, state.step
         cache = self.options.teacher_cache if self.teacher is not None and not self.method.needs_features else None
         cached = cache.load(epoch, self.steps * self.batch) if cache is not None else None
-        stored = [] if cache is not None and cached is None and skip == 0 else None  # a whole epoch, or nothing
+        # the epoch's logits are stored for the cache only when computed for a whole epoch
+        stored: list[torch.Tensor] | None = [] if cache is not None and cached is None and skip == 0 else None
         order = rank_share(epoch_stream(self.recipe.sampler, self.data.train.labels, self.seed, epoch), dist.rank(),
                            dist.world())[:self.steps * self.batch]
         batches = train_batches(self.data, order, self.batch, self.device, key=(self.seed, epoch, dist.rank()),
                                 first_step=skip, generator=state.generator, mixer=self.mixer)
         for i, batch in enumerate(batches, start=skip):
             stopping = self.step(state, batch, epoch + 1 + i / self.steps, stop,
-                                 lambda x, i=i: self._teacher(x, cached, i, stored))
+                                 partial(self._teacher, cached=cached, i=i, stored=stored))
             state.step = i + 1
             bar.update(1)
             if i == skip and epoch == self.first_epoch:
@@ -265,7 +270,7 @@ class Loop:
         record = {"stage": self.stage, "epoch": epoch + 1, "epochs": self.recipe.epochs, "loss": loss_sum / seen,
                   "train_acc": correct / seen, "lr": state.scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
                   "images_per_s": round((seen - skip * self.global_batch) / seconds, 1)}
-        if stored is not None:
+        if cache is not None and stored is not None:
             cache.save(epoch, torch.cat(stored))
         if self.options.teacher_cache is not None and self.teacher is not None:
             record["teacher_logits"] = "cache" if cached is not None else "computed"

@@ -76,6 +76,7 @@ def parse(expr: str) -> Gate:
         raise UsageError(f"malformed gate {expr!r}: {GATE_HELP}")
     lhs, threshold = m["lhs"], float(m["value"])
     pair, staged = _PAIR.match(lhs), _STAGE.match(lhs)
+    stages: tuple[str, ...]
     if pair:
         kind, stages, metric = pair["fn"], (pair["a"], pair["b"]), pair["metric"] or "overall"
         if pair["fn"] == "drop" and not pair["metric"]:
@@ -129,7 +130,7 @@ def check_applicable(gates: list[Gate], groups: Mapping[str, list[int]], stages:
 def evaluate(gates: list[Gate], stage_metrics: Mapping[str, Mapping[str, Any]],
              predictions: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
              groups: Mapping[str, list[int]] | None = None, class_names: tuple[str, ...] = (),
-             flips: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[GateResult]:
+             flips: Mapping[tuple[str, ...], Mapping[str, Any]] | None = None) -> list[GateResult]:
     """Every gate's value and verdict; a value that does not exist (an empty group) fails its gate.
     flip() gates need the stages' predictions, the test labels and the groups, or `flips`: flip summaries per
     (a, b) pair measured another way (the INT8 repair's expected flips)."""

@@ -48,11 +48,23 @@ def create(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = Fa
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
 
 
+def timm_api(model: nn.Module) -> Any:
+    """The model as timm's API (forward_features, forward_head, get_classifier, pretrained_cfg), which
+    nn.Module's type does not declare."""
+    return model
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The classifier timm would replace for another class count."""
+    head: nn.Module = timm_api(model).get_classifier()
+    return head
+
+
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate (pre-logits) features and logits in one pass, through timm's forward_features /
     forward_head(pre_logits=True) / classifier; models are never edited for this."""
-    pre = model.forward_head(model.forward_features(x), pre_logits=True)
-    return pre, model.get_classifier()(pre)
+    pre = timm_api(model).forward_head(timm_api(model).forward_features(x), pre_logits=True)
+    return pre, classifier(model)(pre)
 
 
 # ---------------------------------------------------------------- where pretrained weights come from
@@ -181,7 +193,7 @@ def read_state_dict(path: Path, option: str) -> dict[str, torch.Tensor]:
 
 def head_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the classifier timm would replace for another class count."""
-    head = {id(p) for p in model.get_classifier().parameters()}
+    head = {id(p) for p in classifier(model).parameters()}
     return {n for n, p in model.named_parameters() if id(p) in head}
 
 
@@ -204,7 +216,7 @@ def _from_file(arch: str, num_classes: int, in_chans: int, path: Path, option: s
                                                           "num_classes": file_classes})
     except RuntimeError as exc:
         raise UsageError(f"{option} {path} does not fit {arch}: {str(exc).strip().splitlines()[0]}") from None
-    model.pretrained_cfg.pop("state_dict", None)  # recorded as the file, not held in memory
+    timm_api(model).pretrained_cfg.pop("state_dict", None)  # recorded as the file, not held in memory
     own, heads = model.state_dict(), head_keys(model)
     missing = sorted(k for k in own if k not in state and k not in heads and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in own)
@@ -245,6 +257,10 @@ def _from_pretrained(arch: str, num_classes: int, in_chans: int, requested: str,
     falls back to scratch (logged) only when the weights cannot be fetched; a corrupt cached file is exit 2."""
     from ltcompress.rundir import sha256_file
 
+    cfg = _pretrained_cfg(arch)
+    if cfg is None:
+        raise UsageError(f"timm knows no pretrained weights for {arch}; pass --{role}-weights FILE, or "
+                         f"--{role}-init scratch")
     before = cached_weights(arch)
     rng = torch.random.get_rng_state()
     try:
@@ -256,7 +272,6 @@ def _from_pretrained(arch: str, num_classes: int, in_chans: int, requested: str,
             raise UsageError(f"the cached pretrained weights for {arch} cannot be loaded ({first}): {cached} is "
                              f"probably truncated or corrupt; delete it to fetch it again, or pass --{role}-weights "
                              f"FILE, or --{role}-init scratch") from None
-        cfg = _pretrained_cfg(arch)
         where = f"{cfg.hf_hub_id} from {_endpoint()}" if cfg.hf_hub_id else cfg.url
         if requested != "auto":
             raise UsageError(f"--{role}-init pretrained: the weights for {arch} could not be fetched ({where}: "
@@ -265,7 +280,7 @@ def _from_pretrained(arch: str, num_classes: int, in_chans: int, requested: str,
         why = f"pretrained weights could not be fetched ({where}: {first})"
         log.warning("%s init: scratch for %s: %s", role, arch, why)
         return create(arch, num_classes, in_chans), {"init": "scratch", "reason": why, "source": "scratch"}
-    path, cfg = cached_weights(arch), _pretrained_cfg(arch)
+    path = cached_weights(arch)
     source = ("hf-cache" if before else "hub") if cfg.hf_hub_id else ("torch-hub-cache" if before else "url")
     info = {"init": "pretrained", "reason": reason, "source": source, "repo": cfg.hf_hub_id or cfg.url,
             "file": path}
@@ -299,9 +314,12 @@ class Renormalize(nn.Module):
     ``(x * data_std + data_mean - model_mean) / model_std`` inside this wrapper.
     """
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, model: nn.Module, data_mean, data_std, model_mean, model_std) -> None:
         super().__init__()
-        self.model = model
+        self.model = timm_api(model)
         scale = torch.tensor(data_std) / torch.tensor(model_std)
         shift = (torch.tensor(data_mean) - torch.tensor(model_mean)) / torch.tensor(model_std)
         self.register_buffer("scale", scale.view(1, -1, 1, 1).float())

@@ -44,9 +44,7 @@ def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3
     """A finished teacher for this dataset; exit 2 for a file made for another class count or architecture."""
     state = models.read_state_dict(path, "--teacher-weights")
     model = models.create(arch, num_classes, in_chans)
-    head = model.get_classifier()
-    head_keys = [n for n, p in model.named_parameters() if any(p is q for q in head.parameters())]
-    for key in head_keys:
+    for key in sorted(models.head_keys(model)):
         if key in state and key.endswith("weight") and state[key].shape[0] != num_classes:
             raise UsageError(f"--teacher-weights {path} is for {state[key].shape[0]} classes but the dataset has "
                              f"{num_classes}; pass weights trained on this dataset or leave the option out to "
@@ -69,7 +67,7 @@ def recipe_for(cfg: CompressConfig, init: str) -> tuple[str, TrainConfig]:
     return ("scratch", cfg.teacher.train) if init == "scratch" else ("finetune", cfg.teacher.finetune)
 
 
-def resolve_loss(requested: str, method_cls: type) -> str:
+def resolve_loss(requested: str, method_cls: type[Method]) -> str:
     """The teacher's training loss: the method's declared choice, or a teacher-free method named by the user
     (a balanced teacher such as bsce gives balanced soft labels to any distillation method)."""
     if requested == "auto":
@@ -108,7 +106,8 @@ def _build_untrained(p: TeacherPlan, cfg: CompressConfig, data: LTData) -> tuple
     model, info = models.build(p.arch, data.num_classes, data.spec.channels, request, role="teacher")
     if info["init"] == "scratch":
         return model, info
-    mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
+    pretrained_cfg = models.timm_api(model).pretrained_cfg
+    mean, std = pretrained_cfg.get("mean"), pretrained_cfg.get("std")
     if mean and std and (tuple(mean) != tuple(data.spec.mean) or tuple(std) != tuple(data.spec.std)):
         model = models.Renormalize(model, data.spec.mean, data.spec.std, mean, std)
     return model, info
@@ -124,7 +123,7 @@ class TeacherPlan:
     reason: str = ""
     key: str = ""
     loaded: nn.Module | None = None
-    provenance: dict[str, Any] | None = None
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
@@ -261,5 +260,5 @@ def _wrap_like(model: nn.Module, meta: dict[str, Any], data: LTData) -> nn.Modul
     """Rebuild the Renormalize wrapper a cached pretrained teacher was trained inside."""
     if not meta.get("renormalize"):
         return model
-    cfg = model.pretrained_cfg
+    cfg = models.timm_api(model).pretrained_cfg
     return models.Renormalize(model, data.spec.mean, data.spec.std, cfg["mean"], cfg["std"])

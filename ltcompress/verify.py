@@ -145,7 +145,7 @@ def split_labels(data: LTData, split: Split) -> np.ndarray:
     if not split.lazy or not data.skipped:
         return split.labels
     skipped = set(data.skipped)
-    return np.asarray([y for f, y in zip(split.files, split.labels) if f not in skipped], dtype=np.int64)
+    return np.asarray([y for f, y in zip(split.paths, split.labels) if f not in skipped], dtype=np.int64)
 
 
 def check_parity(reference: np.ndarray, exported: np.ndarray, cfg: ExportConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ def iterate(split: Split, order: np.ndarray, batch_size: int,
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield split.images[idx], split.labels[idx]
+        yield split.arrays[idx], split.labels[idx]
 
 
 # what augment=True does, as recorded in the teacher-logit cache key: change it when the augmentation changes

@@ -50,6 +50,20 @@ class Split:
     def lazy(self) -> bool:
         return self.images is None
 
+    @property
+    def arrays(self) -> np.ndarray:
+        """The decoded images of an in-memory split."""
+        if self.images is None:
+            raise RuntimeError("this split is lazy: its images are files (Split.paths)")
+        return self.images
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The image files of a lazy split."""
+        if self.files is None:
+            raise RuntimeError("this split is in memory: its images are arrays (Split.arrays)")
+        return self.files
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -174,7 +188,7 @@ def convert_image(image: Image.Image, mode: str, source_size: int, size: int, ch
     """One PIL image -> uint8 [channels, size, size], exactly as the bundle runtime does it."""
     img = image.convert(mode)
     if img.size != (source_size, source_size):
-        img = img.resize((source_size, source_size), Image.BILINEAR)
+        img = img.resize((source_size, source_size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return pad_and_repeat(arr[None], size, channels)[0]
@@ -221,14 +235,14 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 def streamed_stats(images: Iterable[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std from uint8 [C, H, W] images one at a time: integer sums, no copy of the data."""
-    total = squares = None
+    total = squares = np.zeros(1, dtype=np.int64)  # broadcasts to the channel count at the first image
     count = 0
     for img in images:
         flat = img.reshape(img.shape[0], -1).astype(np.int64)
         s, q = flat.sum(axis=1), (flat * flat).sum(axis=1)
-        total, squares = (s, q) if total is None else (total + s, squares + q)
+        total, squares = total + s, squares + q
         count += flat.shape[1]
-    if total is None:
+    if not count:
         raise DataError("no readable image to compute the normalisation statistics from")
     mean = total / (255.0 * count)
     var = np.maximum(squares / (255.0 ** 2 * count) - mean ** 2, 0.0)
@@ -273,8 +287,8 @@ def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names:
              mode: str, source_size: int, skipped: list[str] | None = None) -> LTData:
     """An in-memory dataset (pad geometry, crop-flip augmentation unless data.augment says timm)."""
     counts = check_splits(name, train, test, class_names)
-    mean, std = memory_stats(train.images, cfg)
-    spec = InputSpec(cfg.input_size, train.images.shape[1], mean, std, mode, source_size)
+    mean, std = memory_stats(train.arrays, cfg)
+    spec = InputSpec(cfg.input_size, train.arrays.shape[1], mean, std, mode, source_size)
     augment = "crop_flip" if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg)
     return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped or [],

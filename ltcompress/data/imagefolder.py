@@ -154,7 +154,7 @@ def _decode_all(split: Split, spec: InputSpec, pipeline: Pipeline, skipped: list
         parts.append(x.numpy())
         labels.append(y.numpy())
     gone = set(skipped)
-    keep = [f for f in split.files if f not in gone]
+    keep = [f for f in split.paths if f not in gone]
     shape = (0, spec.channels, spec.size, spec.size)
     images = np.concatenate(parts) if parts else np.zeros(shape, np.uint8)
     return Split(images, np.concatenate(labels) if labels else np.zeros(0, np.int64), tuple(keep))
@@ -202,7 +202,7 @@ def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,
         return (0.0,) * spec.channels, (1.0,) * spec.channels
     idx = sample_indices(len(train), cfg.stats_sample, cfg.seed)
     if not train.lazy:  # the same sample and arithmetic as the lazy path: storage never changes the numbers
-        return streamed_stats(train.images[i] for i in idx)
+        return streamed_stats(train.arrays[i] for i in idx)
     import torch
 
     from ltcompress.data.loader import SampleSet, decoded

@@ -96,7 +96,7 @@ def names_from_folders(root: Path, entries: Iterable[tuple[Path, int]], num_clas
             counts[parts[-k:]] = counts.get(parts[-k:], 0) + 1
     names = []
     for c in range(num_classes):
-        parts = single.get(c)
+        parts = single.get(c, ())
         name = str(c)
         if parts:
             for k in range(1, len(parts) + 1):
@@ -108,13 +108,16 @@ def names_from_folders(root: Path, entries: Iterable[tuple[Path, int]], num_clas
 
 
 # ---------------------------------------------------------------- parsing
-def _text_rows(list_file: Path) -> list[tuple[int, str, int]]:
+Row = tuple[int | str, str, int]  # where (line number or image id), relative path, label
+
+
+def _text_rows(list_file: Path) -> list[Row]:
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{list_file} is not UTF-8 text ({exc.reason} at byte {exc.start}); a list file has one "
                         f"'relative/path.jpg label' per line, or use a .json file in the COCO layout") from None
-    rows = []
+    rows: list[Row] = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.rsplit(None, 1)
         if not fields:
@@ -156,7 +159,7 @@ def _category_order(cats: list[dict[str, Any]], list_file: Path) -> list[Any]:
         raise DataError(f"{list_file}: category ids must all be integers (or all strings)") from None
 
 
-def _json_rows(list_file: Path) -> list[tuple[str, str, int]]:
+def _json_rows(list_file: Path) -> list[Row]:
     data = _load_json(list_file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{list_file}: expected a COCO-style object with 'images' [{{id, file_name}}] and "
@@ -187,7 +190,8 @@ def _json_rows(list_file: Path) -> list[tuple[str, str, int]]:
         if labels.setdefault(image_id, category) != category:
             raise DataError(f"{list_file}: image {image_id!r} has two annotations with different categories "
                             f"({labels[image_id]} and {category}); one label per image is needed")
-    rows, unlabelled = [], []
+    rows: list[Row] = []
+    unlabelled = []
     for i, image in enumerate(data["images"]):
         try:
             image_id, file_name = image["id"], image["file_name"]

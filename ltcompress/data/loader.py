@@ -62,14 +62,14 @@ class SampleSet(torch.utils.data.Dataset):
 
     def _open(self, index: int) -> Image.Image:
         if self.split.images is None:
-            image = Image.open(self.split.files[index])
+            image = Image.open(self.split.paths[index])
             try:
                 image.load()  # decode now, so a truncated file fails here, inside the error handling
             except BaseException:
                 image.close()
                 raise
             return image
-        arr = self.split.images[index]
+        arr = self.split.arrays[index]
         return Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
 
 
@@ -79,7 +79,7 @@ Item = tuple[np.ndarray | None, int, tuple[str, str] | None]
 def _collate(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     good = [(a, label) for a, label, err in items if err is None]
     errors = [err for _, _, err in items if err is not None]
-    x = torch.from_numpy(np.stack([a for a, _ in good])) if good else torch.empty(0, dtype=torch.uint8)
+    x = torch.from_numpy(np.stack([a for a, _ in good if a is not None])) if good else torch.empty(0, dtype=torch.uint8)
     return x, torch.tensor([label for _, label in good], dtype=torch.int64), errors
 
 

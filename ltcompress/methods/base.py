@@ -42,6 +42,22 @@ class StepInputs:
     student_features: torch.Tensor | None = None  # penultimate (pre-logits) features, when needs_features
     teacher_features: torch.Tensor | None = None
 
+    @property
+    def teacher(self) -> torch.Tensor:
+        """The teacher's logits; the loop passes them to every method that ``uses_teacher``."""
+        return _given(self.teacher_logits, "teacher_logits")
+
+    @property
+    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, teacher) penultimate features; the loop passes them to every method that ``needs_features``."""
+        return _given(self.student_features, "student_features"), _given(self.teacher_features, "teacher_features")
+
+
+def _given(value: torch.Tensor | None, name: str) -> torch.Tensor:
+    if value is None:  # a loop bug, not user input
+        raise RuntimeError(f"the training loop did not pass {name} to a method that declares it needs them")
+    return value
+
 
 @dataclass(frozen=True)
 class TrainingPass:
@@ -71,6 +87,7 @@ class Method(nn.Module):
     teacher_method: ClassVar[str] = "ce"
     needs_features: bool = False
     needs_training_pass: bool = False
+    class_counts: torch.Tensor
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         super().__init__()

@@ -38,6 +38,7 @@ class BKDParams:
 
 class BKD(Method):
     Params = BKDParams
+    class_weights: torch.Tensor
 
     def __init__(self, params: BKDParams, ctx) -> None:
         super().__init__(params, ctx)
@@ -47,4 +48,4 @@ class BKD(Method):
         p = self.params
         balanced = step.epoch >= p.weights_from_epoch + 1  # 1-based fractional epoch vs a 0-based count
         weights = self.class_weights if balanced else torch.ones_like(self.class_weights)
-        return bkd_loss(step.student_logits, step.teacher_logits, step.targets, weights, p.T, p.alpha)
+        return bkd_loss(step.student_logits, step.teacher, step.targets, weights, p.T, p.alpha)

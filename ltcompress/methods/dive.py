@@ -72,5 +72,5 @@ class DiVE(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        return dive_loss(step.student_logits, step.teacher_logits, step.targets, self.class_counts, p.alpha, p.tau,
+        return dive_loss(step.student_logits, step.teacher, step.targets, self.class_counts, p.alpha, p.tau,
                          p.power)

@@ -57,4 +57,4 @@ class DKD(Method):
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
         warm = warmup_factor(step.epoch, p.warmup, self.ctx.epochs)
-        return dkd_loss(step.student_logits, step.teacher_logits, step.targets, p.T, p.alpha, p.beta, warm)
+        return dkd_loss(step.student_logits, step.teacher, step.targets, p.T, p.alpha, p.beta, warm)

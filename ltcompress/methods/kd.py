@@ -34,4 +34,4 @@ class KD(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        return kd_loss(step.student_logits, step.teacher_logits, step.targets, p.T, p.a_ce, p.a_kd)
+        return kd_loss(step.student_logits, step.teacher, step.targets, p.T, p.a_ce, p.a_kd)

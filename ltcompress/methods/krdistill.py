@@ -91,11 +91,14 @@ class KRDistillParams:
 
 class KRDistill(Method):
     Params = KRDistillParams
+    prototypes: torch.Tensor | None
+    tail_classes: torch.Tensor
+    projector: nn.Module | None
 
     def __init__(self, params: KRDistillParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.needs_features = self.needs_training_pass = params.feature_term
-        self.projector: nn.Module | None = None
+        self.projector = None
         self.register_buffer("prototypes", None)
         # Medium and Few classes (the run's shot groups), for swap="tail"; derived from the context, not saved
         self.register_buffer("tail_classes", ctx.class_counts <= ctx.many_threshold, persistent=False)
@@ -104,6 +107,8 @@ class KRDistill(Method):
         """Class prototypes (each class's mean teacher feature over the un-augmented training set) and the
         projector from the student's feature width to the teacher's."""
         feats, labels = train_pass.teacher_features, train_pass.labels
+        if feats is None:  # a loop bug: krdistill declares needs_features
+            raise RuntimeError("krdistill's training pass has no teacher features")
         self.prototypes = torch.stack([feats[labels == c].mean(0) for c in range(self.ctx.num_classes)]).float()
         self.projector = nn.Linear(train_pass.student_feature_dim, feats.shape[1])
 
@@ -125,11 +130,14 @@ class KRDistill(Method):
         p = self.params
         loss = F.cross_entropy(step.student_logits.float(), step.targets)
         if p.logit_term:
-            target = rectified_target(step.teacher_logits, step.targets, self.class_counts, p.T, p.tau,
+            target = rectified_target(step.teacher, step.targets, self.class_counts, p.T, p.tau,
                                       p.prior_after_temper, self.swap_rows(step.targets))
             loss = loss + p.alpha * tempered_kl(step.student_logits, target, p.T)
         if p.feature_term:
-            projected = self.projector(step.student_features.float())
+            student_features, teacher_features = step.features
+            if self.projector is None or self.prototypes is None:
+                raise RuntimeError("krdistill's feature term needs prepare() (the training pass) first")
+            projected = self.projector(student_features.float())
             loss = loss + self.feature_weight(step.epoch) * feature_distance(
-                projected, step.teacher_features, self.prototypes, step.targets, p.lam)
+                projected, teacher_features, self.prototypes, step.targets, p.lam)
         return loss

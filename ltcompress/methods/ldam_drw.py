@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltcompress.models import classifier
 from ltcompress.methods.base import Method, StepInputs, effective_number_weights
 
 
@@ -57,6 +58,8 @@ class LDAMDRWParams:
 class LDAMDRW(Method):
     Params = LDAMDRWParams
     uses_teacher = False
+    margins: torch.Tensor
+    class_weights: torch.Tensor
 
     def __init__(self, params: LDAMDRWParams, ctx) -> None:
         super().__init__(params, ctx)
@@ -65,7 +68,7 @@ class LDAMDRW(Method):
         self.defer_epoch = round(params.defer_at * ctx.epochs)  # 0-based epoch index where DRW starts
 
     def adapt_student(self, student: nn.Module) -> nn.Module:
-        head = student.get_classifier()
+        head = classifier(student)
         if not isinstance(head, nn.Linear):
             raise ValueError(f"ldam_drw needs a linear classifier, {type(student).__name__} has {type(head).__name__}")
         replace_module(student, head, NormedLinear(head.in_features, head.out_features))

@@ -93,6 +93,8 @@ class LTKD(Method):
     """The groups are the run's shot groups (``MethodContext.many_threshold`` / ``few_threshold``)."""
 
     Params = LTKDParams
+    membership: torch.Tensor
+    group_prior: torch.Tensor
 
     def __init__(self, params: LTKDParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
@@ -103,5 +105,5 @@ class LTKD(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        return ltkd_loss(step.student_logits, step.teacher_logits, step.targets, self.membership,
+        return ltkd_loss(step.student_logits, step.teacher, step.targets, self.membership,
                          self.group_prior, p.T, p.alpha, p.beta, p.tau)

@@ -69,5 +69,5 @@ class ReKD(Method):
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
         warm = warmup_factor(step.epoch, p.warmup, self.ctx.epochs)
-        return rekd_loss(step.student_logits, step.teacher_logits, step.targets, self.k, p.topk_from, p.T,
+        return rekd_loss(step.student_logits, step.teacher, step.targets, self.k, p.topk_from, p.T,
                          p.alpha, p.beta, warm)
