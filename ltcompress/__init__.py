@@ -3,7 +3,7 @@ from ltcompress.api import CompressResult, build_config, compress
 from ltcompress.config import CompressConfig, list_presets
 from ltcompress.errors import LTCompressError
 from ltcompress.methods import MethodInfo, list_methods, register_method
-from ltcompress.reverify import VerifyResult, verify_export
+from ltcompress.exported import VerifyResult, verify_export
 
 __all__ = ["compress", "build_config", "CompressConfig", "CompressResult", "LTCompressError", "MethodInfo",
            "list_methods", "list_presets", "register_method", "verify_export", "VerifyResult"]

@@ -181,7 +181,7 @@ def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[st
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 5 gate failed, 7 I/O.
     """
-    from ltcompress.reverify import verify_export
+    from ltcompress.exported import verify_export
 
     result = verify_export(path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"),
                            json_out=output)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("where", ["run", "bundle"])
-def test_reverify_reproduces_the_recorded_onnx_stages(passed_run, monkeypatch, workdir, where):
+def test_verify_export_reproduces_the_recorded_onnx_stages(passed_run, monkeypatch, workdir, where):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     path = run if where == "run" else run / "bundle"

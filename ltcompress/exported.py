@@ -1,5 +1,7 @@
-"""verify_export(): measure an existing export again (a run directory or an edge bundle) without training: the ONNX
-models under ONNX Runtime on a dataset's test split, per class and per shot group, with gates.
+"""Exports that already exist. verify_export(), behind `ltcompress verify`, measures one again without
+training (a run directory, an edge bundle or a bare .onnx file that carries its metadata): the ONNX models under
+ONNX Runtime on a dataset's test split, per class and per shot group, with gates. (`verify.py` is the pipeline's
+own verify stage, which this reuses.)
 
 Use it when the data moved on (a new test set), when a gate changed, or to check that a bundle copied to
 another machine still scores what its report says.
