@@ -33,30 +33,42 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def pixels(image: Image.Image, pre: dict[str, Any]) -> np.ndarray:
-    """One image -> uint8 [channels, input_size, input_size], before mean/std. ``geometry`` "pad" (the default
-    for bundles written before it existed): resize to source_size (bilinear) when it differs, centred zero
-    padding. "crop": timm's evaluation transform, exactly as torchvision runs it on a PIL image."""
+    """One image -> uint8 [channels, input_size, input_size], before mean/std: the evaluation preprocessing of
+    the run (ltcompress evaluates its models on exactly this). ``geometry`` "pad" (the default for bundles
+    written before it existed): resize to source_size (bilinear) when it differs, centred zero padding. "crop":
+    timm's evaluation transform, exactly as torchvision runs it on a PIL image."""
     img = to_mode(image, pre["source_mode"])
     size = int(pre["input_size"])
     if pre.get("geometry", "pad") == "crop":
         arr = _resize_centre_crop(img, size, float(pre.get("crop_pct", 1.0)), pre.get("interpolation", "bilinear"))
     else:
-        if img.size != (pre["source_size"], pre["source_size"]):
-            img = img.resize((pre["source_size"], pre["source_size"]), Image.Resampling.BILINEAR)
-        arr = _chw(img)
-        (h, w) = arr.shape[1:]
-        canvas = np.zeros((arr.shape[0], size, size), dtype=np.uint8)
-        top, left = (size - h) // 2, (size - w) // 2
-        canvas[:, top:top + h, left:left + w] = arr
-        arr = canvas
-    if arr.shape[0] == 1 and pre["channels"] > 1:
-        arr = np.repeat(arr, pre["channels"], axis=0)
-    return np.ascontiguousarray(arr)
+        source = int(pre["source_size"])
+        if img.size != (source, source):
+            img = img.resize((source, source), Image.Resampling.BILINEAR)
+        arr = pad_centre(chw(img), size)
+    return repeat_gray(arr, int(pre["channels"]))
 
 
-def _chw(img: Image.Image) -> np.ndarray:
+def chw(img: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 [c, h, w]."""
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def pad_centre(arr: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [..., c, h, w] -> [..., c, size, size]: centred zero padding (size >= h, w)."""
+    h, w = arr.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    out = np.zeros((*arr.shape[:-2], size, size), dtype=np.uint8)
+    out[..., top:top + h, left:left + w] = arr
+    return out
+
+
+def repeat_gray(arr: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 [..., c, h, w]: a gray channel repeated to `channels` (a gray photo for an RGB model)."""
+    if arr.shape[-3] == 1 and channels > 1:
+        arr = np.repeat(arr, channels, axis=-3)
+    return np.ascontiguousarray(arr)
 
 
 def _resize_centre_crop(img: Image.Image, size: int, crop_pct: float, interpolation: str) -> np.ndarray:
@@ -70,7 +82,7 @@ def _resize_centre_crop(img: Image.Image, size: int, crop_pct: float, interpolat
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), RESAMPLE[interpolation])
-    arr = _chw(img)
+    arr = chw(img)
     c, h, w = arr.shape
     if size > w or size > h:
         left, top = max(size - w, 0) // 2, max(size - h, 0) // 2

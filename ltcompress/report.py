@@ -261,7 +261,4 @@ def results_sha256(config: dict[str, Any], stages: dict[str, Any], gates: list[d
 
 
 def preprocess(data: Any, input_name: str) -> dict[str, Any]:
-    s = data.spec
-    return {"input_name": input_name, "input_size": s.size, "channels": s.channels, "source_mode": s.source_mode,
-            "source_size": s.source_size, "geometry": s.geometry, "crop_pct": s.crop_pct,
-            "interpolation": s.interpolation, "mean": list(s.mean), "std": list(s.std), "layout": "NCHW"}
+    return {"input_name": input_name, **data.spec.preprocess(), "layout": "NCHW"}

@@ -1,4 +1,5 @@
-"""timm's transforms (ltcompress.data.transforms) against the edge runtime, on real JPEG and PNG files."""
+"""The edge runtime's preprocessing (which ltcompress also evaluates with) against timm's own transforms, and
+timm's training transforms as ltcompress.data.transforms wraps them, on real JPEG and PNG files."""
 from __future__ import annotations
 
 import json
@@ -75,9 +76,31 @@ def specs() -> list[InputSpec]:
     return out
 
 
-def test_eval_transform_is_the_runtime_preprocessing_byte_for_byte(tmp_path):
-    """The torch side (timm create_transform) and the bundle side (PIL + numpy, torch blocked) give the same
-    uint8 input for every file, mode and geometry; preprocess.json is what `report.preprocess` writes."""
+def reference(spec: InputSpec, image: Image.Image) -> np.ndarray:
+    """What the runtime must compute, made another way: timm's own evaluation transform (torchvision) for the
+    crop geometry; a PIL resize and numpy padding written out here for the pad geometry."""
+    from timm.data import create_transform
+
+    from ltcompress.edge.runtime import to_mode
+
+    img = to_mode(image, spec.source_mode)
+    if spec.geometry == "crop":
+        out = create_transform(spec.size, is_training=False, use_prefetcher=True, crop_pct=spec.crop_pct,
+                               interpolation=spec.interpolation)(img).numpy()
+    else:
+        img = img.resize((spec.source_size, spec.source_size), Image.BILINEAR)
+        arr = np.asarray(img)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        out = np.zeros((arr.shape[0], spec.size, spec.size), np.uint8)
+        top = left = (spec.size - spec.source_size) // 2
+        out[:, top:top + spec.source_size, left:left + spec.source_size] = arr
+    return np.repeat(out, spec.channels, axis=0) if out.shape[0] < spec.channels else out
+
+
+def test_runtime_preprocessing_is_timms_evaluation_transform_byte_for_byte(tmp_path):
+    """The bundle side (PIL + numpy, torch blocked) gives timm's uint8 input for every file, mode and geometry;
+    ltcompress evaluates its models through the same function; preprocess.json is what `report.preprocess`
+    writes."""
     paths = write_photos(tmp_path / "photos")
     pres = [preprocess(SimpleNamespace(spec=s), "input") for s in specs()]
     (tmp_path / "pres.json").write_text(json.dumps(pres))
@@ -103,15 +126,15 @@ def test_eval_transform_is_the_runtime_preprocessing_byte_for_byte(tmp_path):
         tf = eval_transform(spec)
         for j, path in enumerate(paths):
             with Image.open(path) as img:
-                ours = tf(img)
-            assert ours.dtype == np.uint8 and ours.shape == (spec.channels, spec.size, spec.size), (spec, path)
-            assert np.array_equal(ours, runtime[f"{i}:{j}"]), (spec, path.name)
+                expected, ours = reference(spec, img), tf(img)
+            assert expected.dtype == np.uint8 and expected.shape == (spec.channels, spec.size, spec.size)
+            assert np.array_equal(runtime[f"{i}:{j}"], expected), (spec, path.name)
+            assert np.array_equal(ours, expected), (spec, path.name)
 
 
 def test_crop_geometry_is_timm_eval_and_pad_keeps_the_legacy_path(tmp_path):
     from timm.data import create_transform
 
-    from ltcompress.data.core import convert_image
     from ltcompress.edge.runtime import Bundle
 
     path = write_photos(tmp_path)[0]  # RGB 301x517 JPEG
@@ -128,7 +151,7 @@ def test_crop_geometry_is_timm_eval_and_pad_keeps_the_legacy_path(tmp_path):
         legacy = {k: v for k, v in bundle.pre.items() if k not in ("geometry", "crop_pct", "interpolation")}
         bundle.pre = {**legacy, "source_size": 48}  # a preprocess.json written before geometry existed: pad
         pad = eval_transform(InputSpec(64, 3, spec.mean, spec.std, "RGB", 48))(img)
-        assert np.array_equal(pad, convert_image(img, "RGB", 48, 64, 3))
+        assert np.array_equal(pad, reference(InputSpec(64, 3, spec.mean, spec.std, "RGB", 48), img))
         np.testing.assert_allclose(bundle.preprocess(img), (pad / np.float32(255.0) - mean) / std, atol=1e-6)
 
 

@@ -1,17 +1,18 @@
 """What every dataset shares: the in-memory splits, long-tail profiles, shot groups, and the conversion of raw
-images to the run's input (the exact steps the edge bundle's runtime repeats on a device)."""
+images to the run's input (through the edge bundle's runtime: what is evaluated here is what runs on a device)."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
 
 from ltcompress.config import DataConfig
+from ltcompress.edge import runtime
 from ltcompress.errors import DataError
 
 
@@ -32,6 +33,12 @@ class InputSpec:
     geometry: str = "pad"  # pad | crop
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
+
+    def preprocess(self) -> dict[str, Any]:
+        """The spec as the edge runtime reads it (`runtime.pixels`; the bundle's preprocess.json)."""
+        return {"input_size": self.size, "channels": self.channels, "source_mode": self.source_mode,
+                "source_size": self.source_size, "geometry": self.geometry, "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass(frozen=True)
@@ -185,26 +192,19 @@ def shot_groups(class_counts: np.ndarray, many: int = 100, few: int = 20) -> dic
 
 
 def convert_image(image: Image.Image, mode: str, source_size: int, size: int, channels: int) -> np.ndarray:
-    """One PIL image -> uint8 [channels, size, size], exactly as the bundle runtime does it."""
-    img = image.convert(mode)
-    if img.size != (source_size, source_size):
-        img = img.resize((source_size, source_size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return pad_and_repeat(arr[None], size, channels)[0]
+    """One PIL image -> uint8 [channels, size, size] in the pad geometry: the bundle runtime's own `pixels`."""
+    if size < source_size:
+        raise DataError(f"data.input_size {size} is smaller than the {source_size}x{source_size} images")
+    pre = {"source_mode": mode, "source_size": source_size, "input_size": size, "channels": channels}
+    return runtime.pixels(image, pre)
 
 
 def pad_and_repeat(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 [N, c, h, w] -> [N, channels, size, size]: centred zero padding, a gray channel repeated."""
-    n, c, h, w = images.shape
+    """uint8 [N, c, h, w] -> [N, channels, size, size]: the runtime's pad geometry on a whole batch."""
+    h, w = images.shape[-2:]
     if size < h or size < w:
         raise DataError(f"data.input_size {size} is smaller than the {h}x{w} images")
-    top, left = (size - h) // 2, (size - w) // 2
-    out = np.zeros((n, c, size, size), dtype=np.uint8)
-    out[:, :, top:top + h, left:left + w] = images
-    if c == 1 and channels > 1:
-        out = np.repeat(out, channels, axis=1)
-    return np.ascontiguousarray(out)
+    return runtime.repeat_gray(runtime.pad_centre(images, size), channels)
 
 
 def source_mode(native_channels: int, channels: int) -> str:

@@ -1,5 +1,6 @@
-"""timm's transforms for real photos, used from timm rather than rewritten: the evaluation transform the edge
-bundle repeats exactly, per-image training augmentation, and batch-level random erasing and Mixup/CutMix.
+"""The transforms for real photos: evaluation is the edge bundle's own preprocessing (`runtime.pixels`, which
+repeats timm's evaluation transform without torch and is tested against it), so what a model is measured on is
+what ships; training augmentation per image, and random erasing and Mixup/CutMix per batch, come from timm.
 
 Augmentation randomness comes from timm, which draws from python's `random`, numpy's and torch's global
 generators; `seeded` runs each draw under a key (seed, epoch, rank, position ...), so an augmented sample
@@ -10,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ltcompress.config import DataConfig
-from ltcompress.data.core import InputSpec, convert_image
-from ltcompress.edge.runtime import to_mode
+from ltcompress.data.core import InputSpec
+from ltcompress.edge import runtime
 from ltcompress.errors import UsageError
 
 # the one TrivialAugment spelling timm 1.0 lacks: one op per image, always applied, magnitude uniform in [0, 10]
@@ -26,17 +27,11 @@ AUTO_AUGMENT_ALIASES = {"trivialaugment": "rand-n1-m10-mstd101-inc1-p1.0"}
 
 
 def eval_transform(spec: InputSpec) -> Callable[[Image.Image], np.ndarray]:
-    """PIL image (any mode) -> uint8 [channels, size, size]: the pixels the bundle runtime computes from the
-    same file (`ltcompress.edge.runtime.pixels`), so what a model is evaluated on is what ships."""
-    if spec.geometry == "pad":
-        return _Pad(spec)
-    if spec.geometry != "crop":
+    """PIL image (any mode) -> uint8 [channels, size, size]: the bundle runtime's own `pixels`, so what a model
+    is evaluated on is what ships."""
+    if spec.geometry not in ("pad", "crop"):
         raise UsageError(f"unknown input geometry {spec.geometry!r}: pad or crop")
-    from timm.data import create_transform
-
-    tf = create_transform(spec.size, is_training=False, use_prefetcher=True, crop_pct=spec.crop_pct,
-                          interpolation=spec.interpolation)
-    return _Timm(tf, spec.source_mode, spec.channels)
+    return _Eval(spec.preprocess())
 
 
 def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]:
@@ -60,15 +55,14 @@ def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image],
     return _Timm(tf, spec.source_mode, spec.channels)
 
 
-class _Pad:
-    """The legacy geometry (`core.convert_image`). A class, not a closure: DataLoader workers pickle it."""
+class _Eval:
+    """`runtime.pixels` bound to a run's preprocessing. A class, not a closure: DataLoader workers pickle it."""
 
-    def __init__(self, spec: InputSpec) -> None:
-        self.spec = spec
+    def __init__(self, pre: dict[str, Any]) -> None:
+        self.pre = pre
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        s = self.spec
-        return convert_image(to_mode(image, s.source_mode), s.source_mode, s.source_size, s.size, s.channels)
+        return runtime.pixels(image, self.pre)
 
 
 class _Timm:
@@ -79,11 +73,9 @@ class _Timm:
         self.tf, self.mode, self.channels = tf, mode, channels
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        out = self.tf(to_mode(image, self.mode))
+        out = self.tf(runtime.to_mode(image, self.mode))
         arr = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-        if arr.shape[0] == 1 and self.channels > 1:
-            arr = np.repeat(arr, self.channels, axis=0)
-        return np.ascontiguousarray(arr, dtype=np.uint8)
+        return runtime.repeat_gray(arr.astype(np.uint8, copy=False), self.channels)
 
 
 def key_seed(*key: int) -> int:
