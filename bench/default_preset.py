@@ -6,6 +6,7 @@ The first method runs with an empty teacher cache, exactly as a first-time user 
 training the teacher; the others reuse the cached teacher (as the README says they do). Every accuracy is
 measured with ONNX Runtime on the exported student (the `fp32` stage), on the full balanced test split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,23 @@ COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
 
 def run(method: str, out: Path, cache: Path, preset: str) -> tuple[dict, float]:
     name = f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = [str(Path(sys.executable).parent / "ltcompress"), "run", "--teacher", "resnet50", "--student",
-           "mobilenetv3", "--method", method, "--preset", preset, "--runs-dir", str(out), "--name", name,
-           "--no-progress"]
+    cmd = [
+        str(Path(sys.executable).parent / "ltcompress"),
+        "run",
+        "--teacher",
+        "resnet50",
+        "--student",
+        "mobilenetv3",
+        "--method",
+        method,
+        "--preset",
+        preset,
+        "--runs-dir",
+        str(out),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     env = {**os.environ, "LTCOMPRESS_CACHE": str(cache)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -53,10 +68,12 @@ def main() -> None:
             print(f"{method}: {reports[method][1]:.0f} s", file=sys.stderr, flush=True)
     first, (first_report, _) = args.methods[0], reports[args.methods[0]]
     env = first_report["environment"]
-    print(f"preset `{args.preset}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"torch {env['versions']['torch']}, timm {env['versions']['timm']}, "
-          f"onnxruntime {env['versions']['onnxruntime']}; accuracy in %, test set of "
-          f"{first_report['data']['test_size']} images\n")
+    print(
+        f"preset `{args.preset}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"torch {env['versions']['torch']}, timm {env['versions']['timm']}, "
+        f"onnxruntime {env['versions']['onnxruntime']}; accuracy in %, test set of "
+        f"{first_report['data']['test_size']} images\n"
+    )
     print("| model | " + " | ".join(COLUMNS) + " | wall time |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     teacher = first_report["stages"].get("teacher")
@@ -64,8 +81,13 @@ def main() -> None:
         t = first_report["run"]["timings_s"]["teacher"]
         print(row(f"teacher {first_report['teacher']['arch']} (torch)", teacher, f"{t:.0f} s training"))
     for method, (rep, wall) in reports.items():
-        note = ("no teacher" if rep["teacher"] is None else "incl. teacher training" if method == first
-                else "teacher from cache")
+        note = (
+            "no teacher"
+            if rep["teacher"] is None
+            else "incl. teacher training"
+            if method == first
+            else "teacher from cache"
+        )
         print(row(f"student `{method}` (ONNX Runtime)", rep["stages"]["fp32"], f"{wall:.0f} s ({note})"))
 
 

@@ -11,6 +11,7 @@ INT8 model toward the run's own int8 gates, deciding on the run's held-out image
 gates' verdicts below are on the test set. Latencies are medians of repeated runs in one process, so ratios
 between models are comparable on a noisy machine; accuracies are on the full test split, with ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,12 @@ def accuracy(path: Path, data: data_stage.LTData, groups: dict) -> dict:
 def measure(path: Path, data: data_stage.LTData, groups: dict, threads: int, budget: float) -> dict[str, Any]:
     shape = (data.spec.channels, data.spec.size, data.spec.size)
     m = accuracy(path, data, groups)
-    return {"mb": path.stat().st_size / 1e6, **{c: m[c] for c in COLUMNS},
-            "b1": latency_ms(path, np.zeros((1, *shape), np.float32), budget, threads),
-            "b32": latency_ms(path, np.zeros((32, *shape), np.float32), budget, threads)}
+    return {
+        "mb": path.stat().st_size / 1e6,
+        **{c: m[c] for c in COLUMNS},
+        "b1": latency_ms(path, np.zeros((1, *shape), np.float32), budget, threads),
+        "b32": latency_ms(path, np.zeros((32, *shape), np.float32), budget, threads),
+    }
 
 
 def load_run(run: Path) -> tuple[dict, config_mod.CompressConfig, data_stage.LTData, dict, list]:
@@ -71,9 +75,12 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
     """Every model of one run, measured; returns label -> measurements."""
     report, cfg, data, groups, gates = load_run(run)
     saved, seed = report["config"], report["config"]["run"]["seed"]
-    print(f"run {run.name}: {saved['method']['name']} on {cfg.data.dataset}, {len(data.train)} train / "
-          f"{len(data.test)} test images, {data.spec.size} px, held out: {data.val_source or 'none'}; int8 gates: "
-          f"{', '.join(g.expr for g in gates) or 'none'}\n", flush=True)
+    print(
+        f"run {run.name}: {saved['method']['name']} on {cfg.data.dataset}, {len(data.train)} train / "
+        f"{len(data.test)} test images, {data.spec.size} px, held out: {data.val_source or 'none'}; int8 gates: "
+        f"{', '.join(g.expr for g in gates) or 'none'}\n",
+        flush=True,
+    )
     models: dict[str, Path] = {"student FP32": run / "student.onnx"}
     if args.teacher:
         arch = saved["resolved"]["teacher_arch"]
@@ -90,8 +97,9 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
                 fixed = path.with_name(path.stem + "-repaired.onnx")
                 fixed.write_bytes(path.read_bytes())
                 held = repair_stage.held_out(data, gates, run / "student.onnx", {}, torch.device("cpu"), 256)
-                repairs[method] = repair_stage.repair(quantizer, fixed, held, data, groups, gates, export_cfg,
-                                                      Path(tmp))
+                repairs[method] = repair_stage.repair(
+                    quantizer, fixed, held, data, groups, gates, export_cfg, Path(tmp)
+                )
                 models[f"INT8 {method} repaired"] = fixed
     measured = {}
     for label, path in models.items():
@@ -106,40 +114,62 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
 def variant(spec: str) -> ExportConfig:
     """`method[:calibration[:per-tensor]]`, e.g. `entropy` or `minmax:head:per-tensor` (ranges from the head
     classes alone, one weight range per tensor: a calibration that hurts the tail, for the repair to mend)."""
-    method, calibration, weights = (spec.split(":") + ["stratified", "per-channel"][spec.count(":"):])[:3]
-    if method not in config_mod.CALIBRATION_METHODS or calibration not in config_mod.CALIBRATIONS or \
-            weights not in ("per-channel", "per-tensor"):
-        raise SystemExit(f"--methods {spec!r}: expected method[:calibration[:per-tensor]] with method in "
-                         f"{config_mod.CALIBRATION_METHODS} and calibration in {config_mod.CALIBRATIONS}")
-    return dataclasses.replace(ExportConfig(), calibration_method=method, calibration=calibration,
-                               per_channel=weights == "per-channel")
+    method, calibration, weights = (spec.split(":") + ["stratified", "per-channel"][spec.count(":") :])[:3]
+    if (
+        method not in config_mod.CALIBRATION_METHODS
+        or calibration not in config_mod.CALIBRATIONS
+        or weights not in ("per-channel", "per-tensor")
+    ):
+        raise SystemExit(
+            f"--methods {spec!r}: expected method[:calibration[:per-tensor]] with method in "
+            f"{config_mod.CALIBRATION_METHODS} and calibration in {config_mod.CALIBRATIONS}"
+        )
+    return dataclasses.replace(
+        ExportConfig(), calibration_method=method, calibration=calibration, per_channel=weights == "per-channel"
+    )
 
 
 def print_table(measured: dict[str, dict[str, Any]], repairs: dict[str, dict[str, Any]]) -> None:
     fp = measured["student FP32"]
-    print("| model | size (MB) | batch-1 ms | batch-32 ms | " + " | ".join(COLUMNS)
-          + " | Few drop | worst drop | FP32 nodes |")
+    print(
+        "| model | size (MB) | batch-1 ms | batch-32 ms | "
+        + " | ".join(COLUMNS)
+        + " | Few drop | worst drop | FP32 nodes |"
+    )
     print("|---|---:|---:|---:|" + "---:|" * (len(COLUMNS) + 3))
     for label, r in measured.items():
         method = label.split()[1] if label.endswith("repaired") else None  # "INT8 <variant> repaired"
         nodes = str(len(repairs[method]["nodes"])) if method else ""
-        drops = (f"{100 * (fp['few'] - r['few']):.2f} | {100 * (fp['worst'] - r['worst']):.2f}"
-                 if label != "student FP32" and not label.startswith("teacher") else " | ")
-        print(f"| {label} | {r['mb']:.2f} | {r['b1']:.3f} | {r['b32']:.2f} | "
-              + " | ".join(f"{100 * r[c]:.1f}" for c in COLUMNS) + f" | {drops} | {nodes} |")
+        drops = (
+            f"{100 * (fp['few'] - r['few']):.2f} | {100 * (fp['worst'] - r['worst']):.2f}"
+            if label != "student FP32" and not label.startswith("teacher")
+            else " | "
+        )
+        print(
+            f"| {label} | {r['mb']:.2f} | {r['b1']:.3f} | {r['b32']:.2f} | "
+            + " | ".join(f"{100 * r[c]:.1f}" for c in COLUMNS)
+            + f" | {drops} | {nodes} |"
+        )
     for method, rep in repairs.items():
-        print(f"\nrepair of INT8 {method}: held-out gates before {fmt_gates(rep['gates_before'])}, after "
-              f"{fmt_gates(rep['gates_after'])}; back to FP32: {', '.join(n['node'] for n in rep['nodes']) or 'none'}")
+        print(
+            f"\nrepair of INT8 {method}: held-out gates before {fmt_gates(rep['gates_before'])}, after "
+            f"{fmt_gates(rep['gates_after'])}; back to FP32: {', '.join(n['node'] for n in rep['nodes']) or 'none'}"
+        )
     print(flush=True)
 
 
 def fmt_gates(gates: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{g['gate']} = {g['value']:.4f}" + ("" if g.get("expected") is None else
-                     f" (expected {g['expected']:.4f})") + f" {'PASS' if g['passed'] else 'FAIL'}" for g in gates)
+    return ", ".join(
+        f"{g['gate']} = {g['value']:.4f}"
+        + ("" if g.get("expected") is None else f" (expected {g['expected']:.4f})")
+        + f" {'PASS' if g['passed'] else 'FAIL'}"
+        for g in gates
+    )
 
 
-def calibration_sweep(fp32: Path, data: data_stage.LTData, groups: dict, args: argparse.Namespace, work: Path,
-                      reference: dict[str, Any]) -> None:
+def calibration_sweep(
+    fp32: Path, data: data_stage.LTData, groups: dict, args: argparse.Namespace, work: Path, reference: dict[str, Any]
+) -> None:
     """Class-stratified against random calibration samples of several sizes (median over calibration seeds)."""
     rarest = data.class_names[int(np.argmin(data.class_counts))]
     print("| calibration | images | Few (median) | Few drop vs FP32 (points) | balanced (median) | worst (median) |")
@@ -150,23 +180,29 @@ def calibration_sweep(fp32: Path, data: data_stage.LTData, groups: dict, args: a
             for seed in args.seeds:
                 path = work / f"cal-{how}-{size}-{seed}.onnx"
                 with tempfile.TemporaryDirectory(dir=work) as tmp:
-                    _, info = int8(fp32, data, ExportConfig(calibration=how, calibration_size=size), seed, path,
-                                   Path(tmp))
+                    _, info = int8(
+                        fp32, data, ExportConfig(calibration=how, calibration_size=size), seed, path, Path(tmp)
+                    )
                 runs.append((accuracy(path, data, groups), info))
                 path.unlink()
             few = statistics.median(m["few"] for m, _ in runs)
             tail = min(i["calibration_per_class"][rarest] for _, i in runs)
-            print(f"| {how} | {size} (rarest class: {tail}) | {100 * few:.1f} | {100 * (reference['few'] - few):.2f} "
-                  f"| {100 * statistics.median(m['balanced'] for m, _ in runs):.1f} | "
-                  f"{100 * statistics.median(m['worst'] for m, _ in runs):.1f} |", flush=True)
+            print(
+                f"| {how} | {size} (rarest class: {tail}) | {100 * few:.1f} | {100 * (reference['few'] - few):.2f} "
+                f"| {100 * statistics.median(m['balanced'] for m, _ in runs):.1f} | "
+                f"{100 * statistics.median(m['worst'] for m, _ in runs):.1f} |",
+                flush=True,
+            )
 
 
 def summary(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Medians over the runs, and each run's Few/worst drop against its own FP32, with the repair's targets."""
     labels = [k for k in next(iter(results.values())) if not k.startswith("teacher")]
     print(f"summary over {len(results)} run(s): medians; drops in points against each run's own FP32, per run")
-    print("| model | size (MB) | batch-1 ms | batch-32 ms | balanced | few | worst | Few drop per run | "
-          "worst drop per run | size vs INT8 |")
+    print(
+        "| model | size (MB) | batch-1 ms | batch-32 ms | balanced | few | worst | Few drop per run | "
+        "worst drop per run | size vs INT8 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     verdicts = []
     for label in labels:
@@ -177,32 +213,45 @@ def summary(results: dict[str, dict[str, dict[str, Any]]]) -> None:
         worst_drop = [100 * (f["worst"] - x["worst"]) for f, x in zip(fps, rows)]
         base = label.removesuffix(" repaired")
         ratio = max(x["mb"] / r[base]["mb"] for x, r in zip(rows, results.values())) if base != label else None
-        print(f"| {label} | {med['mb']:.2f} | {med['b1']:.3f} | {med['b32']:.2f} | {100 * med['balanced']:.1f} | "
-              f"{100 * med['few']:.1f} | {100 * med['worst']:.1f} | {' / '.join(f'{d:.2f}' for d in few_drop)} | "
-              f"{' / '.join(f'{d:.2f}' for d in worst_drop)} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+        print(
+            f"| {label} | {med['mb']:.2f} | {med['b1']:.3f} | {med['b32']:.2f} | {100 * med['balanced']:.1f} | "
+            f"{100 * med['few']:.1f} | {100 * med['worst']:.1f} | {' / '.join(f'{d:.2f}' for d in few_drop)} | "
+            f"{' / '.join(f'{d:.2f}' for d in worst_drop)} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+        )
         if ratio is not None:
             met = all(d <= 1 for d in few_drop) and all(d <= 2 for d in worst_drop) and ratio <= 1.5
-            verdicts.append(f"{label}: target (Few drop <= 1 and worst drop <= 2 points on every run, at most 1.5x "
-                            f"the INT8 size) {'met' if met else 'NOT met'}")
+            verdicts.append(
+                f"{label}: target (Few drop <= 1 and worst drop <= 2 points on every run, at most 1.5x "
+                f"the INT8 size) {'met' if met else 'NOT met'}"
+            )
     print("\n" + "\n".join(verdicts))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
-    parser.add_argument("--methods", nargs="+", default=["minmax"],
-                        help="INT8 variants to compare: method[:calibration[:per-tensor]], e.g. minmax entropy "
-                             "percentile minmax:head:per-tensor")
-    parser.add_argument("--repair", action="store_true", help="also repair each INT8 model toward the run's int8 "
-                                                              "gates on its held-out images")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["minmax"],
+        help="INT8 variants to compare: method[:calibration[:per-tensor]], e.g. minmax entropy "
+        "percentile minmax:head:per-tensor",
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="also repair each INT8 model toward the run's int8 gates on its held-out images",
+    )
     parser.add_argument("--teacher", action="store_true", help="also measure the teacher, exported to ONNX")
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="calibration sample sizes to sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds of the sweep")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of repeated runs per latency")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores, onnxruntime {ort.__version__}, torch {torch.__version__}; CPU flags: "
-          f"{' '.join(json.loads((args.runs[0] / 'report.json').read_text())['environment'].get('cpu_flags', []))}\n")
+    print(
+        f"{os.cpu_count()} cores, onnxruntime {ort.__version__}, torch {torch.__version__}; CPU flags: "
+        f"{' '.join(json.loads((args.runs[0] / 'report.json').read_text())['environment'].get('cpu_flags', []))}\n"
+    )
     work = Path(tempfile.mkdtemp(prefix="ltcompress-deploy-"))
     results = {run.name: bench_run(run, args, work) for run in args.runs}
     if len(results) > 1 or args.repair:

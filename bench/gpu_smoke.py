@@ -8,6 +8,7 @@ the ceiling.
 
 Runs from the source tree with no network (no pretrained weights). Medians over epochs after the first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def main() -> None:
     device = pick_device(args.device)
     data = synthetic(args.steps // args.epochs * args.batch, args.size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; {args.size} px, batch {args.batch}, "
-          f"{args.epochs} epochs x {len(data.train) // args.batch} steps per loop; images/s, median of epochs 2..")
+    print(
+        f"device: {name}; torch {torch.__version__}; {args.size} px, batch {args.batch}, "
+        f"{args.epochs} epochs x {len(data.train) // args.batch} steps per loop; images/s, median of epochs 2.."
+    )
 
     n = len(data.train) // args.batch * args.batch
     toolkit = [n / t for t in toolkit_loop(data, args.batch, device, args.epochs)]
@@ -66,8 +69,9 @@ def main() -> None:
     pipe = pipeline_only(data, args.batch, device, args.epochs)
     rows = {"ltcompress loop (distill.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
     for label, rates in rows.items():
-        print(f"{label:34s} {statistics.median(rates[1:]):8.0f} img/s   (epochs: "
-              f"{' '.join(f'{r:.0f}' for r in rates)})")
+        print(
+            f"{label:34s} {statistics.median(rates[1:]):8.0f} img/s   (epochs: {' '.join(f'{r:.0f}' for r in rates)})"
+        )
     print(f"loop / bare: {statistics.median(toolkit[1:]) / statistics.median(bare[1:]):.2f}x")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")

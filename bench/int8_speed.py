@@ -8,6 +8,7 @@ Weights are random (speed does not depend on their values) and calibration uses 
 needed. Every latency is the median of repeated runs in one process (see ltcompress.verify.latency_ms); the
 speed-up column divides FP32's latency by the variant's at the same input size, batch, threads and level.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,17 @@ from ltcompress.data import InputSpec
 from ltcompress.onnx_export import export, prepare
 from ltcompress.verify import latency_ms
 
-LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-          "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
-VARIANTS = {"QDQ per-channel (ltcompress default)": (QuantFormat.QDQ, True),
-            "QDQ per-tensor": (QuantFormat.QDQ, False),
-            "QOperator per-channel": (QuantFormat.QOperator, True),
-            "QOperator per-tensor": (QuantFormat.QOperator, False)}
+LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+}
+VARIANTS = {
+    "QDQ per-channel (ltcompress default)": (QuantFormat.QDQ, True),
+    "QDQ per-tensor": (QuantFormat.QDQ, False),
+    "QOperator per-channel": (QuantFormat.QOperator, True),
+    "QOperator per-tensor": (QuantFormat.QOperator, False),
+}
 
 
 class Reader(CalibrationDataReader):
@@ -58,8 +64,15 @@ def build(arch: str, size: int, work: Path) -> dict[str, Path]:
         path = work / f"{name.split()[0]}-{per_channel}-{size}.onnx"
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(str(prepared), str(path), Reader(batches), quant_format=fmt, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(prepared),
+                str(path),
+                Reader(batches),
+                quant_format=fmt,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         out[name] = path
     return out
 
@@ -78,8 +91,15 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", default=["all", "basic"], choices=list(LEVELS))
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of repeated runs per latency")
     args = parser.parse_args()
-    flags = sorted({f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-                    for f in line.split(":", 1)[1].split() if "vnni" in f or f.startswith("avx512")})
+    flags = sorted(
+        {
+            f
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+            for f in line.split(":", 1)[1].split()
+            if "vnni" in f or f.startswith("avx512")
+        }
+    )
     print(f"{args.arch}; {os.cpu_count()} cores; onnxruntime {ort.__version__}; CPU flags: {' '.join(flags)}\n")
     print("| input | batch | threads | graph opt | model | ms | speed-up vs FP32 |")
     print("|---:|---:|---:|---|---|---:|---:|")
@@ -93,8 +113,11 @@ def main() -> None:
                         fp32 = latency(paths["FP32"], x, threads, level, args.budget)
                         for name, path in paths.items():
                             ms = fp32 if name == "FP32" else latency(path, x, threads, level, args.budget)
-                            print(f"| {size} | {batch} | {threads or 'default'} | {level} | {name} | {ms:.3f} | "
-                                  f"{fp32 / ms:.2f}x |", flush=True)
+                            print(
+                                f"| {size} | {batch} | {threads or 'default'} | {level} | {name} | {ms:.3f} | "
+                                f"{fp32 / ms:.2f}x |",
+                                flush=True,
+                            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ fmnist-lt training set, in one run:
 Each configuration trains `--epochs` epochs from the same initial weights; the figure is the median over
 epochs after the first (warm-up). Compare ratios, not absolute figures: the machine is noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,8 @@ from ltcompress.config import DataConfig, TrainConfig
 from ltcompress.data import LTData, iterate, load, to_batch
 from ltcompress.data.samplers import epoch_stream
 from ltcompress.dist import pick_device
-from ltcompress.distill import LoopOptions, amp_dtype, autocast, freeze, train
+from ltcompress.distill import LoopOptions, freeze, train
+from ltcompress.train_state import amp_dtype, autocast
 from ltcompress.logit_cache import LogitCache
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
@@ -44,8 +46,9 @@ def fresh(num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     return models.create(TEACHER, num_classes), models.create(STUDENT, num_classes)
 
 
-def bare_loop(teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, batch: int, device: torch.device,
-              epochs: int) -> list[float]:
+def bare_loop(
+    teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, batch: int, device: torch.device, epochs: int
+) -> list[float]:
     """Seconds per epoch of a hand-written loop doing the toolkit's work, nothing more."""
     student.to(device, memory_format=torch.channels_last).train()
     freeze(teacher.to(device, memory_format=torch.channels_last))
@@ -73,13 +76,23 @@ def bare_loop(teacher: torch.nn.Module, student: torch.nn.Module, data: LTData, 
     return times
 
 
-def toolkit_loop(data: LTData, batch: int, device: torch.device, epochs: int,
-                 cache: LogitCache | None = None) -> list[float]:
+def toolkit_loop(
+    data: LTData, batch: int, device: torch.device, epochs: int, cache: LogitCache | None = None
+) -> list[float]:
     teacher, student = fresh(data.num_classes)
     ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), epochs)
     method = METHODS.get("kd")(METHODS.get("kd").make_params({}), ctx)
-    result = train(student, method, data, TrainConfig(epochs=epochs, batch_size=batch), device, stage="student",
-                   seed=0, teacher=teacher, options=LoopOptions(teacher_cache=cache, progress=False))
+    result = train(
+        student,
+        method,
+        data,
+        TrainConfig(epochs=epochs, batch_size=batch),
+        device,
+        stage="student",
+        seed=0,
+        teacher=teacher,
+        options=LoopOptions(teacher_cache=cache, progress=False),
+    )
     return [r["seconds"] for r in result.history]
 
 
@@ -92,9 +105,11 @@ def main() -> None:
     device = pick_device(args.device)
     data = load(DataConfig(), Path(tempfile.gettempdir()))
     n = len(data.train) // args.batch * args.batch
-    print(f"{TEACHER} -> {STUDENT}, KD, fmnist-lt ({len(data.train)} images, 32 px), batch {args.batch}, "
-          f"{args.epochs} epochs per configuration, device {device}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; seconds per epoch (median of epochs 2..) and images/s\n")
+    print(
+        f"{TEACHER} -> {STUDENT}, KD, fmnist-lt ({len(data.train)} images, 32 px), batch {args.batch}, "
+        f"{args.epochs} epochs per configuration, device {device}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; seconds per epoch (median of epochs 2..) and images/s\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cache = LogitCache.open(Path(tmp), {"bench": "loop.py"})
         rows = {

@@ -8,6 +8,7 @@ accuracy, measured with ONNX Runtime on each exported student (teachers with tor
 `teacher.seed` = 0) and come from the cache afterwards; a run whose report.json already exists in --out is reused,
 so an interrupted benchmark picks up where it stopped. Runs go seed by seed, so a partial run is still a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,17 @@ from pathlib import Path
 COLUMNS = ("overall", "balanced", "many", "medium", "few", "worst")
 # (row label, method, method args): baselines, every distillation method, then the readings' switchable parts
 VARIANTS = [
-    ("ce", "ce", {}), ("bsce", "bsce", {}),
-    ("kd", "kd", {}), ("dkd", "dkd", {}), ("dkd beta=0.5", "dkd", {"beta": 0.5}), ("bkd", "bkd", {}),
-    ("dive", "dive", {}), ("rekd", "rekd", {}),
-    ("rekd beta=0.5", "rekd", {"beta": 0.5}), ("krdistill", "krdistill", {}), ("ltkd", "ltkd", {}),
+    ("ce", "ce", {}),
+    ("bsce", "bsce", {}),
+    ("kd", "kd", {}),
+    ("dkd", "dkd", {}),
+    ("dkd beta=0.5", "dkd", {"beta": 0.5}),
+    ("bkd", "bkd", {}),
+    ("dive", "dive", {}),
+    ("rekd", "rekd", {}),
+    ("rekd beta=0.5", "rekd", {"beta": 0.5}),
+    ("krdistill", "krdistill", {}),
+    ("ltkd", "ltkd", {}),
 ]
 FIRST_READING = {"T": 4.0, "prior_after_temper": False, "swap": "all", "feature_term": True}
 # beta 8 (the default of both dkd and rekd) diverges on the fmnist-lt recipe; the ablation uses beta 0.5
@@ -45,8 +53,9 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-")
 
 
-def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Path,
-            report_only: bool = False) -> tuple[dict | str | None, float | None]:
+def run_one(
+    label: str, method: str, args: dict, seed: int, preset: str, out: Path, report_only: bool = False
+) -> tuple[dict | str | None, float | None]:
     """The run's report, or the error line of a run that diverged (exit 6), and its wall time (None: reused).
     With `report_only`, a run that has not finished is skipped (None) instead of started."""
     name = f"{slug(label)}-seed{seed}"
@@ -59,9 +68,25 @@ def run_one(label: str, method: str, args: dict, seed: int, preset: str, out: Pa
         return None, None
     if (out / name).exists():  # interrupted earlier: keep it aside, run again
         (out / name).rename(out / f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
-    cmd = [str(Path(sys.executable).parent / "ltcompress"), "run", "--preset", preset, "--method", method,
-           "--seed", str(seed), "--set", "teacher.seed=0",
-           "--set", "run.teacher_cache=true", "--runs-dir", str(out), "--name", name, "--no-progress"]
+    cmd = [
+        str(Path(sys.executable).parent / "ltcompress"),
+        "run",
+        "--preset",
+        preset,
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--set",
+        "teacher.seed=0",
+        "--set",
+        "run.teacher_cache=true",
+        "--runs-dir",
+        str(out),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     for key, value in args.items():
         cmd += ["--method-arg", f"{key}={json.dumps(value)}"]
     start = time.perf_counter()
@@ -114,17 +139,21 @@ def main() -> None:
                 teachers.setdefault(rep["teacher"]["loss"], rep)
     some = next(r[0] for r in rows.values() if r)
     v = some["environment"]["versions"]
-    print(f"preset `{args.preset}`, student seeds {' '.join(map(str, args.seeds))} (teacher seed 0); "
-          f"{platform.machine()}, {os.cpu_count()} cores; torch {v['torch']}, timm {v['timm']}, "
-          f"onnxruntime {v['onnxruntime']}; accuracy in %, mean ± std over seeds, last epoch, "
-          f"{some['data']['test_size']} test images\n")
+    print(
+        f"preset `{args.preset}`, student seeds {' '.join(map(str, args.seeds))} (teacher seed 0); "
+        f"{platform.machine()}, {os.cpu_count()} cores; torch {v['torch']}, timm {v['timm']}, "
+        f"onnxruntime {v['onnxruntime']}; accuracy in %, mean ± std over seeds, last epoch, "
+        f"{some['data']['test_size']} test images\n"
+    )
     print("| model | " + " | ".join(COLUMNS) + " | time per run (median) |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for loss, rep in sorted(teachers.items()):
         m = rep["stages"]["teacher"]
         cells = " | ".join(cell([m[c]]) for c in COLUMNS)
-        print(f"| teacher {rep['teacher']['arch']} `{loss}` (torch) | {cells} | "
-              f"{rep['teacher'].get('train_seconds', 0):.0f} s training |")
+        print(
+            f"| teacher {rep['teacher']['arch']} `{loss}` (torch) | {cells} | "
+            f"{rep['teacher'].get('train_seconds', 0):.0f} s training |"
+        )
     for label, reps in rows.items():
         cells = " | ".join(cell([r["stages"]["fp32"][c] for r in reps]) if reps else "diverged" for c in COLUMNS)
         # each run's own stage timings (process start-up excluded), so reused runs keep their figure

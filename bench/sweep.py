@@ -10,6 +10,7 @@ share a teacher label wait until one of them has finished, so each teacher train
 from the cache. Runs go seed-major (every arm's seed 0 first), so a sweep stopped by --deadline still covers
 every arm. A finished run (its report.json exists) is reused. Prints mean ± std over seeds per arm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,23 @@ class Job:
 
 
 def command(sweep: dict, arm: dict, seed: int, name: str, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "ltcompress", "run", "--preset", sweep["preset"], "--method", arm["method"],
-           "--seed", str(seed), "--runs-dir", str(out), "--name", name, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ltcompress",
+        "run",
+        "--preset",
+        sweep["preset"],
+        "--method",
+        arm["method"],
+        "--seed",
+        str(seed),
+        "--runs-dir",
+        str(out),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     for key, value in {**sweep.get("common", {}), **arm.get("set", {})}.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     for key, value in arm.get("args", {}).items():
@@ -64,8 +80,11 @@ def run_all(sweep: dict, jobs: list[Job], out: Path, slots: int, threads: int, d
             if job.proc.poll() is not None:
                 running.remove(job)
                 code = job.proc.returncode
-                print(f"[{time.monotonic() - start:5.0f} s] {job.name}: exit {code} after "
-                      f"{time.monotonic() - job.started:.0f} s", flush=True)
+                print(
+                    f"[{time.monotonic() - start:5.0f} s] {job.name}: exit {code} after "
+                    f"{time.monotonic() - job.started:.0f} s",
+                    flush=True,
+                )
                 if code not in (0, 5):
                     print(job.log.read_text()[-1500:], flush=True)
                 done_groups.add(job.group)
@@ -96,13 +115,18 @@ def run_all(sweep: dict, jobs: list[Job], out: Path, slots: int, threads: int, d
 
 
 def table(sweep: dict, jobs: list[Job], out: Path) -> None:
-    print(f"\npreset `{sweep['preset']}` + {sweep.get('common', {})}; seeds {sweep['seeds']}; "
-          f"ONNX Runtime accuracy in %, mean ± std over seeds, last epoch\n")
+    print(
+        f"\npreset `{sweep['preset']}` + {sweep.get('common', {})}; seeds {sweep['seeds']}; "
+        f"ONNX Runtime accuracy in %, mean ± std over seeds, last epoch\n"
+    )
     print("| arm | settings | " + " | ".join(COLUMNS) + " | teacher (torch) overall / few | seeds | time per run |")
     print("|---" * (len(COLUMNS) + 5) + "|")
     for arm in sweep["arms"]:
-        reps = [json.loads((out / j.name / "report.json").read_text()) for j in jobs
-                if j.arm is arm and (out / j.name / "report.json").is_file()]
+        reps = [
+            json.loads((out / j.name / "report.json").read_text())
+            for j in jobs
+            if j.arm is arm and (out / j.name / "report.json").is_file()
+        ]
         if not reps:
             print(f"| {arm['label']} | | " + " | ".join("-" for _ in COLUMNS) + " | | 0 | |")
             continue
@@ -119,8 +143,7 @@ def main() -> None:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/sweep"))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2),
-                        help="CPU threads per run")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="CPU threads per run")
     parser.add_argument("--deadline", type=float, default=0, help="stop starting and interrupt runs after S s")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

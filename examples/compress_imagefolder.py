@@ -11,6 +11,7 @@ models, and then:
   number of training images, so you know which classes need more data (exit 5, as `ltcompress run` would);
 - an error (bad data, bad option): one line and its exit code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ from ltcompress import LTCompressError, compress
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir")
-    parser.add_argument("--gate", action="append", dest="gates", default=None,
-                        help="repeatable (default: 'int8.few >= 0.6' and 'drop(fp32, int8).few <= 0.02')")
+    parser.add_argument(
+        "--gate",
+        action="append",
+        dest="gates",
+        default=None,
+        help="repeatable (default: 'int8.few >= 0.6' and 'drop(fp32, int8).few <= 0.02')",
+    )
     parser.add_argument("--teacher", default="resnet50")
     parser.add_argument("--student", default="mobilenetv3_small_100")
     parser.add_argument("--method", default="bkd")
@@ -36,18 +42,31 @@ def main() -> int:
 
     try:
         result = compress(
-            teacher=args.teacher, student=args.student, method=args.method, dataset="imagefolder",
-            data_dir=args.data_dir, gates=gates, int8=True, runs_dir=args.runs_dir,
-            overrides={"data.input_size": args.input_size, "student.train.epochs": args.epochs,
-                       "teacher.train.epochs": args.teacher_epochs, "student.train.grad_clip": 5.0})
+            teacher=args.teacher,
+            student=args.student,
+            method=args.method,
+            dataset="imagefolder",
+            data_dir=args.data_dir,
+            gates=gates,
+            int8=True,
+            runs_dir=args.runs_dir,
+            overrides={
+                "data.input_size": args.input_size,
+                "student.train.epochs": args.epochs,
+                "teacher.train.epochs": args.teacher_epochs,
+                "student.train.grad_clip": 5.0,
+            },
+        )
     except LTCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     assert result is not None  # None only on torchrun ranks other than 0
 
     int8 = result.metrics["int8"]
-    print(f"INT8 model: balanced {int8['balanced']:.3f}, Few {int8['few']}, worst class {int8['worst_class']} "
-          f"({int8['worst']:.3f}); report: {result.run_dir / 'report.html'}")
+    print(
+        f"INT8 model: balanced {int8['balanced']:.3f}, Few {int8['few']}, worst class {int8['worst_class']} "
+        f"({int8['worst']:.3f}); report: {result.run_dir / 'report.html'}"
+    )
     if result.passed:
         print(f"all {len(result.gates)} gates passed; copy {result.bundle_dir} to the device")
         return 0

@@ -7,6 +7,7 @@ ltcompress): classify a folder of images and count the predictions per class.
 The bundle carries its own runtime (bundle/export/runtime.py) and preprocessing (preprocess.json); this script
 loads that runtime from the bundle, so the images are prepared exactly as they were when the model was verified.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def main() -> int:
     runtime = load_runtime(args.bundle)
     model = "model.int8.onnx" if args.int8 else "model.onnx"
     if not (args.bundle / model).is_file():
-        print(f"error: {args.bundle / model} does not exist (run ltcompress with --int8 for an INT8 model)",
-              file=sys.stderr)
+        print(
+            f"error: {args.bundle / model} does not exist (run ltcompress with --int8 for an INT8 model)",
+            file=sys.stderr,
+        )
         return 2
     bundle = runtime.Bundle(args.bundle, model)
     paths = runtime.expand([str(args.images)])

@@ -9,6 +9,7 @@ Every process calls compress() with the same settings. Each trains on its share 
 on CUDA), and only rank 0 writes the run directory and gets the result; the other ranks get None.
 `ltcompress run` under `torchrun -m ltcompress` does the same from the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,26 @@ def main() -> int:
     parser.add_argument("--method", default="bkd")
     parser.add_argument("--name", default=None, help="run name (default: automatic)")
     parser.add_argument("--runs-dir", default="runs")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config value by dotted key, e.g. student.train.epochs=10; repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config value by dotted key, e.g. student.train.epochs=10; repeatable",
+    )
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     rank = int(os.environ.get("RANK", "0"))
     try:
-        result = compress(teacher=args.teacher, student=args.student, method=args.method, name=args.name,
-                          runs_dir=args.runs_dir, overrides=overrides, progress=rank == 0)
+        result = compress(
+            teacher=args.teacher,
+            student=args.student,
+            method=args.method,
+            name=args.name,
+            runs_dir=args.runs_dir,
+            overrides=overrides,
+            progress=rank == 0,
+        )
     except LTCompressError as exc:
         print(f"rank {rank}: error: {exc}", file=sys.stderr)
         return exc.exit_code

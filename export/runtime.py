@@ -5,6 +5,7 @@
 Run from inside a bundle, ``--bundle`` defaults to the folder above this file. Prints one JSON object per image
 (path, label, class index, probability) or writes them all to ``--json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def pad_centre(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = arr.shape[-2:]
     top, left = (size - h) // 2, (size - w) // 2
     out = np.zeros((*arr.shape[:-2], size, size), dtype=np.uint8)
-    out[..., top:top + h, left:left + w] = arr
+    out[..., top : top + h, left : left + w] = arr
     return out
 
 
@@ -87,10 +88,10 @@ def _resize_centre_crop(img: Image.Image, size: int, crop_pct: float, interpolat
     if size > w or size > h:
         left, top = max(size - w, 0) // 2, max(size - h, 0) // 2
         padded = np.zeros((c, max(h, size), max(w, size)), dtype=np.uint8)
-        padded[:, top:top + h, left:left + w] = arr
+        padded[:, top : top + h, left : left + w] = arr
         arr, (c, h, w) = padded, padded.shape
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return arr[:, top:top + size, left:left + size]
+    return arr[:, top : top + size, left : left + size]
 
 
 class Bundle:
@@ -113,8 +114,10 @@ class Bundle:
             return json.loads(meta[key])
         if (self.folder / side_file).is_file():
             return json.loads((self.folder / side_file).read_text())
-        raise ValueError(f"{self.folder / model} carries no {key} metadata and there is no {side_file} beside it; "
-                         f"use a model exported by ltcompress, or its bundle")
+        raise ValueError(
+            f"{self.folder / model} carries no {key} metadata and there is no {side_file} beside it; "
+            f"use a model exported by ltcompress, or its bundle"
+        )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image -> float32 [C, H, W]: the run's pixels (`pixels`), then mean/std."""
@@ -129,15 +132,16 @@ class Bundle:
     def classify(self, paths: list[Path], batch_size: int = 64) -> list[dict[str, Any]]:
         results = []
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             batch = np.stack([self.preprocess(Image.open(p)) for p in chunk])
             z = self.logits(batch)
             z = z - z.max(axis=1, keepdims=True)
             prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
             for path, row in zip(chunk, prob):
                 k = int(row.argmax())
-                results.append({"path": str(path), "class_index": k, "label": self.labels[k],
-                                "probability": float(row[k])})
+                results.append(
+                    {"path": str(path), "class_index": k, "label": self.labels[k], "probability": float(row[k])}
+                )
         return results
 
 
@@ -157,17 +161,26 @@ def expand(inputs: Iterable[str]) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with an ltcompress bundle (no torch needed).")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--bundle", default=str(Path(__file__).resolve().parent.parent),
-                        help="bundle folder (default: the folder above this script)")
-    parser.add_argument("--model", default="model.onnx",
-                        help="model file inside the bundle, or any path to an ltcompress .onnx file (its labels and "
-                             "preprocessing are read from the model itself)")
+    parser.add_argument(
+        "--bundle",
+        default=str(Path(__file__).resolve().parent.parent),
+        help="bundle folder (default: the folder above this script)",
+    )
+    parser.add_argument(
+        "--model",
+        default="model.onnx",
+        help="model file inside the bundle, or any path to an ltcompress .onnx file (its labels and "
+        "preprocessing are read from the model itself)",
+    )
     parser.add_argument("--json", dest="json_out", help="write all results to this JSON file")
     args = parser.parse_args(argv)
     try:
         model = Path(args.model)
-        bundle = Bundle(model.parent, model.name) if model.is_file() and model.parent != Path(".") \
+        bundle = (
+            Bundle(model.parent, model.name)
+            if model.is_file() and model.parent != Path(".")
             else Bundle(args.bundle, args.model)
+        )
         results = bundle.classify(expand(args.inputs))
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

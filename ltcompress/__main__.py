@@ -1,4 +1,5 @@
 """``python -m ltcompress`` (and ``torchrun -m ltcompress``)."""
+
 from ltcompress.cli import main
 
 main()

@@ -1,4 +1,5 @@
 """compress(): resolve the config, then call the stages in pipeline order. Nothing else lives here."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,17 +11,31 @@ from typing import Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
 from ltcompress.config import CompressConfig
-from ltcompress.errors import UsageError
+from ltcompress.plan import Plan, since, validate
 
 log = logging.getLogger("ltcompress")
 
 # compress() keywords -> dotted config keys (the CLI's options map onto the same keys)
 KEYWORDS = {
-    "teacher": "teacher.arch", "student": "student.arch", "method": "method.name", "dataset": "data.dataset",
-    "gates": "gates", "name": "run.name", "runs_dir": "run.runs_dir", "teacher_weights": "teacher.weights",
-    "teacher_init": "teacher.init", "data_dir": "data.data_dir", "method_args": "method.args", "seed": "run.seed",
-    "device": "run.device", "int8": "export.int8", "student_init": "student.init", "student_weights": "student.weights",
-    "int8_repair": "export.int8_repair", "epochs": "student.train.epochs", "teacher_epochs": "teacher.train.epochs",
+    "teacher": "teacher.arch",
+    "student": "student.arch",
+    "method": "method.name",
+    "dataset": "data.dataset",
+    "gates": "gates",
+    "name": "run.name",
+    "runs_dir": "run.runs_dir",
+    "teacher_weights": "teacher.weights",
+    "teacher_init": "teacher.init",
+    "data_dir": "data.data_dir",
+    "method_args": "method.args",
+    "seed": "run.seed",
+    "device": "run.device",
+    "int8": "export.int8",
+    "student_init": "student.init",
+    "student_weights": "student.weights",
+    "int8_repair": "export.int8_repair",
+    "epochs": "student.train.epochs",
+    "teacher_epochs": "teacher.train.epochs",
     "teacher_cache": "run.teacher_cache",
 }
 
@@ -55,8 +70,9 @@ class CompressResult:
         return self.run_dir / "bundle" if self.passed else None
 
 
-def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 **keywords: Any) -> CompressConfig:
+def build_config(
+    preset: str | None = None, overrides: Mapping[str, Any] | None = None, **keywords: Any
+) -> CompressConfig:
     """Resolve preset < overrides (dotted keys) < keywords; unknown keys or bad values raise UsageError."""
     flat = dict(overrides or {})
     for key, value in keywords.items():
@@ -72,23 +88,41 @@ def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None 
     return config_mod.resolve(preset, flat)
 
 
-def compress(teacher: str | None = None, student: str | None = None, method: str | None = None,
-             dataset: str | None = None, *, gates: Sequence[str] | None = None, preset: str | None = None,
-             overrides: Mapping[str, Any] | None = None, config: CompressConfig | None = None,
-             progress: bool = True, resume: bool = False, name: str | None = None, runs_dir: str | None = None,
-             teacher_weights: str | None = None, teacher_init: str | None = None, student_init: str | None = None,
-             student_weights: str | None = None, data_dir: str | None = None,
-             method_args: Mapping[str, Any] | None = None, seed: int | None = None, device: str | None = None,
-             epochs: int | None = None, teacher_epochs: int | None = None, teacher_cache: bool | None = None,
-             int8: bool | None = None, int8_repair: bool | None = None) -> CompressResult | None:
+def compress(
+    teacher: str | None = None,
+    student: str | None = None,
+    method: str | None = None,
+    dataset: str | None = None,
+    *,
+    gates: Sequence[str] | None = None,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config: CompressConfig | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    name: str | None = None,
+    runs_dir: str | None = None,
+    teacher_weights: str | None = None,
+    teacher_init: str | None = None,
+    student_init: str | None = None,
+    student_weights: str | None = None,
+    data_dir: str | None = None,
+    method_args: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    epochs: int | None = None,
+    teacher_epochs: int | None = None,
+    teacher_cache: bool | None = None,
+    int8: bool | None = None,
+    int8_repair: bool | None = None,
+) -> CompressResult | None:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
     Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
-    ``{"student.train.epochs": 5}``. Other keywords: name, runs_dir, teacher_weights, teacher_init,
-    student_init, student_weights, data_dir, method_args, seed, device, epochs, teacher_epochs, teacher_cache,
-    int8 (also export a calibrated INT8 model, stage ``int8``), int8_repair (INT8 with its tail-aware repair);
-    the CLI's options are these same keywords. `resume=True` continues the interrupted run named by `name` from
+    ``{"student.train.epochs": 5}``; each other keyword sets the config key `KEYWORDS` names (``int8``: also
+    export a calibrated INT8 model; ``int8_repair``: with its tail-aware repair), as the CLI's options do.
+    `resume=True` continues the interrupted run named by `name` from
     its last checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone
     writes the run and returns the result; the other ranks return None.
     Raises an LTCompressError subclass for errors; a failed gate is not an error.
@@ -99,7 +133,7 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
     given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
     cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
-    plan = _validate(cfg, progress)
+    plan = validate(cfg, progress)
     if not dist.is_main():
         try:
             _follow(plan, resume)
@@ -121,103 +155,21 @@ def compress(teacher: str | None = None, student: str | None = None, method: str
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
         return _finish(plan, run, _run(plan, run, resume))
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
-                          f"command plus --name {run.path.name} --resume") from None
+        raise Interrupted(
+            f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
+            f"command plus --name {run.path.name} --resume"
+        ) from None
     except StorageError as exc:  # nothing is marked finished yet: a resume picks up from the last checkpoint
-        raise StorageError(f"{exc}. Then finish the run with the same command plus --name {run.path.name} "
-                           f"--resume (what is trained is kept)") from exc
+        raise StorageError(
+            f"{exc}. Then finish the run with the same command plus --name {run.path.name} "
+            f"--resume (what is trained is kept)"
+        ) from exc
     finally:
         log.removeHandler(handler)
         handler.close()
         run.close()
         if owns_group:
             dist.shutdown()
-
-
-@dataclass
-class Plan:
-    """A run with everything a user can get wrong already checked, before any file is written."""
-
-    cfg: CompressConfig
-    student_arch: str
-    student_init: tuple[str, str]  # (pretrained | scratch | file, why)
-    params: Any
-    loss: Any  # the method's loss module
-    gates: list[Any]
-    device: Any
-    progress: bool
-    data: Any
-    groups: dict[str, list[int]]
-    teacher_plan: Any
-    resolved: dict[str, Any]
-    timings: dict[str, float]
-
-
-def _validate(cfg: CompressConfig, progress: bool) -> Plan:
-    """Names, gates, devices, batch sizes and the data itself, checked before anything is written."""
-    import torch
-
-    from ltcompress import data as data_stage
-    from ltcompress import dist, distill, gates as gate_mod, models, rundir
-    from ltcompress import teacher as teacher_stage
-    from ltcompress.data.samplers import SAMPLERS
-    from ltcompress.methods import METHODS
-    from ltcompress.methods.base import MethodContext
-
-    method_cls = METHODS.get(cfg.method.name)
-    params = method_cls.make_params(cfg.method.args)
-    student_arch = models.resolve_name(cfg.student.arch)
-    teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
-    teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
-    parsed_gates = [gate_mod.parse(g) for g in cfg.gates]
-    device = dist.init_from_env(dist.pick_device(cfg.run.device))  # torchrun: join the process group
-    distill.amp_dtype(device, cfg.run.precision)
-    for section, recipe in config_mod.recipes(cfg):
-        SAMPLERS.get(recipe.sampler)
-        if recipe.batch_size % dist.world():
-            raise UsageError(f"{section}.batch_size {recipe.batch_size} is the global batch and must be "
-                             f"divisible by the {dist.world()} processes")
-    if not dist.is_main():  # only rank 0 writes files and shows progress
-        log.setLevel(logging.WARNING)
-        progress = False
-    student_init = _student_init(cfg, student_arch)
-    pre = models.pretrained_preprocessing(student_arch) if student_init[0] == "pretrained" else None
-    t = time.perf_counter()
-    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
-    if cfg.export.int8_repair:
-        from ltcompress.repair import set_aside
-
-        data = set_aside(data, parsed_gates, cfg.export.repair_holdout, cfg.data.seed)
-    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    stage_keys = ("teacher",) * bool(teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
-    gate_mod.check_applicable(parsed_gates, groups, stage_keys, data.class_names)
-    teacher_plan = teacher_stage.plan(cfg, data, teacher_loss) if teacher_arch and teacher_loss else None
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), cfg.student.train.epochs,
-                        cfg.data.many_threshold, cfg.data.few_threshold)
-    loss = method_cls(params, ctx)  # checks that need the class count (rekd's k) happen here, before any write
-    if cfg.export.int8 and cfg.export.exclude_nodes:
-        from ltcompress import onnx_export
-
-        onnx_export.check_exclude_nodes(student_arch, data.spec, data.num_classes, cfg.export.exclude_nodes,
-                                        cfg.export.opset)
-    timings = {"data": _since(t)}
-    log.info("data: %s, %d train / %d test images, class counts %s", cfg.data.dataset, len(data.train),
-             len(data.test), data_stage.counts_text(data.class_counts))
-    resolved = {**cfg.to_dict(), "resolved": {"student_arch": student_arch, "teacher_arch": teacher_arch,
-                                              "method_params": dataclasses.asdict(params)}}
-    return Plan(cfg, student_arch, student_init, params, loss, parsed_gates, device, progress, data, groups,
-                teacher_plan, resolved, timings)
-
-
-def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
-    """Where the student starts: a weights file, pretrained weights timm can provide here, or scratch."""
-    from ltcompress import models
-
-    if cfg.student.weights or cfg.student.init not in ("auto", "pretrained", "scratch"):
-        return "file", cfg.student.weights or cfg.student.init
-    init, reason = models.resolve_init(cfg.student.init, arch, "student")
-    log.info("student init: %s (%s, student.init %s)", init, reason, cfg.student.init)
-    return init, reason
 
 
 @dataclass
@@ -241,17 +193,16 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     from ltcompress.metrics import summarize
 
     cfg, data, t = plan.cfg, plan.data, time.perf_counter()
-    teacher_obj = (teacher_stage.obtain(plan.teacher_plan, cfg, data, plan.device, run, plan.progress, resume)
-                   if plan.teacher_plan else None)
-    plan.timings["teacher"] = _since(t)
+    teacher_obj = (
+        teacher_stage.obtain(plan.teacher_plan, cfg, data, plan.device, run, plan.progress, resume)
+        if plan.teacher_plan
+        else None
+    )
+    plan.timings["teacher"] = since(t)
     t = time.perf_counter()
     ckpt = run.file("checkpoints") / "student-last.pt"
     teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
-    saved = checkpoint.load(ckpt) if resume else None
-    if saved is not None and saved.get("teacher_sha256") != teacher_sha:
-        raise UsageError(f"cannot resume {run.path}: its student was distilled from teacher sha256 "
-                         f"{str(saved.get('teacher_sha256'))[:12]}, this run has {str(teacher_sha)[:12]}; pass "
-                         f"the original --teacher-weights, or start a new run")
+    saved = checkpoint.load_student(ckpt, teacher_sha, run.path) if resume else None
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": plan.resolved})
@@ -259,26 +210,39 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
     module = teacher_obj.module if teacher_obj else None
     student, train_pass = _distill(plan, module, teacher_sha, saved, run.log_metrics, save_checkpoint)
     distill.save_weights(student, run.file("student.safetensors"))
-    plan.timings["distill"] = _since(t)
+    plan.timings["distill"] = since(t)
     t = time.perf_counter()
     onnx_path, int8_path, int8_info, repaired = _export(plan, run, student, module, teacher_sha)
-    plan.timings["export"] = _since(t)
+    plan.timings["export"] = since(t)
     t = time.perf_counter()
-    result = verify.run(data, plan.groups, student, onnx_path, cfg.export, plan.device, cfg.run.eval_batch_size,
-                        teacher=module, int8_path=int8_path)
-    gate_results = [g.to_dict() for g in gate_mod.evaluate(plan.gates, result.stages, result.predictions,
-                                                           result.labels, plan.groups, data.class_names)]
+    result = verify.run(
+        data,
+        plan.groups,
+        student,
+        onnx_path,
+        cfg.export,
+        plan.device,
+        cfg.run.eval_batch_size,
+        teacher=module,
+        int8_path=int8_path,
+    )
+    gate_results = [
+        g.to_dict()
+        for g in gate_mod.evaluate(
+            plan.gates, result.stages, result.predictions, result.labels, plan.groups, data.class_names
+        )
+    ]
     report.write_predictions(run, result.labels, result.predictions, result.confusions)
     if repaired and repaired.get("unrepaired_model"):  # reported only: the decisions were made on held-out images
         before = verify.ort_logits(run.file(repaired["unrepaired_model"]), data.test, data, cfg.run.eval_batch_size)
         repaired["test_before"] = summarize(before.argmax(1), result.labels, plan.groups, data.class_names)
-    plan.timings["verify"] = _since(t)
-    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results,
-                   repaired)
+    plan.timings["verify"] = since(t)
+    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results, repaired)
 
 
-def _export(plan: Plan, run: Any, student: Any, teacher: Any,
-            teacher_sha: str | None) -> tuple[Path, Path | None, dict[str, Any] | None, dict[str, Any] | None]:
+def _export(
+    plan: Plan, run: Any, student: Any, teacher: Any, teacher_sha: str | None
+) -> tuple[Path, Path | None, dict[str, Any] | None, dict[str, Any] | None]:
     """Stage 4: the ONNX student, its INT8 copy and that copy's repair when asked for, each describing itself."""
     import tempfile
 
@@ -295,10 +259,17 @@ def _export(plan: Plan, run: Any, student: Any, teacher: Any,
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=run.path) as tmp:
         quantizer, info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp))
         if cfg.export.int8_repair:
-            held = repair.held_out(data, plan.gates, onnx_path, {"student": student, "teacher": teacher},
-                                   plan.device, cfg.run.eval_batch_size)
-            repaired = repair.repair(quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export,
-                                     Path(tmp), plan.progress)
+            held = repair.held_out(
+                data,
+                plan.gates,
+                onnx_path,
+                {"student": student, "teacher": teacher},
+                plan.device,
+                cfg.run.eval_batch_size,
+            )
+            repaired = repair.repair(
+                quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export, Path(tmp), plan.progress
+            )
     for path, stage in ((int8_path, "int8"), (int8_path.with_name(repair.UNREPAIRED), "int8 before repair")):
         if path.is_file():
             onnx_export.embed_metadata(path, {**described, "ltcompress.stage": stage})
@@ -319,16 +290,26 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     for path in filter(None, (out.onnx_path, out.int8_path)):  # before report.artifacts takes their sha256
         onnx_export.embed_metadata(path, stamp)
     rep = report.build(
-        run=run, config=plan.resolved, gates=out.gate_results, stages=result.stages,
+        run=run,
+        config=plan.resolved,
+        gates=out.gate_results,
+        stages=result.stages,
         parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
-        teacher=out.teacher.provenance if out.teacher else None, student=_student_info(plan),
-        method={**method_info(cfg.method.name).to_dict(), "params": dataclasses.asdict(plan.params),
-                "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups)},
-        data_info=report.data_info(data, plan.groups, cfg), timings=plan.timings, device=str(plan.device),
+        teacher=out.teacher.provenance if out.teacher else None,
+        student=plan.student_info(),
+        method={
+            **method_info(cfg.method.name).to_dict(),
+            "params": dataclasses.asdict(plan.params),
+            "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups),
+        },
+        data_info=report.data_info(data, plan.groups, cfg),
+        timings=plan.timings,
+        device=str(plan.device),
         flips=result.flips,
         tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export, data.spec),
-        int8_repair=out.repair)
+        int8_repair=out.repair,
+    )
     html = report.render_html(rep)
     if not result.parity_ok:
         report.write(run, rep, html)
@@ -336,33 +317,35 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         raise VerificationError(
             f"the ONNX export does not reproduce the torch student: max logit difference "
             f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
-            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}")
+            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}"
+        )
     if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
-        report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names,
-                            report.preprocess(data, onnx_export.INPUT_NAME), rep, html, verify.test_inputs(data))
+        report.write_bundle(
+            run,
+            out.onnx_path,
+            out.int8_path,
+            data.class_names,
+            report.preprocess(data, onnx_export.INPUT_NAME),
+            rep,
+            html,
+            verify.test_inputs(data),
+        )
     report.write(run, rep, html)
     if rep["passed"]:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
-        log.info("%d gate(s) failed%s; no bundle written; see %s", len(rep["failed_gates"]),
-                 "" if (out.repair or {}).get("met", True) else ", the INT8 repair did not meet its gates",
-                 run.file("report.json"))
+        log.info(
+            "%d gate(s) failed%s; no bundle written; see %s",
+            len(rep["failed_gates"]),
+            "" if (out.repair or {}).get("met", True) else ", the INT8 repair did not meet its gates",
+            run.file("report.json"),
+        )
     return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
 
 
-def _student_info(plan: Plan) -> dict[str, Any]:
-    from ltcompress.distill import used_batch
-
-    recipe = plan.cfg.student.train
-    return {"arch": plan.student_arch, "init": plan.student_init[0], "init_reason": plan.student_init[1],
-            "batch_size_used": used_batch(recipe.batch_size, len(plan.data.train)),
-            "ema": recipe.ema, "ema_decay": recipe.ema_decay if recipe.ema else None,
-            "exported_weights": "ema" if recipe.ema else "last epoch", "precision": plan.cfg.run.precision,
-            "compile": plan.cfg.run.compile}
-
-
-def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any,
-             checkpoint: Any) -> tuple[Any, Any]:
+def _distill(
+    plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any
+) -> tuple[Any, Any]:
     """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
     import torch
 
@@ -371,17 +354,30 @@ def _distill(plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str,
     cfg, data = plan.cfg, plan.data
     torch.manual_seed(cfg.run.seed)
     init = cfg.student.init if plan.student_init[0] == "file" else plan.student_init[0]
-    student, info = models.build(plan.student_arch, data.num_classes, data.spec.channels, init, cfg.student.weights,
-                                 role="student")
+    student, info = models.build(
+        plan.student_arch, data.num_classes, data.spec.channels, init, cfg.student.weights, role="student"
+    )
     plan.student_init = (info["init"], info["reason"])  # auto may still fall back if a download fails
-    student, train_pass = distill.prepare_method(plan.loss, student, teacher, data, plan.device,
-                                                 cfg.run.eval_batch_size)
+    student, train_pass = distill.prepare_method(
+        plan.loss, student, teacher, data, plan.device, cfg.run.eval_batch_size
+    )
     teacher_sha = dist.broadcast_object(teacher_sha)
     cache = logit_cache.for_run(cfg, data, plan.device, teacher_sha) if teacher is not None else None
     options = distill.LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
-    distill.train(student, plan.loss, data, cfg.student.train, plan.device, stage="student", seed=cfg.run.seed,
-                  teacher=teacher, on_epoch=on_epoch, checkpoint=checkpoint, resume=dist.broadcast_object(saved),
-                  options=options)
+    distill.train(
+        student,
+        plan.loss,
+        data,
+        cfg.student.train,
+        plan.device,
+        stage="student",
+        seed=cfg.run.seed,
+        teacher=teacher,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        resume=dist.broadcast_object(saved),
+        options=options,
+    )
     return student, train_pass
 
 
@@ -389,10 +385,9 @@ def _follow(plan: Plan, resume: bool) -> None:
     """Ranks other than 0 under torchrun: the same collective steps as rank 0 (teacher, distillation), no files."""
     from ltcompress import teacher as teacher_stage
 
-    teacher_obj = (teacher_stage.obtain(plan.teacher_plan, plan.cfg, plan.data, plan.device, None, False, resume)
-                   if plan.teacher_plan else None)
+    teacher_obj = (
+        teacher_stage.obtain(plan.teacher_plan, plan.cfg, plan.data, plan.device, None, False, resume)
+        if plan.teacher_plan
+        else None
+    )
     _distill(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)
-
-
-def _since(start: float) -> float:
-    return round(time.perf_counter() - start, 2)

@@ -5,6 +5,7 @@ generator and the global RNG states, the epoch's running sums and history, plus 
 resolved config and the teacher's sha256) so a resume with other settings is refused instead of silently mixed.
 Files are written atomically and read with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,21 @@ def load(path: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"checkpoint {path} cannot be read safely ({str(exc).splitlines()[0]}); start a new run "
-                         f"instead of --resume") from None
+        raise UsageError(
+            f"checkpoint {path} cannot be read safely ({str(exc).splitlines()[0]}); start a new run instead of --resume"
+        ) from None
+
+
+def load_student(path: Path, teacher_sha: str | None, run_path: Path) -> dict[str, Any] | None:
+    """The student's last checkpoint, when it was distilled from this very teacher (exit 2 otherwise)."""
+    saved = load(path)
+    if saved is not None and saved.get("teacher_sha256") != teacher_sha:
+        raise UsageError(
+            f"cannot resume {run_path}: its student was distilled from teacher sha256 "
+            f"{str(saved.get('teacher_sha256'))[:12]}, this run has {str(teacher_sha)[:12]}; pass "
+            f"the original --teacher-weights, or start a new run"
+        )
+    return saved
 
 
 def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -93,8 +107,9 @@ def check_same_config(run: Any, resolved: dict[str, Any]) -> None:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as exc:
         run.close()
-        raise UsageError(f"cannot resume {run.path}: its {path.name} is damaged ({type(exc).__name__}); start a "
-                         f"new run") from exc
+        raise UsageError(
+            f"cannot resume {run.path}: its {path.name} is damaged ({type(exc).__name__}); start a new run"
+        ) from exc
     current = plain(resolved)
     saved["run"]["name"] = current["run"]["name"]  # an automatic name is given explicitly when resuming
     for section, key in (("run", "cache_dir"), ("data", "download")):  # where caches live, not what trains
@@ -103,8 +118,10 @@ def check_same_config(run: Any, resolved: dict[str, Any]) -> None:
     changed = differences(saved, current)
     if changed:
         run.close()
-        raise UsageError(f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
-                         f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run")
+        raise UsageError(
+            f"cannot resume {run.path}: the settings differ from the run's ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}); use the original options, or start a new run"
+        )
 
 
 def check_same_data(run: Any, manifest: tuple[str, ...]) -> None:
@@ -112,6 +129,7 @@ def check_same_data(run: Any, manifest: tuple[str, ...]) -> None:
     path = run.file("data-manifest.txt")
     if not manifest or not path.is_file():
         return
+
     def by_file(lines: Any) -> dict[str, str]:  # "split label size mtime path" keyed by "split path"
         return {f"{parts[0]} {parts[4]}": line for line in lines if line for parts in [line.split(" ", 4)]}
 
@@ -120,8 +138,13 @@ def check_same_data(run: Any, manifest: tuple[str, ...]) -> None:
     removed = sorted(set(before) - set(now))
     changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
     if added or removed or changed:
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("added", added), ("removed", removed), ("changed", changed)) if v]
+        parts = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("added", added), ("removed", removed), ("changed", changed))
+            if v
+        ]
         run.close()
-        raise DataError(f"cannot resume {run.path}: the data changed since the run began: {'; '.join(parts)}. "
-                        f"Restore the files, or start a new run")
+        raise DataError(
+            f"cannot resume {run.path}: the data changed since the run began: {'; '.join(parts)}. "
+            f"Restore the files, or start a new run"
+        )

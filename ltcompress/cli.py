@@ -1,5 +1,6 @@
 """The command line: converts options into the same config compress() takes, calls the API, maps errors to
 exit codes. Heavy imports (torch, timm) happen inside command bodies so ``--help`` is instant."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from typing import Any
 import click
 import yaml
 
-from ltcompress.errors import GATE_FAILED_EXIT, INTERRUPTED_EXIT, LTCompressError, UsageError
+from ltcompress import console
+from ltcompress.errors import INTERRUPTED_EXIT, LTCompressError, UsageError
 from ltcompress.methods import METHODS, list_methods
 
 log = logging.getLogger("ltcompress")
@@ -79,102 +81,218 @@ def cli(debug: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.option("--preset", shell_complete=_completes(_preset_names, files=True),
-              help="Built-in preset name or a .yaml file, such as a run's config.yaml (default: fmnist-lt). See "
-                   "list-presets.")
+@click.option(
+    "--preset",
+    shell_complete=_completes(_preset_names, files=True),
+    help="Built-in preset name or a .yaml file, such as a run's config.yaml (default: fmnist-lt). See list-presets.",
+)
 @click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
 @click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
-@click.option("--method", shell_complete=_completes(METHODS.names), help="Distillation method or baseline: "
-              + ", ".join(i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods())
-              + "; see list-methods.")
-@click.option("--dataset", shell_complete=_completes(_dataset_names),
-              help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
-                                "a dataset with a preset of its name brings that preset.")
+@click.option(
+    "--method",
+    shell_complete=_completes(METHODS.names),
+    help="Distillation method or baseline: "
+    + ", ".join(i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods())
+    + "; see list-methods.",
+)
+@click.option(
+    "--dataset",
+    shell_complete=_completes(_dataset_names),
+    help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
+    "a dataset with a preset of its name brings that preset.",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
-@click.option("--gate", "gates", multiple=True, metavar="EXPR",
-              help="Gate, e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', 'drop(fp32, int8).few <= 0.01', "
-                   "'flip(fp32, int8) <= 0.02'; repeatable (README: Gates).")
-@click.option("--int8", is_flag=True, help="Also export a static INT8 model (calibrated on a class-stratified "
-                                           "training sample), verify and gate it as stage int8.")
-@click.option("--int8-repair", is_flag=True,
-              help="--int8, and when an int8 gate fails on held-out images, return the quantized nodes that hurt "
-                   "the gated classes most to FP32 until it passes (export.repair_budget nodes at most).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False),
-              help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).")
-@click.option("--teacher-init", metavar="auto|pretrained|scratch|FILE",
-              help="Where a teacher trained here starts: auto (pretrained weights when timm / huggingface_hub can "
-                   "provide them, from the HF cache under HF_HUB_OFFLINE, else scratch), pretrained, scratch, or "
-                   "a weights file (e.g. ImageNet .safetensors) fine-tuned under a new head.")
-@click.option("--student-init", metavar="auto|pretrained|scratch|FILE",
-              help="Where the student starts (as --teacher-init; default: the preset's, scratch in the "
-                   "embedded ones, else auto).")
-@click.option("--student-weights", type=click.Path(dir_okay=False),
-              help="Weights file the student starts from (.safetensors or .pt/.pth, weights_only=True); a head for "
-                   "another class count is replaced by a new one.")
-@click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE",
-              help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).")
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="EXPR",
+    help="Gate, e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', 'drop(fp32, int8).few <= 0.01', "
+    "'flip(fp32, int8) <= 0.02'; repeatable (README: Gates).",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also export a static INT8 model (calibrated on a class-stratified "
+    "training sample), verify and gate it as stage int8.",
+)
+@click.option(
+    "--int8-repair",
+    is_flag=True,
+    help="--int8, and when an int8 gate fails on held-out images, return the quantized nodes that hurt "
+    "the gated classes most to FP32 until it passes (export.repair_budget nodes at most).",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False),
+    help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).",
+)
+@click.option(
+    "--teacher-init",
+    metavar="auto|pretrained|scratch|FILE",
+    help="Where a teacher trained here starts: auto (pretrained weights when timm / huggingface_hub can "
+    "provide them, from the HF cache under HF_HUB_OFFLINE, else scratch), pretrained, scratch, or "
+    "a weights file (e.g. ImageNet .safetensors) fine-tuned under a new head.",
+)
+@click.option(
+    "--student-init",
+    metavar="auto|pretrained|scratch|FILE",
+    help="Where the student starts (as --teacher-init; default: the preset's, scratch in the "
+    "embedded ones, else auto).",
+)
+@click.option(
+    "--student-weights",
+    type=click.Path(dir_okay=False),
+    help="Weights file the student starts from (.safetensors or .pt/.pth, weights_only=True); a head for "
+    "another class count is replaced by a new one.",
+)
+@click.option(
+    "--method-arg",
+    "method_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).",
+)
 @click.option("--epochs", type=int, help="Student (distillation) epochs.")
 @click.option("--teacher-epochs", type=int, help="Teacher training epochs.")
 @click.option("--seed", type=int, help="Training seed.")
 @click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
 @click.option("--name", help="Run name (folder under --runs-dir); must not exist yet.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.")
-@click.option("--teacher-cache", is_flag=True,
-              help="Store the teacher's logits per epoch and reuse them in later runs with the same teacher, data, "
-                   "sampler and seed (exact: the same student, without the teacher's forward pass).")
-@click.option("--resume", is_flag=True,
-              help="Continue the interrupted run named by --name from its last checkpoint (same options).")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.",
+)
+@click.option(
+    "--teacher-cache",
+    is_flag=True,
+    help="Store the teacher's logits per epoch and reuse them in later runs with the same teacher, data, "
+    "sampler and seed (exact: the same student, without the teacher's forward pass).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run named by --name from its last checkpoint (same options).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(preset: str | None, teacher: str | None, student: str | None, method: str | None, dataset: str | None,
-        data_dir: str | None, gates: tuple[str, ...], teacher_weights: str | None, teacher_init: str | None,
-        student_init: str | None, student_weights: str | None, method_args: tuple[str, ...], epochs: int | None,
-        teacher_epochs: int | None, seed: int | None,
-        device: str | None, name: str | None, runs_dir: str | None, settings: tuple[str, ...],
-        teacher_cache: bool, resume: bool, as_json: bool, no_progress: bool, int8: bool,
-        int8_repair: bool) -> None:
+def run(
+    preset: str | None,
+    teacher: str | None,
+    student: str | None,
+    method: str | None,
+    dataset: str | None,
+    data_dir: str | None,
+    gates: tuple[str, ...],
+    teacher_weights: str | None,
+    teacher_init: str | None,
+    student_init: str | None,
+    student_weights: str | None,
+    method_args: tuple[str, ...],
+    epochs: int | None,
+    teacher_epochs: int | None,
+    seed: int | None,
+    device: str | None,
+    name: str | None,
+    runs_dir: str | None,
+    settings: tuple[str, ...],
+    teacher_cache: bool,
+    resume: bool,
+    as_json: bool,
+    no_progress: bool,
+    int8: bool,
+    int8_repair: bool,
+) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
     """
     from ltcompress.api import compress
 
-    result = compress(teacher=teacher, student=student, method=method, dataset=dataset, preset=preset,
-                      gates=gates or None, overrides=_key_values(settings, "--set"), progress=not no_progress,
-                      name=name, runs_dir=runs_dir, teacher_weights=teacher_weights, teacher_init=teacher_init,
-                      student_init=student_init, student_weights=student_weights, data_dir=data_dir,
-                      method_args=_key_values(method_args, "--method-arg") or None, seed=seed, device=device,
-                      epochs=epochs, teacher_epochs=teacher_epochs, resume=resume,
-                      # a flag left off keeps the preset's value
-                      int8=int8 or None, int8_repair=int8_repair or None, teacher_cache=teacher_cache or None)
+    result = compress(
+        teacher=teacher,
+        student=student,
+        method=method,
+        dataset=dataset,
+        preset=preset,
+        gates=gates or None,
+        overrides=_key_values(settings, "--set"),
+        progress=not no_progress,
+        name=name,
+        runs_dir=runs_dir,
+        teacher_weights=teacher_weights,
+        teacher_init=teacher_init,
+        student_init=student_init,
+        student_weights=student_weights,
+        data_dir=data_dir,
+        method_args=_key_values(method_args, "--method-arg") or None,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        teacher_epochs=teacher_epochs,
+        resume=resume,
+        # a flag left off keeps the preset's value
+        int8=int8 or None,
+        int8_repair=int8_repair or None,
+        teacher_cache=teacher_cache or None,
+    )
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if as_json:
-        click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed, "gates": result.gates,
-                               "metrics": result.metrics, "flips": result.flips}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "passed": result.passed,
+                    "gates": result.gates,
+                    "metrics": result.metrics,
+                    "flips": result.flips,
+                },
+                indent=2,
+            )
+        )
     else:
-        _print_outcome(result.metrics, result.flips, result.gates)
+        console.print_outcome(result.metrics, result.flips, result.gates)
         click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
-    _exit_on_failed_repair(result.report.get("int8_repair"), result.run_dir / "report.json")
-    _exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
+    console.exit_on_failed_repair(result.report.get("int8_repair"), result.run_dir / "report.json")
+    console.exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
 
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--dataset", help="Dataset to measure on (default: the one the export was trained on).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
-@click.option("--gate", "gates", multiple=True, metavar="EXPR",
-              help="Gate on the fp32 or int8 stage, drop() or flip() between them; repeatable.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="A data setting by dotted key, e.g. data.test_per_class=500; repeatable.")
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="EXPR",
+    help="Gate on the fp32 or int8 stage, drop() or flip() between them; repeatable.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A data setting by dotted key, e.g. data.test_per_class=500; repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table (as run --json).")
-@click.option("--output", "-o", "output", type=click.Path(dir_okay=False),
-              help="Also write the result as JSON to this new file.")
-def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[str, ...], settings: tuple[str, ...],
-           as_json: bool, output: str | None) -> None:
+@click.option(
+    "--output", "-o", "output", type=click.Path(dir_okay=False), help="Also write the result as JSON to this new file."
+)
+def verify(
+    path: str,
+    dataset: str | None,
+    data_dir: str | None,
+    gates: tuple[str, ...],
+    settings: tuple[str, ...],
+    as_json: bool,
+    output: str | None,
+) -> None:
     """Re-verify an export without training: PATH is a run directory, its bundle/, or one exported .onnx file
     (which says from its own metadata what data it was made for). Runs the ONNX model(s) with ONNX Runtime on
     the test split, prints per-stage metrics and flips, and evaluates the gates.
@@ -183,65 +301,19 @@ def verify(path: str, dataset: str | None, data_dir: str | None, gates: tuple[st
     """
     from ltcompress.exported import verify_export
 
-    result = verify_export(path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"),
-                           json_out=output)
+    result = verify_export(
+        path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"), json_out=output
+    )
     if as_json:
         click.echo(json.dumps(result.document, indent=2))
     else:
-        _print_outcome(result.metrics, result.flips, result.gates)
+        console.print_outcome(result.metrics, result.flips, result.gates)
         for stage, old in result.recorded.items():
-            click.echo(f"recorded {stage}: balanced {old['balanced']:.4f}, few "
-                       f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)")
-    _exit_on_failed_gates(result.failed_gates, Path(output) if output else None)
-
-
-def _print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:
-    click.echo(summary_table(metrics))
-    for pair, f in flips.items():
-        click.echo(f"flips {pair}: {100 * f['overall']:.2f} % of test images, most in {f['worst_class']} "
-                   f"({100 * f['worst']:.1f} %)")
-    for g in gates:
-        click.echo(f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<30} {g['subject']} = "
-                   f"{_shown(g['value'])} (required {g['op']} {g['threshold']:g})")
-
-
-def _exit_on_failed_gates(failed: list[dict[str, Any]], where: Path | None) -> None:
-    """Exit 5 naming every failed gate and the value it got (and the file that records them, if any)."""
-    if failed:
-        listed = "; ".join(f"'{g['gate']}' ({g['subject']} = {_shown(g['value'])})" for g in failed)
-        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}{f'; see {where}' if where else ''}",
-                   err=True)
-        sys.exit(GATE_FAILED_EXIT)
-
-
-def _exit_on_failed_repair(repair: dict[str, Any] | None, where: Path) -> None:
-    """Exit 5 when the INT8 repair spent its budget before the int8 gates passed on the held-out images."""
-    if repair and not repair["met"]:
-        nodes = ", ".join(n["node"] for n in repair["nodes"]) or "none"
-        failing = "; ".join(f"'{g['gate']}' ({_shown(g['value'])}, expected {_shown(g.get('expected'))})"
-                            for g in repair["gates_after"] if not g["passed"])
-        click.echo(f"ltcompress: the INT8 repair did not meet the int8 gates on the held-out images within its "
-                   f"budget ({repair['stopped']}): returned {len(repair['nodes'])} node(s) to FP32 ({nodes}) and "
-                   f"still {failing}; raise export.repair_budget or export.repair_max_size, or see {where}",
-                   err=True)
-        sys.exit(GATE_FAILED_EXIT)
-
-
-def _shown(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
-    from ltcompress.metrics import STAGES, SUMMARY_KEYS as COLUMNS  # here: --help must not import numpy
-
-    head = f"{'stage':<9}" + "".join(f"{c:>10}" for c in COLUMNS) + "  worst class"
-    lines = [head, "-" * len(head)]
-    for stage in STAGES:
-        if stage in metrics:
-            m = metrics[stage]
-            cells = "".join(f"{'absent' if m[c] is None else format(m[c], '.4f'):>10}" for c in COLUMNS)
-            lines.append(f"{stage:<9}{cells}  {m['worst_class']}")
-    return "\n".join(lines)
+            click.echo(
+                f"recorded {stage}: balanced {old['balanced']:.4f}, few "
+                f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)"
+            )
+    console.exit_on_failed_gates(result.failed_gates, Path(output) if output else None)
 
 
 @cli.command("list-methods")
@@ -306,8 +378,12 @@ def main(argv: list[str] | None = None) -> None:
     except LTCompressError as exc:
         _fail(exc, exc.exit_code, debug, str(exc))
     except Exception as exc:  # an internal error: one line, the traceback only with --debug
-        _fail(exc, 1, debug, f"internal error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback "
-                             f"and report it")
+        _fail(
+            exc,
+            1,
+            debug,
+            f"internal error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback and report it",
+        )
 
 
 def _fail(exc: BaseException, code: int, debug: bool, message: str) -> None:

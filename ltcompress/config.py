@@ -2,6 +2,7 @@
 
 Unknown keys and values of the wrong type are UsageError (exit 2) before any work starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -262,8 +263,11 @@ def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
 
 def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
     """Every training recipe with its dotted key, for checks that apply to all of them."""
-    return (("teacher.train", cfg.teacher.train), ("teacher.finetune", cfg.teacher.finetune),
-            ("student.train", cfg.student.train))
+    return (
+        ("teacher.train", cfg.teacher.train),
+        ("teacher.finetune", cfg.teacher.finetune),
+        ("student.train", cfg.student.train),
+    )
 
 
 def _check_values(cfg: CompressConfig) -> None:
@@ -271,12 +275,18 @@ def _check_values(cfg: CompressConfig) -> None:
         return init in ("auto", "pretrained", "scratch") or Path(init).expanduser().is_file()
 
     checks = [
-        (init_ok(cfg.teacher.init), f"teacher.init must be auto, pretrained, scratch or a weights file (no such "
-                                    f"file: {cfg.teacher.init!r})"),
-        (init_ok(cfg.student.init), f"student.init must be auto, pretrained, scratch or a weights file (no such "
-                                    f"file: {cfg.student.init!r})"),
-        (cfg.student.weights is None or Path(cfg.student.weights).expanduser().is_file(),
-         f"student.weights (--student-weights) {cfg.student.weights} does not exist"),
+        (
+            init_ok(cfg.teacher.init),
+            f"teacher.init must be auto, pretrained, scratch or a weights file (no such file: {cfg.teacher.init!r})",
+        ),
+        (
+            init_ok(cfg.student.init),
+            f"student.init must be auto, pretrained, scratch or a weights file (no such file: {cfg.student.init!r})",
+        ),
+        (
+            cfg.student.weights is None or Path(cfg.student.weights).expanduser().is_file(),
+            f"student.weights (--student-weights) {cfg.student.weights} does not exist",
+        ),
         (cfg.data.profile in ("exp", "step"), "data.profile must be exp or step"),
         (cfg.data.n_max >= 1, "data.n_max must be at least 1"),
         (cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),
@@ -285,8 +295,10 @@ def _check_values(cfg: CompressConfig) -> None:
         (cfg.data.input_size >= 16, "data.input_size must be at least 16"),
         (cfg.export.calibration in CALIBRATIONS, f"export.calibration must be one of {', '.join(CALIBRATIONS)}"),
         (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
-        (cfg.export.calibration_method in CALIBRATION_METHODS,
-         f"export.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}"),
+        (
+            cfg.export.calibration_method in CALIBRATION_METHODS,
+            f"export.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}",
+        ),
         *_repair_checks(cfg.export),
     ]
     for where, section in recipes(cfg):
@@ -303,36 +315,50 @@ def _check_values(cfg: CompressConfig) -> None:
 
 def _repair_checks(e: ExportConfig) -> list[tuple[bool, str]]:
     return [
-        (e.int8 or not e.int8_repair, "export.int8_repair repairs the INT8 model: turn it on with --int8 (or "
-                                      "--int8-repair, which does both)"),
-        (e.repair_budget >= 1, f"export.repair_budget is {e.repair_budget}: it counts the nodes the INT8 repair "
-                               f"may return to FP32 and must be at least 1 (turn the repair off instead)"),
+        (
+            e.int8 or not e.int8_repair,
+            "export.int8_repair repairs the INT8 model: turn it on with --int8 (or --int8-repair, which does both)",
+        ),
+        (
+            e.repair_budget >= 1,
+            f"export.repair_budget is {e.repair_budget}: it counts the nodes the INT8 repair "
+            f"may return to FP32 and must be at least 1 (turn the repair off instead)",
+        ),
         (e.speed_budget_s >= 0, "export.speed_budget_s must be 0 (do not measure) or more"),
         (e.repair_max_size >= 1, "export.repair_max_size must be at least 1 (times the INT8 file's size)"),
-        (0 < e.repair_holdout <= 0.5, "export.repair_holdout must be in (0, 0.5] (the share of each class's "
-                                      "training images set aside for the repair's decisions)"),
+        (
+            0 < e.repair_holdout <= 0.5,
+            "export.repair_holdout must be in (0, 0.5] (the share of each class's "
+            "training images set aside for the repair's decisions)",
+        ),
     ]
 
 
 def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
     d = cfg.data
-    return [
-        (d.in_memory in ("auto", True, False), "data.in_memory must be auto, true or false"),
-        (d.memory_budget_gb > 0, "data.memory_budget_gb must be positive"),
-        (d.workers is None or d.workers >= 0, "data.workers must be 0 (decode in the main process) or more"),
-        (d.prefetch >= 1, "data.prefetch must be at least 1"),
-        (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
-        (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
-        (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
-        (d.val_list is None or d.dataset == "imagefolder", "data.val_list is read by the imagefolder dataset; "
-                                                            "other datasets set held-out images aside with "
-                                                            "export.repair_holdout"),
-        (d.unknown_test_classes in ("error", "exclude"), "data.unknown_test_classes must be error or exclude"),
-        (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
-        (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),
-        (0 <= d.re_prob <= 1, "data.re_prob must be in [0, 1]"),
-        (d.mixup >= 0 and d.cutmix >= 0, "data.mixup and data.cutmix must be 0 (off) or positive"),
-        (0 <= d.mix_prob <= 1, "data.mix_prob must be in [0, 1]"),
-        (cfg.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision must be auto, bf16, fp16 or fp32"),
-    ] + [(0 <= t.warmup < 1, f"{where}.warmup must be in [0, 1)") for where, t in recipes(cfg)] + [
-        (0 < t.ema_decay < 1, f"{where}.ema_decay must be in (0, 1)") for where, t in recipes(cfg)]
+    return (
+        [
+            (d.in_memory in ("auto", True, False), "data.in_memory must be auto, true or false"),
+            (d.memory_budget_gb > 0, "data.memory_budget_gb must be positive"),
+            (d.workers is None or d.workers >= 0, "data.workers must be 0 (decode in the main process) or more"),
+            (d.prefetch >= 1, "data.prefetch must be at least 1"),
+            (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
+            (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
+            (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
+            (
+                d.val_list is None or d.dataset == "imagefolder",
+                "data.val_list is read by the imagefolder dataset; "
+                "other datasets set held-out images aside with "
+                "export.repair_holdout",
+            ),
+            (d.unknown_test_classes in ("error", "exclude"), "data.unknown_test_classes must be error or exclude"),
+            (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
+            (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),
+            (0 <= d.re_prob <= 1, "data.re_prob must be in [0, 1]"),
+            (d.mixup >= 0 and d.cutmix >= 0, "data.mixup and data.cutmix must be 0 (off) or positive"),
+            (0 <= d.mix_prob <= 1, "data.mix_prob must be in [0, 1]"),
+            (cfg.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision must be auto, bf16, fp16 or fp32"),
+        ]
+        + [(0 <= t.warmup < 1, f"{where}.warmup must be in [0, 1)") for where, t in recipes(cfg)]
+        + [(0 < t.ema_decay < 1, f"{where}.ema_decay must be in (0, 1)") for where, t in recipes(cfg)]
+    )

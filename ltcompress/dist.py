@@ -4,6 +4,7 @@ one process without torchrun is rank 0 of 1 and never touches torch.distributed.
 Every collective here is called by all ranks at the same point of the program: rank 0 decides (teacher from
 the cache or trained, where to resume) and broadcasts, so ranks never need the same files on disk.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,11 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     cuda_missing = not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
     if (device.type == "cuda" and cuda_missing) or (device.type == "mps" and not torch.backends.mps.is_available()):
-        raise UsageError(f"--device {name}: no such device here ({torch.cuda.device_count()} CUDA device(s) "
-                         f"visible, mps {'available' if torch.backends.mps.is_available() else 'not available'}); "
-                         f"use --device auto or cpu")
+        raise UsageError(
+            f"--device {name}: no such device here ({torch.cuda.device_count()} CUDA device(s) "
+            f"visible, mps {'available' if torch.backends.mps.is_available() else 'not available'}); "
+            f"use --device auto or cpu"
+        )
     return device
 
 

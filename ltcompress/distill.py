@@ -5,9 +5,9 @@ present (bf16 autocast; losses compute in fp32 inside the methods), channels_las
 wraps the student and method in one DistributedDataParallel module; each epoch (and Ctrl-C) ends in a resumable
 checkpoint; a teacher-logit cache can stand in for the teacher's forward pass.
 """
+
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -21,22 +21,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ltcompress import dist
-from ltcompress.checkpoint import StopRequest, rng_state, set_rng_state
+from ltcompress.checkpoint import StopRequest
 from ltcompress.config import TrainConfig
 from ltcompress.data import LTData, eval_batches, train_batches
 from ltcompress.data.loader import TrainBatch
 from ltcompress.data.samplers import epoch_stream, rank_share
 from ltcompress.errors import DivergenceError, UsageError
 from ltcompress.logit_cache import LogitCache
-from ltcompress.methods.base import Method, StepInputs, TrainingPass
+from ltcompress.methods.base import Method, TrainingPass
 from ltcompress.models import features_and_logits
 from ltcompress.rundir import atomic_save_file
+from ltcompress.train_state import TrainState, amp_dtype, autocast, build_state
 
 if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
+    pass
 
 log = logging.getLogger("ltcompress")
-RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride; rank 0 of 1 is the plain seed
 
 
 @dataclass
@@ -50,22 +50,6 @@ def used_batch(requested: int, train_images: int) -> int:
     return min(requested, train_images)
 
 
-def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: auto is bf16 on GPUs that have it, fp16 (with a GradScaler) on those that do not,
-    and full fp32 on the CPU. None: no autocast."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("run.precision fp16 needs a CUDA GPU; use auto, bf16 or fp32 on the CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 def freeze(model: nn.Module) -> nn.Module:
     """A frozen teacher: eval mode for the whole run (BatchNorm statistics never change), no gradients."""
     model.eval()
@@ -73,33 +57,10 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-class TrainModule(nn.Module):
-    """The student and the method (with any parameters of its own) in one module whose forward returns the
-    loss, so a single DistributedDataParallel wrapper sees every trainable parameter. A mixed batch (Mixup,
-    CutMix) is scored against both label sets: lam * loss(y) + (1 - lam) * loss(y_mix)."""
-
-    def __init__(self, student: nn.Module, method: Method) -> None:
-        super().__init__()
-        self.student = student
-        self.method = method
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: float, teacher_logits: torch.Tensor | None = None,
-                teacher_features: torch.Tensor | None = None, y_mix: torch.Tensor | None = None,
-                lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.method.needs_features:
-            features, logits = features_and_logits(self.student, x)
-        else:
-            features, logits = None, self.student(x)
-        loss = self.method(StepInputs(logits, y, epoch, teacher_logits, features, teacher_features))
-        if y_mix is not None:
-            other = self.method(StepInputs(logits, y_mix, epoch, teacher_logits, features, teacher_features))
-            loss = lam * loss + (1.0 - lam) * other
-        return loss, logits
-
-
 @torch.no_grad()
-def training_pass(teacher: nn.Module, student: nn.Module, data: LTData, device: torch.device, batch: int,
-                  features: bool) -> TrainingPass:
+def training_pass(
+    teacher: nn.Module, student: nn.Module, data: LTData, device: torch.device, batch: int, features: bool
+) -> TrainingPass:
     """The frozen teacher's logits (and features) on the un-augmented training set, plus the student's feature
     width (one eval-mode forward on two images: BatchNorm statistics are untouched)."""
     freeze(teacher.to(device).to(memory_format=torch.channels_last))
@@ -119,8 +80,9 @@ def training_pass(teacher: nn.Module, student: nn.Module, data: LTData, device: 
     return TrainingPass(torch.cat(labels), torch.cat(logits), torch.cat(feats) if features else None, dim)
 
 
-def prepare_method(method: Method, student: nn.Module, teacher: nn.Module | None, data: LTData,
-                   device: torch.device, batch: int) -> tuple[nn.Module, TrainingPass | None]:
+def prepare_method(
+    method: Method, student: nn.Module, teacher: nn.Module | None, data: LTData, device: torch.device, batch: int
+) -> tuple[nn.Module, TrainingPass | None]:
     """Give a method what it declared it needs before training: its adapted student, and the teacher's pass over
     the training set (prototypes, diagnostics)."""
     student = method.adapt_student(student)
@@ -141,96 +103,34 @@ class LoopOptions:
     progress: bool = True
 
 
-@dataclass
-class TrainState:
-    """Everything a resumed run needs besides the data: weights, optimizer, schedule, loss scaler, EMA, the
-    augmentation generator, and where in which epoch the loop stands (with that epoch's running sums)."""
-
-    module: TrainModule
-    wrapped: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    ema: ModelEmaV3 | None
-    generator: torch.Generator
-    history: list[dict[str, Any]]
-    epoch: int = 0
-    step: int = 0
-    sums: tuple[float, int, int] = (0.0, 0, 0)
-
-    def checkpoint(self, stage: str) -> dict[str, Any]:
-        ranks = dist.gather_objects({"generator": self.generator.get_state(), "rng": rng_state(),
-                                     "sums": [float(self.sums[0]), int(self.sums[1]), int(self.sums[2])]})
-        state = {"stage": stage, "model": self.module.student.state_dict(), "method": self.module.method.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
-                 "history": list(self.history), "ranks": ranks}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def restore(self, saved: Mapping[str, Any], stage: str, steps: int) -> None:
-        if len(saved["ranks"]) != dist.world():
-            raise UsageError(f"the checkpoint was written by {len(saved['ranks'])} process(es); resume with as many "
-                             f"(torchrun --nproc_per_node)")
-        own = saved["ranks"][dist.rank()]
-        self.module.student.load_state_dict(saved["model"])
-        self.module.method.load_state_dict(saved["method"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if "scaler" in saved:
-            self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None and "ema" in saved:
-            self.ema.load_state_dict(saved["ema"])
-        self.generator.set_state(own["generator"])
-        set_rng_state(own["rng"])
-        self.history, self.epoch, self.step = list(saved["history"]), saved["epoch"], saved["step"]
-        self.sums = tuple(own["sums"])
-        log.info("%s: resuming at epoch %d, step %d of %d", stage, self.epoch + 1, self.step, steps)
-
-
-def build_state(model: nn.Module, method: Method, recipe: TrainConfig, device: torch.device, steps: int,
-                seed: int, options: LoopOptions) -> TrainState:
-    """SGD + one-cycle (warm-up share `recipe.warmup`) over student and method parameters, one DDP wrapper,
-    a GradScaler for fp16, and an EMA of the student when the recipe asks for one."""
-    module = TrainModule(model, method).to(device).to(memory_format=torch.channels_last).train()
-    if options.compile:
-        module.student.compile()
-    wrapped: nn.Module = module
-    if dist.world() > 1:  # one DDP wrapper over student + method parameters; unused ones only if a method has its own
-        wrapped = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=any(True for _ in method.parameters()))
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                                weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
-                                                    pct_start=recipe.warmup, cycle_momentum=False)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, options.precision) is torch.float16)
-    ema = None
-    if recipe.ema:
-        from timm.utils import ModelEmaV3
-
-        # timm's warm-up (decay 1 - (1 + step) ** -2/3, capped at ema_decay): without it a run of a few thousand
-        # steps would export weights that still hold most of the random initialisation (0.9998 ** 1560 = 0.73)
-        ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
-    generator = torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * dist.rank())
-    return TrainState(module, wrapped, optimizer, scheduler, scaler, ema, generator, [])
-
-
 class Loop:
     """One training run's fixed parts (data, recipe, teacher, device); `epoch` and `step` move a TrainState."""
 
-    def __init__(self, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, stage: str,
-                 seed: int, teacher: nn.Module | None, options: LoopOptions) -> None:
+    def __init__(
+        self,
+        method: Method,
+        data: LTData,
+        recipe: TrainConfig,
+        device: torch.device,
+        stage: str,
+        seed: int,
+        teacher: nn.Module | None,
+        options: LoopOptions,
+    ) -> None:
         self.method, self.data, self.recipe, self.device = method, data, recipe, device
         self.stage, self.seed, self.teacher, self.options = stage, seed, teacher, options
         world = dist.world()
         global_batch = used_batch(recipe.batch_size, len(data.train))
         if global_batch < recipe.batch_size:
-            log.warning("%s.train.batch_size %d is larger than the %d training images; using %d (recorded in "
-                        "report.json as %s.batch_size_used)", stage, recipe.batch_size, len(data.train),
-                        global_batch, stage)
+            log.warning(
+                "%s.train.batch_size %d is larger than the %d training images; using %d (recorded in "
+                "report.json as %s.batch_size_used)",
+                stage,
+                recipe.batch_size,
+                len(data.train),
+                global_batch,
+                stage,
+            )
         if global_batch % world:
             raise UsageError(f"{stage}.train.batch_size {global_batch} is not divisible by the {world} processes")
         self.global_batch, self.batch = global_batch, global_batch // world
@@ -242,21 +142,36 @@ class Loop:
         if teacher is not None:
             freeze(teacher.to(device).to(memory_format=torch.channels_last))
 
-    def epoch(self, state: TrainState, stop: StopRequest, bar: Any,
-              checkpoint: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    def epoch(
+        self, state: TrainState, stop: StopRequest, bar: Any, checkpoint: Callable[[dict[str, Any]], None] | None
+    ) -> dict[str, Any]:
         """One epoch from where `state` stands; returns its record (loss, accuracy, images/s)."""
         t0, epoch, skip = time.perf_counter(), state.epoch, state.step
         cache = self.options.teacher_cache if self.teacher is not None and not self.method.needs_features else None
         cached = cache.load(epoch, self.steps * self.batch) if cache is not None else None
         # the epoch's logits are stored for the cache only when computed for a whole epoch
         stored: list[torch.Tensor] | None = [] if cache is not None and cached is None and skip == 0 else None
-        order = rank_share(epoch_stream(self.recipe.sampler, self.data.train.labels, self.seed, epoch), dist.rank(),
-                           dist.world())[:self.steps * self.batch]
-        batches = train_batches(self.data, order, self.batch, self.device, key=(self.seed, epoch, dist.rank()),
-                                first_step=skip, generator=state.generator, mixer=self.mixer)
+        order = rank_share(
+            epoch_stream(self.recipe.sampler, self.data.train.labels, self.seed, epoch), dist.rank(), dist.world()
+        )[: self.steps * self.batch]
+        batches = train_batches(
+            self.data,
+            order,
+            self.batch,
+            self.device,
+            key=(self.seed, epoch, dist.rank()),
+            first_step=skip,
+            generator=state.generator,
+            mixer=self.mixer,
+        )
         for i, batch in enumerate(batches, start=skip):
-            stopping = self.step(state, batch, epoch + 1 + i / self.steps, stop,
-                                 partial(self._teacher, cached=cached, i=i, stored=stored))
+            stopping = self.step(
+                state,
+                batch,
+                epoch + 1 + i / self.steps,
+                stop,
+                partial(self._teacher, cached=cached, i=i, stored=stored),
+            )
             state.step = i + 1
             bar.update(1)
             if i == skip and epoch == self.first_epoch:
@@ -267,20 +182,28 @@ class Loop:
         seconds = time.perf_counter() - t0
         dist.average_buffers(state.module)
         loss_sum, correct, seen = dist.sum_values([state.sums[0], int(state.sums[1]), state.sums[2]])
-        record = {"stage": self.stage, "epoch": epoch + 1, "epochs": self.recipe.epochs, "loss": loss_sum / seen,
-                  "train_acc": correct / seen, "lr": state.scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
-                  "images_per_s": round((seen - skip * self.global_batch) / seconds, 1)}
+        record = {
+            "stage": self.stage,
+            "epoch": epoch + 1,
+            "epochs": self.recipe.epochs,
+            "loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "lr": state.scheduler.get_last_lr()[0],
+            "seconds": round(seconds, 3),
+            "images_per_s": round((seen - skip * self.global_batch) / seconds, 1),
+        }
         if cache is not None and stored is not None:
             cache.save(epoch, torch.cat(stored))
         if self.options.teacher_cache is not None and self.teacher is not None:
             record["teacher_logits"] = "cache" if cached is not None else "computed"
         return record
 
-    def _teacher(self, x: torch.Tensor, cached: torch.Tensor | None, i: int,
-                 stored: list[torch.Tensor] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _teacher(
+        self, x: torch.Tensor, cached: torch.Tensor | None, i: int, stored: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The teacher's logits (and features) for batch `i`: from the logit cache, or a no-grad forward."""
         if cached is not None:
-            return cached[i * self.batch:(i + 1) * self.batch].to(self.device, non_blocking=True), None
+            return cached[i * self.batch : (i + 1) * self.batch].to(self.device, non_blocking=True), None
         if self.teacher is None:
             return None, None
         features = None
@@ -293,20 +216,28 @@ class Loop:
             stored.append(logits)
         return logits, features
 
-    def step(self, state: TrainState, batch: TrainBatch, progress: float, stop: StopRequest,
-             teacher: Callable[[torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]) -> bool:
+    def step(
+        self,
+        state: TrainState,
+        batch: TrainBatch,
+        progress: float,
+        stop: StopRequest,
+        teacher: Callable[[torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]],
+    ) -> bool:
         """One optimizer step; True when Ctrl-C asks the run to stop after it (on any rank)."""
         with autocast(self.device, self.dtype):
             teacher_logits, teacher_features = teacher(batch.x)
-            loss, logits = state.wrapped(batch.x, batch.y, progress, teacher_logits, teacher_features, batch.y_mix,
-                                         batch.lam)
+            loss, logits = state.wrapped(
+                batch.x, batch.y, progress, teacher_logits, teacher_features, batch.y_mix, batch.lam
+            )
         # the one host sync per step: divergence (on any rank) must stop every rank at this step
         value, stopping = dist.step_flags(loss, stop.requested)
         if not math.isfinite(value):
             raise DivergenceError(
                 f"{self.stage} training diverged: loss {value} at epoch {state.epoch + 1}, step {state.step + 1}; "
                 f"{self._kept(state)}. Lower the learning rate (e.g. --set {self.stage}.train.lr="
-                f"{self.recipe.lr / 10:g}) or clip gradients (--set {self.stage}.train.grad_clip=5)")
+                f"{self.recipe.lr / 10:g}) or clip gradients (--set {self.stage}.train.grad_clip=5)"
+            )
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if self.recipe.grad_clip is not None:
@@ -345,11 +276,21 @@ def _mixer(data: LTData, device: torch.device) -> Any:
     return BatchAugment(opts, data.num_classes, device)
 
 
-def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, device: torch.device, *,
-          stage: str, seed: int, teacher: nn.Module | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          checkpoint: Callable[[dict[str, Any]], None] | None = None, resume: Mapping[str, Any] | None = None,
-          options: LoopOptions = LoopOptions()) -> TrainResult:
+def train(
+    model: nn.Module,
+    method: Method,
+    data: LTData,
+    recipe: TrainConfig,
+    device: torch.device,
+    *,
+    stage: str,
+    seed: int,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
+    options: LoopOptions = LoopOptions(),
+) -> TrainResult:
     """Train `model` with `method` for `recipe.epochs`. `on_epoch(record)` logs each epoch; `checkpoint(state)`
     saves the training state after each epoch and on Ctrl-C (then KeyboardInterrupt is raised). `resume`, a
     state saved that way, continues where it stopped, to the same weights an uninterrupted run reaches. With
@@ -357,22 +298,36 @@ def train(model: nn.Module, method: Method, data: LTData, recipe: TrainConfig, d
     if method.uses_teacher and teacher is None:
         raise ValueError(f"{type(method).__name__} needs a teacher")
     loop = Loop(method, data, recipe, device, stage, seed, teacher, options)
-    state = build_state(model, method, recipe, device, loop.steps, seed, options)
+    state = build_state(model, method, recipe, device, loop.steps, seed, options.precision, options.compile)
     if resume is not None:
         state.restore(resume, stage, loop.steps)
     loop.first_epoch = state.epoch
     loop.checkpointed = resume is not None and checkpoint is not None
     start = time.perf_counter()
-    bar = tqdm(total=recipe.epochs * loop.steps, initial=state.epoch * loop.steps + state.step, desc=stage,
-               unit="step", dynamic_ncols=True, disable=None if options.progress else True, leave=False)
+    bar = tqdm(
+        total=recipe.epochs * loop.steps,
+        initial=state.epoch * loop.steps + state.step,
+        desc=stage,
+        unit="step",
+        dynamic_ncols=True,
+        disable=None if options.progress else True,
+        leave=False,
+    )
     stop = StopRequest()
     try:
         with stop.installed():
             while state.epoch < recipe.epochs:
                 record = loop.epoch(state, stop, bar, checkpoint)
                 state.history.append(record)
-                log.info("%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s", stage, record["epoch"],
-                         recipe.epochs, record["loss"], record["train_acc"], record["images_per_s"])
+                log.info(
+                    "%s epoch %d/%d  loss %.4f  train acc %.3f  %.0f img/s",
+                    stage,
+                    record["epoch"],
+                    recipe.epochs,
+                    record["loss"],
+                    record["train_acc"],
+                    record["images_per_s"],
+                )
                 if on_epoch is not None:
                     on_epoch(record)
                 state.epoch, state.step, state.sums = state.epoch + 1, 0, (0.0, 0, 0)

@@ -6,6 +6,7 @@ stage reads the environment.
     LTCOMPRESS_DATA     data.data_dir when unset (the folder holding the dataset's files)
     LTCOMPRESS_OFFLINE  1: data.download false (never fetch a missing dataset)
 """
+
 from __future__ import annotations
 
 import dataclasses

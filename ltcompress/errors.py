@@ -1,4 +1,5 @@
 """Exception types. Each carries the CLI exit code of DESIGN.md so the CLI never has to guess."""
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@ own verify stage, which this reuses.)
 Use it when the data moved on (a new test set), when a gate changed, or to check that a bundle copied to
 another machine still scores what its report says.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,10 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Head
                 break
             recorded = read_report(folder / "report.json")
             return layout, models, recorded, {stage: onnx_header(p) for stage, p in models.items()}
-    raise UsageError(f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
-                     f"(model.onnx, report.json); pass runs/<name>, runs/<name>/bundle or an exported .onnx file")
+    raise UsageError(
+        f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
+        f"(model.onnx, report.json); pass runs/<name>, runs/<name>/bundle or an exported .onnx file"
+    )
 
 
 def from_metadata(path: Path, props: dict[str, str]) -> tuple[str, dict[str, Any]]:
@@ -68,17 +71,22 @@ def from_metadata(path: Path, props: dict[str, str]) -> tuple[str, dict[str, Any
     needed = ("ltcompress.data", "ltcompress.input", "ltcompress.class_names")
     missing = [k for k in needed if k not in props]
     if missing:
-        raise UsageError(f"{path} carries no {', '.join(missing)} metadata, so it cannot say what data it was made "
-                         f"for; verify its run directory or bundle instead (models exported by older ltcompress "
-                         f"versions lack it)")
+        raise UsageError(
+            f"{path} carries no {', '.join(missing)} metadata, so it cannot say what data it was made "
+            f"for; verify its run directory or bundle instead (models exported by older ltcompress "
+            f"versions lack it)"
+        )
     try:
         data, spec, names = (json.loads(props[k]) for k in needed)
     except ValueError:
         raise VerificationError(f"{path}: its ltcompress metadata is not valid JSON; export it again") from None
     held = json.loads(props.get("ltcompress.held_out", "null"))
     stage = "int8" if props.get("ltcompress.stage", "fp32").startswith("int8") else "fp32"
-    return stage, {"config": {"data": data}, "data": {"input": spec, "class_names": names, "held_out": held},
-                   "stages": {}}
+    return stage, {
+        "config": {"data": data},
+        "data": {"input": spec, "class_names": names, "held_out": held},
+        "stages": {},
+    }
 
 
 def report_matches(headers: Headers, recorded: dict[str, Any]) -> bool | None:
@@ -100,8 +108,9 @@ def read_report(path: Path) -> dict[str, Any]:
         report = json.loads(path.read_bytes().decode("utf-8"))
     missing = [k for k in ("config", "data", "stages") if not isinstance(report, dict) or k not in report]
     if missing:
-        raise VerificationError(f"{path} is not an ltcompress report (no {', '.join(missing)}); copy it again "
-                                f"from its run")
+        raise VerificationError(
+            f"{path} is not an ltcompress report (no {', '.join(missing)}); copy it again from its run"
+        )
     return report
 
 
@@ -110,69 +119,110 @@ def data_overrides(recorded: dict[str, Any], dataset: str | None, data_dir: str 
     saved = recorded["config"]
     flat = {f"data.{k}": v for k, v in saved["data"].items()}
     if dataset is not None and dataset != saved["data"]["dataset"]:
-        flat = {"data.dataset": dataset, "data.input_size": saved["data"]["input_size"],
-                "data.channels": saved["data"]["channels"]}  # another dataset: only the model's input carries over
+        flat = {
+            "data.dataset": dataset,
+            "data.input_size": saved["data"]["input_size"],
+            "data.channels": saved["data"]["channels"],
+        }  # another dataset: only the model's input carries over
     if data_dir is not None:
         flat["data.data_dir"] = data_dir
     return flat
 
 
-def verify_export(path: str | Path, dataset: str | None = None, *, gates: Sequence[str] = (),
-                  data_dir: str | None = None, overrides: Mapping[str, Any] | None = None,
-                  json_out: str | Path | None = None) -> VerifyResult:
+def verify_export(
+    path: str | Path,
+    dataset: str | None = None,
+    *,
+    gates: Sequence[str] = (),
+    data_dir: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    json_out: str | Path | None = None,
+) -> VerifyResult:
     """Re-measure the export at `path` on `dataset` (default: the one it was trained on) and evaluate `gates`.
 
     Only ONNX stages exist here (fp32, and int8 when the export has one); there is no torch model, so gates on
     teacher/student or on agreement are usage errors. `json_out` writes the result (never over an existing file).
     """
-    from ltcompress import data as data_stage
     from ltcompress import gates as gate_mod
-    from ltcompress import verify as verify_stage
     from ltcompress.rundir import write_json
-    from ltcompress.rundir import cache_root
 
     folder = Path(path)
     layout, models, recorded, headers = locate(folder)
     matches = report_matches(headers, recorded) if layout != "model" else None
     if matches is False:
-        log.warning("%s: the model file(s) do not carry this report's hash (ltcompress.report_sha256): the report "
-                    "describes another export; the recorded numbers below are not this model's", folder)
+        log.warning(
+            "%s: the model file(s) do not carry this report's hash (ltcompress.report_sha256): the report "
+            "describes another export; the recorded numbers below are not this model's",
+            folder,
+        )
     parsed = [gate_mod.parse(g) for g in gates]
-    for gate in parsed:
+    out = _check_request(parsed, overrides, json_out)
+    cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
+    data, groups = _data(cfg, recorded, next(iter(headers.values()))[0])  # every model takes the same input
+    gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
+    result = _measure(folder, models, data, groups, parsed, cfg.run.eval_batch_size)
+    result.recorded = {k: v for k, v in recorded.get("stages", {}).items() if k in result.metrics}
+    result.document = {
+        "path": str(folder.resolve()),
+        "layout": layout,
+        "models": {k: str(p) for k, p in models.items()},
+        "data": dataclasses.asdict(cfg.data),
+        "passed": result.passed,
+        "gates": result.gates,
+        "failed_gates": result.failed_gates,
+        "stages": result.metrics,
+        "flips": result.flips,
+        "recorded_stages": result.recorded,
+        "report_matches_model": matches,
+    }
+    if out is not None:
+        write_json(out, result.document)
+    return result
+
+
+def _check_request(gates: list[Any], overrides: Mapping[str, Any] | None, json_out: str | Path | None) -> Path | None:
+    """What verify cannot do (gate on agreement, change training settings, overwrite a file); the --output path."""
+    for gate in gates:
         if gate.metric == "agreement":
-            raise UsageError(f"gate {gate.expr!r}: agreement needs the torch student, which verify does not load; "
-                             f"gate on accuracy, drop() or flip() instead")
+            raise UsageError(
+                f"gate {gate.expr!r}: agreement needs the torch student, which verify does not load; "
+                f"gate on accuracy, drop() or flip() instead"
+            )
     other = [k for k in (overrides or {}) if not k.startswith(("data.", "run."))]
     if other:
         raise UsageError(f"verify takes data.* and run.* settings only (got {', '.join(other)}): it trains nothing")
     out = Path(json_out) if json_out is not None else None
     if out is not None and out.exists():
         raise UsageError(f"{out} already exists; choose another --json path (nothing is overwritten)")
-    cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
-    dims_in = next(iter(headers.values()))[0]  # every model of an export takes the same input
-    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims_in)
+    return out
+
+
+def _data(cfg: Any, recorded: dict[str, Any], dims: list[int]) -> tuple[Any, dict[str, list[int]]]:
+    """The data as the export saw it (its input, its held-out slice) and its shot groups."""
+    from ltcompress import data as data_stage
+    from ltcompress.rundir import cache_root
+
+    data = _as_exported(data_stage.load(cfg.data, cache_root(cfg.run.cache_dir)), recorded, dims)
     held = recorded["data"].get("held_out") or {}
     if held.get("share") and cfg.data.dataset == recorded["config"]["data"]["dataset"]:
         data = data_stage.hold_out(data, held["share"], held["seed"])  # the training counts the groups came from
-    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
+    return data, data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
 
-    preds = {k: verify_stage.ort_logits(p, data.test, data, cfg.run.eval_batch_size).argmax(1)
-             for k, p in models.items()}
+
+def _measure(
+    folder: Path, models: dict[str, Path], data: Any, groups: dict[str, list[int]], gates: list[Any], batch: int
+) -> VerifyResult:
+    """Every model under ONNX Runtime on the test split: metrics, flips and the gates' verdicts."""
+    from ltcompress import gates as gate_mod
+    from ltcompress import verify as verify_stage
+
+    preds = {k: verify_stage.ort_logits(p, data.test, data, batch).argmax(1) for k, p in models.items()}
     labels = verify_stage.split_labels(data, data.test)
     stages = verify_stage.measure(preds, labels, groups, data.class_names)
     flips = verify_stage.flips(preds, labels, groups, data.class_names)
-    results = [g.to_dict() for g in gate_mod.evaluate(parsed, stages, preds, labels, groups, data.class_names)]
-    result = VerifyResult(folder, all(r["passed"] for r in results), results, [r for r in results if not r["passed"]],
-                          stages, flips, {k: v for k, v in recorded.get("stages", {}).items() if k in stages})
-    result.document = {"path": str(folder.resolve()), "layout": layout,
-                       "models": {k: str(p) for k, p in models.items()}, "data": dataclasses.asdict(cfg.data),
-                       "passed": result.passed, "gates": results, "failed_gates": result.failed_gates,
-                       "stages": stages, "flips": flips, "recorded_stages": result.recorded,
-                       "report_matches_model": matches}
-    if out is not None:
-        write_json(out, result.document)
-    return result
+    results = [g.to_dict() for g in gate_mod.evaluate(gates, stages, preds, labels, groups, data.class_names)]
+    passed = all(r["passed"] for r in results)
+    return VerifyResult(folder, passed, results, [r for r in results if not r["passed"]], stages, flips, {})
 
 
 def _as_exported(data: Any, recorded: dict[str, Any], dims: list[int]) -> Any:
@@ -180,15 +230,27 @@ def _as_exported(data: Any, recorded: dict[str, Any], dims: list[int]) -> Any:
     the images come in the shape, mode and classes the model was exported for."""
     from ltcompress.data import InputSpec
 
-    spec = InputSpec(**{**recorded["data"]["input"], "mean": tuple(recorded["data"]["input"]["mean"]),
-                        "std": tuple(recorded["data"]["input"]["std"])})
-    for what, got, want in (("input (C, H, W)", [data.spec.channels, data.spec.size, data.spec.size], dims[1:]),
-                            ("source image mode and size", [data.spec.source_mode, data.spec.source_size],
-                             [spec.source_mode, spec.source_size]),
-                            ("classes", list(data.class_names), recorded["data"]["class_names"])):
+    spec = InputSpec(
+        **{
+            **recorded["data"]["input"],
+            "mean": tuple(recorded["data"]["input"]["mean"]),
+            "std": tuple(recorded["data"]["input"]["std"]),
+        }
+    )
+    for what, got, want in (
+        ("input (C, H, W)", [data.spec.channels, data.spec.size, data.spec.size], dims[1:]),
+        (
+            "source image mode and size",
+            [data.spec.source_mode, data.spec.source_size],
+            [spec.source_mode, spec.source_size],
+        ),
+        ("classes", list(data.class_names), recorded["data"]["class_names"]),
+    ):
         if got != want:
-            raise UsageError(f"this dataset's {what} {_short(got)} differ from the export's {_short(want)}; verify "
-                             f"on data like the export's (set data.input_size / data.channels, or another dataset)")
+            raise UsageError(
+                f"this dataset's {what} {_short(got)} differ from the export's {_short(want)}; verify "
+                f"on data like the export's (set data.input_size / data.channels, or another dataset)"
+            )
     return dataclasses.replace(data, spec=spec)
 
 

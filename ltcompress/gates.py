@@ -9,6 +9,7 @@
 
 Metrics: overall, balanced, many, medium, few, worst, class[NAME] (and agreement for an ONNX stage).
 """
+
 from __future__ import annotations
 
 import operator
@@ -26,17 +27,27 @@ EXPORTED = ("fp32", "int8")  # stages with an agreement to the torch student
 DEFAULT_STAGE = "fp32"
 METRICS = SUMMARY_KEYS + ("agreement",)
 OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _GATE = re.compile(rf"^\s*(?P<lhs>.*?)\s*(?P<op>>=|<=|>|<)\s*(?P<value>{_NUMBER})\s*$")
 _PAIR = re.compile(r"^(?P<fn>drop|flip)\s*\(\s*(?P<a>\w+)\s*,\s*(?P<b>\w+)\s*\)\s*(?:\.\s*(?P<metric>.+))?$")
 _STAGE = re.compile(r"^(?P<stage>[A-Za-z_]\w*)\s*\.\s*(?P<metric>.+)$")
 _CLASS = re.compile(r"^class\s*\[\s*(?P<name>[^\]]+?)\s*\]$")
-GATE_HELP = ("a gate reads '[stage.]metric OP threshold', 'drop(a, b).metric OP threshold' or "
-             "'flip(a, b)[.metric] OP threshold', e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', "
-             "'drop(fp32, int8).few <= 0.01'; stages " + ", ".join(STAGES) + f" (default {DEFAULT_STAGE}); metrics "
-             + ", ".join(METRICS) + ", class[NAME]; OP one of " + ", ".join(OPS) + "; thresholds are fractions")
+GATE_HELP = (
+    "a gate reads '[stage.]metric OP threshold', 'drop(a, b).metric OP threshold' or "
+    "'flip(a, b)[.metric] OP threshold', e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', "
+    "'drop(fp32, int8).few <= 0.01'; stages "
+    + ", ".join(STAGES)
+    + f" (default {DEFAULT_STAGE}); metrics "
+    + ", ".join(METRICS)
+    + ", class[NAME]; OP one of "
+    + ", ".join(OPS)
+    + "; thresholds are fractions"
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,19 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         g = self.gate
-        return {"gate": g.expr, "subject": g.subject, "kind": g.kind, "stage": g.stages[-1],
-                "stages": list(g.stages), "metric": g.metric, "class": g.class_name, "op": g.op,
-                "threshold": g.threshold, "value": self.value, "passed": self.passed}
+        return {
+            "gate": g.expr,
+            "subject": g.subject,
+            "kind": g.kind,
+            "stage": g.stages[-1],
+            "stages": list(g.stages),
+            "metric": g.metric,
+            "class": g.class_name,
+            "op": g.op,
+            "threshold": g.threshold,
+            "value": self.value,
+            "passed": self.passed,
+        }
 
 
 def parse(expr: str) -> Gate:
@@ -89,8 +110,7 @@ def parse(expr: str) -> Gate:
         kind, stages, metric = "stage", (DEFAULT_STAGE,), lhs
     for stage in stages:
         if stage not in STAGES:
-            raise UsageError(f"gate {expr!r}: unknown stage {stage!r}.{did_you_mean(stage, list(STAGES))} "
-                             f"{GATE_HELP}")
+            raise UsageError(f"gate {expr!r}: unknown stage {stage!r}.{did_you_mean(stage, list(STAGES))} {GATE_HELP}")
     class_name = None
     named = _CLASS.match(metric)
     if not named and not re.fullmatch(r"[A-Za-z_]\w*", metric):
@@ -98,8 +118,11 @@ def parse(expr: str) -> Gate:
     if named:
         metric, class_name = "class", named["name"]
     elif metric not in METRICS or (metric == "agreement" and (kind != "stage" or stages[0] not in EXPORTED)):
-        hint = did_you_mean(metric, list(METRICS)) if metric not in METRICS else (
-            f" agreement (with the torch student) exists for the stages {', '.join(EXPORTED)} only.")
+        hint = (
+            did_you_mean(metric, list(METRICS))
+            if metric not in METRICS
+            else (f" agreement (with the torch student) exists for the stages {', '.join(EXPORTED)} only.")
+        )
         raise UsageError(f"gate {expr!r}: unknown metric {metric!r}.{hint} {GATE_HELP}")
     low = -1.0 if kind == "drop" else 0.0
     if not low <= threshold <= 1.0:
@@ -108,29 +131,41 @@ def parse(expr: str) -> Gate:
     return Gate(expr.strip(), kind, stages, metric, m["op"], threshold, class_name)
 
 
-def check_applicable(gates: list[Gate], groups: Mapping[str, list[int]], stages: tuple[str, ...],
-                     class_names: tuple[str, ...]) -> None:
+def check_applicable(
+    gates: list[Gate], groups: Mapping[str, list[int]], stages: tuple[str, ...], class_names: tuple[str, ...]
+) -> None:
     """Reject, before training, gates on a shot group the data lacks, a class it does not have, or a stage this
     run does not produce."""
     for gate in gates:
         if gate.metric in groups and not groups[gate.metric]:
-            raise UsageError(f"gate {gate.expr!r}: this dataset has no {gate.metric.capitalize()}-shot class "
-                             f"(groups present: {', '.join(k for k, v in groups.items() if v)})")
+            raise UsageError(
+                f"gate {gate.expr!r}: this dataset has no {gate.metric.capitalize()}-shot class "
+                f"(groups present: {', '.join(k for k, v in groups.items() if v)})"
+            )
         if gate.metric == "class" and gate.class_name not in class_names:
-            raise UsageError(f"gate {gate.expr!r}: no class named {gate.class_name!r}."
-                             f"{did_you_mean(str(gate.class_name), list(class_names))} Classes: "
-                             f"{', '.join(class_names)}")
+            raise UsageError(
+                f"gate {gate.expr!r}: no class named {gate.class_name!r}."
+                f"{did_you_mean(str(gate.class_name), list(class_names))} Classes: "
+                f"{', '.join(class_names)}"
+            )
         for stage in gate.stages:
             if stage not in stages:
                 extra = " (turn INT8 on with --int8)" if stage == "int8" else ""
-                raise UsageError(f"gate {gate.expr!r}: stage {stage!r} does not exist in this run "
-                                 f"(stages: {', '.join(stages)}){extra}")
+                raise UsageError(
+                    f"gate {gate.expr!r}: stage {stage!r} does not exist in this run "
+                    f"(stages: {', '.join(stages)}){extra}"
+                )
 
 
-def evaluate(gates: list[Gate], stage_metrics: Mapping[str, Mapping[str, Any]],
-             predictions: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
-             groups: Mapping[str, list[int]] | None = None, class_names: tuple[str, ...] = (),
-             flips: Mapping[tuple[str, ...], Mapping[str, Any]] | None = None) -> list[GateResult]:
+def evaluate(
+    gates: list[Gate],
+    stage_metrics: Mapping[str, Mapping[str, Any]],
+    predictions: Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
+    groups: Mapping[str, list[int]] | None = None,
+    class_names: tuple[str, ...] = (),
+    flips: Mapping[tuple[str, ...], Mapping[str, Any]] | None = None,
+) -> list[GateResult]:
     """Every gate's value and verdict; a value that does not exist (an empty group) fails its gate.
     flip() gates need the stages' predictions, the test labels and the groups, or `flips`: flip summaries per
     (a, b) pair measured another way (the INT8 repair's expected flips)."""

@@ -7,6 +7,7 @@ loop draws it from the same generator whether the teacher runs or not, and the c
 batches. Keyed by everything the logits depend on; a file whose key or shape does not match is rebuilt, never
 used. Methods that need the teacher's features (krdistill) run the teacher as usual.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,10 +83,19 @@ def for_run(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> Lo
     from ltcompress.rundir import cache_root
 
     recipe = cfg.student.train
-    spec = {"teacher_sha256": teacher_sha, "data": data.fingerprint, "input": dataclasses.asdict(data.spec),
-            "augmentation": augmentation(data), "sampler": recipe.sampler, "seed": cfg.run.seed,
-            "batch_size": recipe.batch_size, "rank": dist.rank(), "world": dist.world(), "device": device.type,
-            "torch": torch.__version__}
+    spec = {
+        "teacher_sha256": teacher_sha,
+        "data": data.fingerprint,
+        "input": dataclasses.asdict(data.spec),
+        "augmentation": augmentation(data),
+        "sampler": recipe.sampler,
+        "seed": cfg.run.seed,
+        "batch_size": recipe.batch_size,
+        "rank": dist.rank(),
+        "world": dist.world(),
+        "device": device.type,
+        "torch": torch.__version__,
+    }
     return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
 
 
@@ -98,4 +108,5 @@ def augmentation(data: Any) -> str:
         return AUGMENTATION
     keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
     return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
-        f"{k}={getattr(opts, k)}" for k in keys)
+        f"{k}={getattr(opts, k)}" for k in keys
+    )

@@ -1,4 +1,5 @@
 """Per-class accuracy, shot-group accuracy and balanced accuracy (pure numpy, no torch)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,9 @@ def _per_class_mean(hits: np.ndarray, labels: np.ndarray, num_classes: int) -> n
         return np.where(total > 0, summed / np.maximum(total, 1), np.nan)
 
 
-def summarize(pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
-              class_names: tuple[str, ...]) -> dict[str, Any]:
+def summarize(
+    pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...]
+) -> dict[str, Any]:
     """Overall, balanced, Many/Medium/Few (None when the data has no class in a group), worst class, per class.
 
     Group and balanced accuracies are unweighted means of per-class accuracies over classes with test images.
@@ -32,8 +34,13 @@ def summarize(pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]]
     return _summary(acc, float((pred == labels).mean()) if len(labels) else None, groups, class_names, np.nanargmin)
 
 
-def flip_rates(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
-               class_names: tuple[str, ...]) -> dict[str, Any]:
+def flip_rates(
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    labels: np.ndarray,
+    groups: dict[str, list[int]],
+    class_names: tuple[str, ...],
+) -> dict[str, Any]:
     """How often the top-1 prediction changes between two stages, per class and per shot group.
 
     Accuracy can hold while predictions churn (a class loses as many images as it gains); flips show it. Same
@@ -44,8 +51,13 @@ def flip_rates(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, group
     return _summary(per_class, float(changed.mean()) if len(labels) else None, groups, class_names, np.nanargmax)
 
 
-def _summary(per_class: np.ndarray, overall: float | None, groups: dict[str, list[int]],
-             class_names: tuple[str, ...], pick_worst: Any) -> dict[str, Any]:
+def _summary(
+    per_class: np.ndarray,
+    overall: float | None,
+    groups: dict[str, list[int]],
+    class_names: tuple[str, ...],
+    pick_worst: Any,
+) -> dict[str, Any]:
     present = ~np.isnan(per_class)
 
     def mean_of(classes: list[int]) -> float | None:
@@ -65,8 +77,9 @@ def _summary(per_class: np.ndarray, overall: float | None, groups: dict[str, lis
     }
 
 
-def expected_accuracy(probs: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
-                      class_names: tuple[str, ...]) -> dict[str, Any]:
+def expected_accuracy(
+    probs: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...]
+) -> dict[str, Any]:
     """summarize() with each image scored by the probability of its true class instead of 0/1: it moves with
     every change in the logits, so a handful of images per class still shows a loss (the INT8 repair)."""
     scores = np.asarray(probs)[np.arange(len(labels)), labels]
@@ -74,8 +87,13 @@ def expected_accuracy(probs: np.ndarray, labels: np.ndarray, groups: dict[str, l
     return _summary(per_class, float(scores.mean()) if len(labels) else None, groups, class_names, np.nanargmin)
 
 
-def expected_flips(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]],
-                   class_names: tuple[str, ...]) -> dict[str, Any]:
+def expected_flips(
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    labels: np.ndarray,
+    groups: dict[str, list[int]],
+    class_names: tuple[str, ...],
+) -> dict[str, Any]:
     """flip_rates() with each image scored by the total variation distance between the two stages' predicted
     distributions (the least chance that a sample from each differs) instead of 0/1."""
     distance = 0.5 * np.abs(np.asarray(probs_a) - np.asarray(probs_b)).sum(1)
@@ -94,8 +112,9 @@ def confusion(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def tail_losses(matrix: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...],
-                top: int = 3) -> dict[str, dict[str, Any]]:
+def tail_losses(
+    matrix: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...], top: int = 3
+) -> dict[str, dict[str, Any]]:
     """For each Medium and Few class, where its misclassified test images go: the `top` classes that absorb most
     of them, as counts and as shares of the class's test images. Accuracy says a rare class is lost; this says
     to whom (``Shirt`` to ``T-shirt/top``), which is what a user can act on (more data, a merged label)."""
@@ -106,8 +125,12 @@ def tail_losses(matrix: np.ndarray, groups: dict[str, list[int]], class_names: t
             total = int(row.sum())
             others = sorted((j for j in range(len(row)) if j != c and row[j] > 0), key=lambda j: (-row[j], j))
             out[class_names[c]] = {
-                "group": group, "test_images": total, "misclassified": total - int(row[c]),
-                "lost_to": [{"class": class_names[j], "images": int(row[j]), "share": float(row[j] / total)}
-                            for j in others[:top]],
+                "group": group,
+                "test_images": total,
+                "misclassified": total - int(row[c]),
+                "lost_to": [
+                    {"class": class_names[j], "images": int(row[j]), "share": float(row[j] / total)}
+                    for j in others[:top]
+                ],
             }
     return out

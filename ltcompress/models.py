@@ -1,5 +1,6 @@
 """timm model creation, the short aliases users type, where a model's training starts (pretrained weights
 through timm / huggingface_hub cache semantics, a local file, or scratch), and the re-normalisation wrapper."""
+
 from __future__ import annotations
 
 import logging
@@ -127,8 +128,12 @@ def pretrained_preprocessing(arch: str) -> dict[str, Any] | None:
     from timm.data import resolve_data_config
 
     d = resolve_data_config(pretrained_cfg=cfg.to_dict())
-    return {"mean": tuple(d["mean"]), "std": tuple(d["std"]), "crop_pct": d["crop_pct"],
-            "interpolation": d["interpolation"]}
+    return {
+        "mean": tuple(d["mean"]),
+        "std": tuple(d["std"]),
+        "crop_pct": d["crop_pct"],
+        "interpolation": d["interpolation"],
+    }
 
 
 def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str, str]:
@@ -138,15 +143,18 @@ def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str,
         return "scratch", "requested"
     if requested not in ("auto", "pretrained"):
         if not Path(requested).expanduser().is_file():
-            raise UsageError(f"--{role}-init {requested!r} must be auto, pretrained, scratch or an existing weights "
-                             f"file")
+            raise UsageError(
+                f"--{role}-init {requested!r} must be auto, pretrained, scratch or an existing weights file"
+            )
         return "file", f"weights file {Path(requested).expanduser()}"
     arch = resolve_name(arch)
     cfg = _pretrained_cfg(arch)
     if cfg is None:
         if requested == "pretrained":
-            raise UsageError(f"--{role}-init pretrained: timm has no pretrained weights for {arch}; pass "
-                             f"--{role}-weights FILE, or --{role}-init scratch")
+            raise UsageError(
+                f"--{role}-init pretrained: timm has no pretrained weights for {arch}; pass "
+                f"--{role}-weights FILE, or --{role}-init scratch"
+            )
         return "scratch", f"timm has no pretrained weights for {arch}"
     cached = cached_weights(arch)
     if cached:
@@ -156,9 +164,11 @@ def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str,
         if requested == "pretrained":
             from huggingface_hub import constants
 
-            raise UsageError(f"--{role}-init pretrained: HF_HUB_OFFLINE is set and {where} is not in the Hugging "
-                             f"Face cache ({constants.HF_HUB_CACHE}); pass --{role}-weights FILE, or "
-                             f"--{role}-init scratch")
+            raise UsageError(
+                f"--{role}-init pretrained: HF_HUB_OFFLINE is set and {where} is not in the Hugging "
+                f"Face cache ({constants.HF_HUB_CACHE}); pass --{role}-weights FILE, or "
+                f"--{role}-init scratch"
+            )
         return "scratch", f"HF_HUB_OFFLINE is set and {where} is not in the Hugging Face cache"
     return "pretrained", f"{where} from {_endpoint() if cfg.hf_hub_id else 'its URL'}"
 
@@ -180,8 +190,10 @@ def read_state_dict(path: Path, option: str) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{option} {path} cannot be loaded safely (weights_only=True): {reason}. "
-                         f"Save a plain state_dict (torch.save(model.state_dict(), ...)) or .safetensors") from None
+        raise UsageError(
+            f"{option} {path} cannot be loaded safely (weights_only=True): {reason}. "
+            f"Save a plain state_dict (torch.save(model.state_dict(), ...)) or .safetensors"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -206,14 +218,18 @@ def _from_file(arch: str, num_classes: int, in_chans: int, path: Path, option: s
     from ltcompress.rundir import sha256_file
 
     state = read_state_dict(path, option)
-    classifier = (_default_cfg(arch).get("classifier") or "")
+    classifier = _default_cfg(arch).get("classifier") or ""
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     rows = [state[f"{c}.weight"].shape[0] for c in names if f"{c}.weight" in state]
     file_classes = rows[0] if rows else -1
     try:
-        model = timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                  pretrained_cfg_overlay={"file": str(path), "state_dict": state,
-                                                          "num_classes": file_classes})
+        model = timm.create_model(
+            arch,
+            pretrained=True,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            pretrained_cfg_overlay={"file": str(path), "state_dict": state, "num_classes": file_classes},
+        )
     except RuntimeError as exc:
         raise UsageError(f"{option} {path} does not fit {arch}: {str(exc).strip().splitlines()[0]}") from None
     timm_api(model).pretrained_cfg.pop("state_dict", None)  # recorded as the file, not held in memory
@@ -221,12 +237,19 @@ def _from_file(arch: str, num_classes: int, in_chans: int, path: Path, option: s
     missing = sorted(k for k in own if k not in state and k not in heads and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in own)
     if missing or unexpected:
-        raise UsageError(f"{option} {path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} "
-                         f"unexpected tensors (e.g. {(missing or unexpected)[0]!r}); check the architecture")
+        raise UsageError(
+            f"{option} {path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected tensors (e.g. {(missing or unexpected)[0]!r}); check the architecture"
+        )
     kept = file_classes == num_classes
     reason = f"weights file {path}" + ("" if kept else f", new {num_classes}-class head")
-    return model, {"init": "file", "reason": reason, "source": str(path.resolve()),
-                   "weights_sha256": sha256_file(path), "head": "file" if kept else "new"}
+    return model, {
+        "init": "file",
+        "reason": reason,
+        "source": str(path.resolve()),
+        "weights_sha256": sha256_file(path),
+        "head": "file" if kept else "new",
+    }
 
 
 def _default_cfg(arch: str) -> dict[str, Any]:
@@ -251,16 +274,18 @@ def _fetch_failed(exc: BaseException) -> bool:
     return isinstance(exc, fetch)
 
 
-def _from_pretrained(arch: str, num_classes: int, in_chans: int, requested: str, reason: str,
-                     role: str) -> tuple[nn.Module, dict[str, Any]]:
+def _from_pretrained(
+    arch: str, num_classes: int, in_chans: int, requested: str, reason: str, role: str
+) -> tuple[nn.Module, dict[str, Any]]:
     """timm.create_model(pretrained=True): huggingface_hub resolves cache / HF_HUB_OFFLINE / HF_ENDPOINT. auto
     falls back to scratch (logged) only when the weights cannot be fetched; a corrupt cached file is exit 2."""
     from ltcompress.rundir import sha256_file
 
     cfg = _pretrained_cfg(arch)
     if cfg is None:
-        raise UsageError(f"timm knows no pretrained weights for {arch}; pass --{role}-weights FILE, or "
-                         f"--{role}-init scratch")
+        raise UsageError(
+            f"timm knows no pretrained weights for {arch}; pass --{role}-weights FILE, or --{role}-init scratch"
+        )
     before = cached_weights(arch)
     rng = torch.random.get_rng_state()
     try:
@@ -269,28 +294,32 @@ def _from_pretrained(arch: str, num_classes: int, in_chans: int, requested: str,
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         cached = cached_weights(arch)
         if cached and not _fetch_failed(exc):
-            raise UsageError(f"the cached pretrained weights for {arch} cannot be loaded ({first}): {cached} is "
-                             f"probably truncated or corrupt; delete it to fetch it again, or pass --{role}-weights "
-                             f"FILE, or --{role}-init scratch") from None
+            raise UsageError(
+                f"the cached pretrained weights for {arch} cannot be loaded ({first}): {cached} is "
+                f"probably truncated or corrupt; delete it to fetch it again, or pass --{role}-weights "
+                f"FILE, or --{role}-init scratch"
+            ) from None
         where = f"{cfg.hf_hub_id} from {_endpoint()}" if cfg.hf_hub_id else cfg.url
         if requested != "auto":
-            raise UsageError(f"--{role}-init pretrained: the weights for {arch} could not be fetched ({where}: "
-                             f"{first}); pass --{role}-weights FILE, or --{role}-init scratch") from None
+            raise UsageError(
+                f"--{role}-init pretrained: the weights for {arch} could not be fetched ({where}: "
+                f"{first}); pass --{role}-weights FILE, or --{role}-init scratch"
+            ) from None
         torch.random.set_rng_state(rng)  # the same start as an explicit scratch run
         why = f"pretrained weights could not be fetched ({where}: {first})"
         log.warning("%s init: scratch for %s: %s", role, arch, why)
         return create(arch, num_classes, in_chans), {"init": "scratch", "reason": why, "source": "scratch"}
     path = cached_weights(arch)
     source = ("hf-cache" if before else "hub") if cfg.hf_hub_id else ("torch-hub-cache" if before else "url")
-    info = {"init": "pretrained", "reason": reason, "source": source, "repo": cfg.hf_hub_id or cfg.url,
-            "file": path}
+    info = {"init": "pretrained", "reason": reason, "source": source, "repo": cfg.hf_hub_id or cfg.url, "file": path}
     if path:
         info["weights_sha256"] = sha256_file(Path(path))
     return model, info
 
 
-def build(arch: str, num_classes: int, in_chans: int, init: str, weights: str | None = None,
-          role: str = "student") -> tuple[nn.Module, dict[str, Any]]:
+def build(
+    arch: str, num_classes: int, in_chans: int, init: str, weights: str | None = None, role: str = "student"
+) -> tuple[nn.Module, dict[str, Any]]:
     """A new model for the dataset's classes and where it started: `weights` (a file) wins over `init`
     (auto | pretrained | scratch | a file). `role` (teacher / student) only names the options in errors.
 

@@ -1,5 +1,6 @@
 """Stage 4: torch student -> single-file ONNX with a dynamic batch axis, pinned opset, checked by onnx.checker;
 optionally a static INT8 copy calibrated on a class-stratified sample of the training set."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,17 @@ def export(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> Path:
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(student, (example,), str(tmp), dynamo=True, external_data=False,
-                                  opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_shapes={next(iter(_forward_args(student))): {0: batch}})
+                torch.onnx.export(
+                    student,
+                    (example,),
+                    str(tmp),
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes={next(iter(_forward_args(student))): {0: batch}},
+                )
             except Exception as exc:
                 raise VerificationError(f"ONNX export failed: {str(exc).splitlines()[0]}") from exc
         log.debug("torch.onnx: %s", chatter.getvalue())
@@ -100,8 +109,9 @@ def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> n
     return np.sort(np.concatenate([pool[:k] for pool, k in zip(pools, take)]))
 
 
-def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path,
-         workdir: Path) -> tuple[Quantizer, dict[str, Any]]:
+def int8(
+    fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path, workdir: Path
+) -> tuple[Quantizer, dict[str, Any]]:
     """The run's INT8 model: calibrate on `cfg.calibration_size` un-augmented training images chosen the
     `cfg.calibration` way. Returns the calibrated Quantizer (what the INT8 repair re-quantizes with; its files
     live in `workdir`) and what the report records about the calibration."""
@@ -111,20 +121,38 @@ def int8(fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path
     _check_excluded(cfg.exclude_nodes, quantizer.graph_nodes)
     quantizer.write(path, exclude=cfg.exclude_nodes)
     weights = "per-channel" if cfg.per_channel else "per-tensor"
-    log.info("export: %s (static QDQ U8S8 %s, %s, %s calibration on %d images, %d node(s) left in float, "
-             "%.2f MB)", path.name, weights, cfg.calibration_method, cfg.calibration, len(idx),
-             len(cfg.exclude_nodes), path.stat().st_size / 1e6)
+    log.info(
+        "export: %s (static QDQ U8S8 %s, %s, %s calibration on %d images, %d node(s) left in float, %.2f MB)",
+        path.name,
+        weights,
+        cfg.calibration_method,
+        cfg.calibration,
+        len(idx),
+        len(cfg.exclude_nodes),
+        path.stat().st_size / 1e6,
+    )
     per_class = np.bincount(data.train.labels[idx], minlength=data.num_classes)
     return quantizer, {
         "method": f"static QDQ, uint8 activations, int8 {weights} weights, {cfg.calibration_method}",
-        "calibration_method": cfg.calibration_method, "per_channel": cfg.per_channel,
-        "excluded_nodes": list(cfg.exclude_nodes), "quantized_nodes": quantizer.nodes,
-        "calibration": cfg.calibration, "calibration_size": int(len(idx)),
-        "calibration_per_class": dict(zip(data.class_names, per_class.tolist())), "seed": seed}
+        "calibration_method": cfg.calibration_method,
+        "per_channel": cfg.per_channel,
+        "excluded_nodes": list(cfg.exclude_nodes),
+        "quantized_nodes": quantizer.nodes,
+        "calibration": cfg.calibration,
+        "calibration_size": int(len(idx)),
+        "calibration_per_class": dict(zip(data.class_names, per_class.tolist())),
+        "seed": seed,
+    }
 
 
-def quantize(fp32_path: Path, calibration: Iterator[np.ndarray], path: Path, method: str = "minmax",
-             per_channel: bool = True, exclude: tuple[str, ...] = ()) -> list[str]:
+def quantize(
+    fp32_path: Path,
+    calibration: Iterator[np.ndarray],
+    path: Path,
+    method: str = "minmax",
+    per_channel: bool = True,
+    exclude: tuple[str, ...] = (),
+) -> list[str]:
     """Static INT8 in one call (see Quantizer); returns the names of the nodes whose operator it quantizes. A
     name in `exclude` that the graph does not have is exit 2 with the names it does have."""
     import tempfile
@@ -146,8 +174,14 @@ class Quantizer:
     calibration cache file, so a re-quantization costs no calibration pass.
     """
 
-    def __init__(self, fp32_path: Path, calibration: Iterator[np.ndarray], workdir: Path, method: str = "minmax",
-                 per_channel: bool = True) -> None:
+    def __init__(
+        self,
+        fp32_path: Path,
+        calibration: Iterator[np.ndarray],
+        workdir: Path,
+        method: str = "minmax",
+        per_channel: bool = True,
+    ) -> None:
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
         self.method, self.per_channel = method, per_channel
@@ -159,8 +193,13 @@ class Quantizer:
         self.nodes = [n.name for n in graph.node if n.op_type in quantizable]
         self._quantize(workdir / "calibrated.onnx", iter(calibration), (), None)
 
-    def write(self, path: Path, exclude: tuple[str, ...] | list[str] = (), only: list[str] | None = None,
-              int8_weights: tuple[str, ...] | list[str] = ()) -> Path:
+    def write(
+        self,
+        path: Path,
+        exclude: tuple[str, ...] | list[str] = (),
+        only: list[str] | None = None,
+        int8_weights: tuple[str, ...] | list[str] = (),
+    ) -> Path:
         """The INT8 model at `path` (written under a temporary name and renamed): every quantizable node but
         those in `exclude`, or only the nodes in `only`. Excluded nodes named in `int8_weights` compute in
         float but keep their weights stored as int8 (see store_weights_int8)."""
@@ -170,8 +209,9 @@ class Quantizer:
                 store_weights_int8(tmp, set(int8_weights))
         return path
 
-    def _quantize(self, out: Path, calibration: Iterator[np.ndarray] | None, exclude: tuple[str, ...],
-                  only: list[str] | None) -> None:
+    def _quantize(
+        self, out: Path, calibration: Iterator[np.ndarray] | None, exclude: tuple[str, ...], only: list[str] | None
+    ) -> None:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
         from onnxruntime.quantization import quantize_static
 
@@ -180,14 +220,25 @@ class Quantizer:
                 batch = next(calibration, None) if calibration is not None else None
                 return None if batch is None else {INPUT_NAME: batch}
 
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
         with _quiet("INT8 quantization"):
-            quantize_static(str(self.prepared), str(out), Reader() if calibration is not None else None,
-                            quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[self.method], nodes_to_exclude=list(exclude),
-                            nodes_to_quantize=only, calibration_cache_path=str(self.ranges))
+            quantize_static(
+                str(self.prepared),
+                str(out),
+                Reader() if calibration is not None else None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=self.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[self.method],
+                nodes_to_exclude=list(exclude),
+                nodes_to_quantize=only,
+                calibration_cache_path=str(self.ranges),
+            )
 
 
 def store_weights_int8(path: Path, nodes: set[str]) -> None:
@@ -203,8 +254,12 @@ def store_weights_int8(path: Path, nodes: set[str]) -> None:
     weights = {i.name: i for i in graph.initializer}
     dequantize = []
     for node in graph.node:
-        if (node.name not in nodes or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2
-                or node.input[1] not in weights):
+        if (
+            node.name not in nodes
+            or node.op_type not in ("Conv", "Gemm", "MatMul")
+            or len(node.input) < 2
+            or node.input[1] not in weights
+        ):
             continue
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         axis = {"Conv": 0, "MatMul": 1, "Gemm": 0 if trans_b else 1}[node.op_type]  # the output channels
@@ -217,11 +272,22 @@ def store_weights_int8(path: Path, nodes: set[str]) -> None:
         shape[axis] = -1
         q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
         graph.initializer.remove(weights[name])
-        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
-                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
-                                  numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero")])
-        dequantize.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
-                                           [name], name=f"{name}_DequantizeWeight", axis=axis))
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{name}_int8"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero"),
+            ]
+        )
+        dequantize.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
+                [name],
+                name=f"{name}_DequantizeWeight",
+                axis=axis,
+            )
+        )
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(dequantize + rest)  # constant inputs only: first is a valid topological order
@@ -241,8 +307,11 @@ def prepare(fp32_path: Path, out: Path) -> Any:
     taken = {n.name for n in model.graph.node}
     for i, node in enumerate(model.graph.node):
         if not node.name:
-            node.name = next(name for k in range(len(taken) + 1)
-                             if (name := f"{node.op_type}_{i}" + (f"_{k}" if k else "")) not in taken)
+            node.name = next(
+                name
+                for k in range(len(taken) + 1)
+                if (name := f"{node.op_type}_{i}" + (f"_{k}" if k else "")) not in taken
+            )
             taken.add(node.name)
     onnx.save(model, str(out))
     return model
@@ -278,6 +347,8 @@ def _check_excluded(exclude: tuple[str, ...], nodes: list[str]) -> None:
 
         hints = {n: difflib.get_close_matches(n, nodes, 1) for n in unknown}
         said = "; ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
-        raise UsageError(f"export.exclude_nodes names node(s) the model does not have: {said}. The quantized "
-                         f"nodes are listed in report.json under artifacts.int8.quantized_nodes "
-                         f"({len(nodes)}, e.g. {', '.join(nodes[:3])})")
+        raise UsageError(
+            f"export.exclude_nodes names node(s) the model does not have: {said}. The quantized "
+            f"nodes are listed in report.json under artifacts.int8.quantized_nodes "
+            f"({len(nodes)}, e.g. {', '.join(nodes[:3])})"
+        )

@@ -3,6 +3,7 @@
 Entries may be registered lazily as ``"module:attr"`` strings so that listing names and descriptions
 never imports torch or timm (``ltcompress --help`` and ``list-methods`` stay instant).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -86,8 +87,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UsageError(
-                f"unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
-                f"Valid: {', '.join(self.names())}."
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} Valid: {', '.join(self.names())}."
             ) from None
 
     def get(self, name: str) -> T:
@@ -108,6 +108,11 @@ def load_plugins(group: str) -> list[str]:
             loaded.append(point.name)
         except Exception as exc:  # another package's bug must not take the CLI down
             logging.getLogger("ltcompress").warning(
-                "plugin %r (%s, entry point group %s) failed to load: %s: %s", point.name, point.value, group,
-                type(exc).__name__, exc)
+                "plugin %r (%s, entry point group %s) failed to load: %s: %s",
+                point.name,
+                point.value,
+                group,
+                type(exc).__name__,
+                exc,
+            )
     return loaded

@@ -8,6 +8,7 @@ class's mean KL divergence from the FP32 model, so a rare class counts as much a
 held-out images still gives a graded signal where their top-1 accuracy could only be 0 or 1. The order is fixed
 once (as Intel Neural Compressor's op-wise fallback does), then the worst nodes go back to float one by one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ from ltcompress.verify import latency_ms, ort_logits, split_labels, torch_logits
 
 log = logging.getLogger("ltcompress")
 UNREPAIRED = "student.int8.unrepaired.onnx"
-RANKED_BY = ("per-class mean KL divergence from FP32 of the model with only that node quantized, averaged over "
-             "the classes the failing int8 gates look at (held-out images)")
+RANKED_BY = (
+    "per-class mean KL divergence from FP32 of the model with only that node quantized, averaged over "
+    "the classes the failing int8 gates look at (held-out images)"
+)
 
 
 @dataclass(frozen=True)
@@ -69,21 +72,25 @@ def set_aside(data: LTData, gates: list[Gate], share: float, seed: int) -> LTDat
     """The held-out images the repair decides on, checked before anything trains: data.val_list's, or a
     stratified training slice set aside here (the class counts then count what is left for training)."""
     if not int8_gates(gates):
-        raise UsageError("export.int8_repair works toward the int8 gates and this run has none: add one, e.g. "
-                         "--gate 'drop(fp32, int8).few <= 0.01'")
+        raise UsageError(
+            "export.int8_repair works toward the int8 gates and this run has none: add one, e.g. "
+            "--gate 'drop(fp32, int8).few <= 0.01'"
+        )
     if data.val is None:
         data = hold_out(data, share, seed)
     log.info("INT8 repair decides on held-out images: %s", data.val_source)
     return data
 
 
-def held_out(data: LTData, gates: list[Gate], fp32_path: Path, models: Mapping[str, Any], device: Any,
-             batch: int) -> HeldOut:
+def held_out(
+    data: LTData, gates: list[Gate], fp32_path: Path, models: Mapping[str, Any], device: Any, batch: int
+) -> HeldOut:
     """Measure the fixed stages on `data.val` once (torch stages only when a gate needs them)."""
-    assert data.val is not None, "the held-out split is set aside before training (api._validate)"
+    assert data.val is not None, "the held-out split is set aside before training (plan.validate)"
     fixed = {"fp32": ort_logits(fp32_path, data.val, data, batch)}
-    wanted = {s for g in gates for s in g.stages} | ({"student"} if any(g.metric == "agreement" for g in gates)
-                                                    else set())
+    wanted = {s for g in gates for s in g.stages} | (
+        {"student"} if any(g.metric == "agreement" for g in gates) else set()
+    )
     for stage in sorted(wanted - {"fp32", "int8"}):
         fixed[stage] = torch_logits(models[stage], data.val, data, device, batch)
     return HeldOut(split_labels(data, data.val), fixed, data.val_source)
@@ -117,8 +124,13 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
-def judge(gates: list[Gate], held: HeldOut, int8_logits: np.ndarray, groups: Mapping[str, list[int]],
-          class_names: tuple[str, ...]) -> list[Verdict]:
+def judge(
+    gates: list[Gate],
+    held: HeldOut,
+    int8_logits: np.ndarray,
+    groups: Mapping[str, list[int]],
+    class_names: tuple[str, ...],
+) -> list[Verdict]:
     """The int8 gates on the held-out images: each as the test set judges it (top-1), and drop()/flip() gates
     also on expected values, since with one or two images per rare class top-1 moves in steps of 50 % or not at
     all (a 5-point Few loss on the test set can be 0 there)."""
@@ -131,20 +143,48 @@ def judge(gates: list[Gate], held: HeldOut, int8_logits: np.ndarray, groups: Map
     hard = evaluate(gates, stages, preds, held.labels, groups, class_names)
     probs = {k: np.exp(_log_softmax(z)) for k, z in logits.items()}
     relative = [g for g in gates if g.kind != "stage"]
-    expected = dict(zip(relative, evaluate(
-        relative, {k: expected_accuracy(p, held.labels, dict(groups), class_names) for k, p in probs.items()},
-        flips={g.stages: expected_flips(probs[g.stages[0]], probs[g.stages[1]], held.labels, dict(groups),
-                                        class_names) for g in relative if g.kind == "flip"})))
-    return [Verdict(r.gate, r.value, expected[r.gate].value if r.gate in expected else None,
-                    r.passed and (r.gate not in expected or expected[r.gate].passed)) for r in hard]
+    expected = dict(
+        zip(
+            relative,
+            evaluate(
+                relative,
+                {k: expected_accuracy(p, held.labels, dict(groups), class_names) for k, p in probs.items()},
+                flips={
+                    g.stages: expected_flips(
+                        probs[g.stages[0]], probs[g.stages[1]], held.labels, dict(groups), class_names
+                    )
+                    for g in relative
+                    if g.kind == "flip"
+                },
+            ),
+        )
+    )
+    return [
+        Verdict(
+            r.gate,
+            r.value,
+            expected[r.gate].value if r.gate in expected else None,
+            r.passed and (r.gate not in expected or expected[r.gate].passed),
+        )
+        for r in hard
+    ]
 
 
 def shown(results: list[Verdict]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in results]
 
 
-def repair(quantizer: Quantizer, int8_path: Path, held: HeldOut, data: LTData, groups: Mapping[str, list[int]],
-           gates: list[Gate], cfg: ExportConfig, workdir: Path, progress: bool = False) -> dict[str, Any]:
+def repair(
+    quantizer: Quantizer,
+    int8_path: Path,
+    held: HeldOut,
+    data: LTData,
+    groups: Mapping[str, list[int]],
+    gates: list[Gate],
+    cfg: ExportConfig,
+    workdir: Path,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Repair `int8_path` in place (the unrepaired model is kept beside it as UNREPAIRED when a node goes back
     to FP32); returns report.json's `int8_repair`. `met` is False when the budget ran out first: the run then
     fails like a failed gate (exit 5, no bundle)."""
@@ -153,14 +193,22 @@ def repair(quantizer: Quantizer, int8_path: Path, held: HeldOut, data: LTData, g
     int8_logits = _logits(int8_path, data)
     before = judge(gates, held, int8_logits, groups, names)
     record: dict[str, Any] = {
-        "held_out": held.source, "held_out_images": int(len(held.labels)), "gates_before": shown(before),
-        "budget": {"nodes": cfg.repair_budget, "max_size": cfg.repair_max_size}, "ranked_by": RANKED_BY}
+        "held_out": held.source,
+        "held_out_images": int(len(held.labels)),
+        "gates_before": shown(before),
+        "budget": {"nodes": cfg.repair_budget, "max_size": cfg.repair_max_size},
+        "ranked_by": RANKED_BY,
+    }
     if all(r.passed for r in before):
         log.info("INT8 repair: every int8 gate passes on the %d held-out images; nothing to repair", len(held.labels))
         return {**record, "needed": False, "met": True, "nodes": [], "gates_after": shown(before)}
     classes = gated_classes([r.gate for r in before if not r.passed], groups, names)
-    record.update(needed=True, gated_classes=[names[c] for c in classes],
-                  int8_size_bytes=int8_path.stat().st_size, int8_latency_ms=_latency(int8_path, data))
+    record.update(
+        needed=True,
+        gated_classes=[names[c] for c in classes],
+        int8_size_bytes=int8_path.stat().st_size,
+        int8_latency_ms=_latency(int8_path, data),
+    )
     ranked = _rank(quantizer, held, data, classes, cfg.exclude_nodes, workdir, progress)
     search = _Search(quantizer, held, data, groups, cfg, workdir, int8_path, int8_logits, before)
     steps, stopped, after = _fall_back(search, ranked, progress)
@@ -168,12 +216,22 @@ def repair(quantizer: Quantizer, int8_path: Path, held: HeldOut, data: LTData, g
     if steps:
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
         os.replace(workdir / "candidate.onnx", int8_path)
-    log.info("INT8 repair: %d node(s) back to FP32 (%s); the int8 gates %s on the held-out images%s", len(steps),
-             ", ".join(s["node"] for s in steps) or "none", "pass" if met else "still fail",
-             "" if met else f" ({stopped})")
-    return {**record, "met": met, "nodes": steps, "gates_after": shown(after), "stopped": stopped,
-            "ranking": [{"node": n, "op_type": quantizer.op_types[n], "damage": d} for n, d in ranked[:20]],
-            "unrepaired_model": UNREPAIRED if steps else None}
+    log.info(
+        "INT8 repair: %d node(s) back to FP32 (%s); the int8 gates %s on the held-out images%s",
+        len(steps),
+        ", ".join(s["node"] for s in steps) or "none",
+        "pass" if met else "still fail",
+        "" if met else f" ({stopped})",
+    )
+    return {
+        **record,
+        "met": met,
+        "nodes": steps,
+        "gates_after": shown(after),
+        "stopped": stopped,
+        "ranking": [{"node": n, "op_type": quantizer.op_types[n], "damage": d} for n, d in ranked[:20]],
+        "unrepaired_model": UNREPAIRED if steps else None,
+    }
 
 
 def _logits(path: Path, data: LTData) -> np.ndarray:
@@ -186,22 +244,34 @@ def _latency(path: Path, data: LTData) -> float:
     return round(latency_ms(path, x, budget_s=0.5), 4)
 
 
-def _rank(quantizer: Quantizer, held: HeldOut, data: LTData, classes: list[int], exclude: tuple[str, ...],
-          workdir: Path, progress: bool) -> list[tuple[str, float]]:
+def _rank(
+    quantizer: Quantizer,
+    held: HeldOut,
+    data: LTData,
+    classes: list[int],
+    exclude: tuple[str, ...],
+    workdir: Path,
+    progress: bool,
+) -> list[tuple[str, float]]:
     """Every quantized node with the damage it does alone to the gated classes, worst first (graph order on ties)."""
     from tqdm.auto import tqdm
 
     probe = workdir / "probe.onnx"
     scores = []
-    for node in tqdm([n for n in quantizer.nodes if n not in exclude], desc="int8 repair: ranking nodes",
-                     disable=not progress, leave=False):
+    for node in tqdm(
+        [n for n in quantizer.nodes if n not in exclude],
+        desc="int8 repair: ranking nodes",
+        disable=not progress,
+        leave=False,
+    ):
         quantizer.write(probe, only=[node])
         scores.append((node, damage(held.fp32_logits, _logits(probe, data), held.labels, classes)))
     return sorted(scores, key=lambda s: -s[1])
 
 
-def _fall_back(state: _Search, ranked: list[tuple[str, float]],
-               progress: bool) -> tuple[list[dict[str, Any]], str, list[Verdict]]:
+def _fall_back(
+    state: _Search, ranked: list[tuple[str, float]], progress: bool
+) -> tuple[list[dict[str, Any]], str, list[Verdict]]:
     """Return nodes to float, worst first, until the int8 gates pass on the held-out images or
     `cfg.repair_budget` nodes went back. First pass: a node goes back only when that lowers the class-balanced
     KL divergence from FP32 over all held-out images (quantization errors partly cancel, so a return can make
@@ -226,17 +296,27 @@ def _fall_back(state: _Search, ranked: list[tuple[str, float]],
         return state.steps, "", state.after
     if len(state.steps) == cfg.repair_budget:
         return state.steps, f"the budget of {cfg.repair_budget} node(s) is spent", state.after
-    too_big = (f" ({len(state.too_big)} would exceed {cfg.repair_max_size:g}x the INT8 file size)" if state.too_big
-               else "")
+    too_big = (
+        f" ({len(state.too_big)} would exceed {cfg.repair_max_size:g}x the INT8 file size)" if state.too_big else ""
+    )
     return state.steps, "every quantized node was tried" + too_big, state.after
 
 
 class _Search:
     """The repair's state between trials: the nodes back in float, each accepted step, the current loss."""
 
-    def __init__(self, quantizer: Quantizer, held: HeldOut, data: LTData, groups: Mapping[str, list[int]],
-                 cfg: ExportConfig, workdir: Path, int8_path: Path, int8_logits: np.ndarray,
-                 before: list[Verdict]) -> None:
+    def __init__(
+        self,
+        quantizer: Quantizer,
+        held: HeldOut,
+        data: LTData,
+        groups: Mapping[str, list[int]],
+        cfg: ExportConfig,
+        workdir: Path,
+        int8_path: Path,
+        int8_logits: np.ndarray,
+        before: list[Verdict],
+    ) -> None:
         self.q, self.held, self.data, self.groups, self.cfg = quantizer, held, data, groups, cfg
         self.gates = [r.gate for r in before]
         self.candidate, self.trial = workdir / "candidate.onnx", workdir / "trial.onnx"
@@ -252,8 +332,9 @@ class _Search:
 
     def take(self, node: str, score: float, force: bool) -> bool:
         """Try `node` back in float; keep it when forced or when it lowers the loss. True when kept."""
-        self.q.write(self.trial, exclude=(*self.cfg.exclude_nodes, *self.fallen, node),
-                     int8_weights=(*self.fallen, node))
+        self.q.write(
+            self.trial, exclude=(*self.cfg.exclude_nodes, *self.fallen, node), int8_weights=(*self.fallen, node)
+        )
         size = self.trial.stat().st_size
         if size > self.cfg.repair_max_size * self.base:
             self.too_big.add(node)
@@ -266,8 +347,18 @@ class _Search:
         self.fallen.append(node)
         self.loss, self.after = loss, judge(self.gates, self.held, logits, self.groups, self.data.class_names)
         previous = self.steps[-1]["size_bytes"] if self.steps else self.base
-        self.steps.append({"node": node, "op_type": self.q.op_types[node], "damage": score, "size_bytes": size,
-                           "added_bytes": size - previous, "size_ratio": round(size / self.base, 4),
-                           "latency_ms": _latency(self.candidate, self.data), "kl_after": loss,
-                           "pass": "second" if force else "first", "gates": shown(self.after)})
+        self.steps.append(
+            {
+                "node": node,
+                "op_type": self.q.op_types[node],
+                "damage": score,
+                "size_bytes": size,
+                "added_bytes": size - previous,
+                "size_ratio": round(size / self.base, 4),
+                "latency_ms": _latency(self.candidate, self.data),
+                "kl_after": loss,
+                "pass": "second" if force else "first",
+                "gates": shown(self.after),
+            }
+        )
         return True

@@ -1,5 +1,6 @@
 """Stage 6: report.json (stable keys) and report.html (always written), and the edge bundle (only when every
 gate passed)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,16 @@ from typing import Any
 
 from ltcompress.config import CompressConfig, ExportConfig
 from ltcompress.values import bundled_dir
-from ltcompress.rundir import (RunDir, atomic_write_bytes, atomic_write_text, io_errors, link_or_copy, sha256_file,
-                               temp_name, write_json)
+from ltcompress.rundir import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_text,
+    io_errors,
+    link_or_copy,
+    sha256_file,
+    temp_name,
+    write_json,
+)
 
 REPORT_SCHEMA = 1
 _EDGE_FILES = ("runtime.py",)
@@ -43,21 +52,44 @@ def environment(device: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"versions": versions(), "device": device, "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "cpu_flags": flags}
+    return {
+        "versions": versions(),
+        "device": device,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": flags,
+    }
 
 
-def build(*, run: RunDir, config: dict[str, Any], data_info: dict[str, Any], teacher: dict[str, Any] | None,
-          student: dict[str, Any], method: dict[str, Any], stages: dict[str, Any], parity: dict[str, Any],
-          gates: list[dict[str, Any]], flips: dict[str, Any], artifacts: dict[str, Any], timings: dict[str, float],
-          device: str, tail_losses: dict[str, Any] | None = None,
-          int8_repair: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(
+    *,
+    run: RunDir,
+    config: dict[str, Any],
+    data_info: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    student: dict[str, Any],
+    method: dict[str, Any],
+    stages: dict[str, Any],
+    parity: dict[str, Any],
+    gates: list[dict[str, Any]],
+    flips: dict[str, Any],
+    artifacts: dict[str, Any],
+    timings: dict[str, float],
+    device: str,
+    tail_losses: dict[str, Any] | None = None,
+    int8_repair: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
     return {
         "schema": REPORT_SCHEMA,
-        "run": {"name": run.path.name, "dir": str(run.path.resolve()),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": timings},
-        "passed": all(g["passed"] for g in gates) and bool(parity["fp32"].get("ok"))
+        "run": {
+            "name": run.path.name,
+            "dir": str(run.path.resolve()),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "timings_s": timings,
+        },
+        "passed": all(g["passed"] for g in gates)
+        and bool(parity["fp32"].get("ok"))
         and (int8_repair or {}).get("met", True),
         "gates": gates,
         "failed_gates": [g for g in gates if not g["passed"]],
@@ -81,8 +113,7 @@ def _repair_summary(repair: dict[str, Any] | None) -> dict[str, Any] | None:
     """The model card's line on the INT8 repair: where it decided, and which nodes run in FP32 because of it."""
     if not repair:
         return None
-    return {"held_out": repair["held_out"], "met": repair["met"],
-            "fp32_nodes": [n["node"] for n in repair["nodes"]]}
+    return {"held_out": repair["held_out"], "met": repair["met"], "fp32_nodes": [n["node"] for n in repair["nodes"]]}
 
 
 def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
@@ -94,8 +125,9 @@ def write(run: RunDir, report: dict[str, Any], html: str) -> Path:
     return path
 
 
-def tail_summary(confusions: dict[str, Any], groups: dict[str, list[int]],
-                 class_names: tuple[str, ...]) -> dict[str, Any]:
+def tail_summary(
+    confusions: dict[str, Any], groups: dict[str, list[int]], class_names: tuple[str, ...]
+) -> dict[str, Any]:
     """report.json's `tail_losses`: per stage, where each Medium and Few class's misclassified images go."""
     from ltcompress.metrics import tail_losses
 
@@ -129,8 +161,10 @@ def model_card(report: dict[str, Any], body: str) -> str:
     keys = ("overall", "balanced", "many", "medium", "few", "worst", "worst_class", "per_class")
     data, method, teacher = report["data"], report["method"], report.get("teacher") or {}
     front = {
-        "model": "model.onnx", "int8_model": "model.int8.onnx" if "int8" in report["stages"] else None,
-        "ltcompress": report["environment"]["versions"].get("ltcompress"), "passed": report["passed"],
+        "model": "model.onnx",
+        "int8_model": "model.int8.onnx" if "int8" in report["stages"] else None,
+        "ltcompress": report["environment"]["versions"].get("ltcompress"),
+        "passed": report["passed"],
         "student": report["config"]["resolved"]["student_arch"],
         "teacher": {"arch": teacher.get("arch"), "sha256": teacher.get("weights_sha256")} if teacher else None,
         "method": {k: method.get(k) for k in ("name", "status", "reading", "params")},
@@ -153,12 +187,21 @@ def write_test_vectors(folder: Path, model: Path, inputs: Any, input_name: str) 
     outputs = session.run(None, {input_name: inputs})[0]
     out_dir = folder / "test_data_set_0"
     atomic_write_bytes(out_dir / "input_0.pb", numpy_helper.from_array(inputs, input_name).SerializeToString())
-    atomic_write_bytes(out_dir / "output_0.pb",
-                       numpy_helper.from_array(outputs, session.get_outputs()[0].name).SerializeToString())
+    atomic_write_bytes(
+        out_dir / "output_0.pb", numpy_helper.from_array(outputs, session.get_outputs()[0].name).SerializeToString()
+    )
 
 
-def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_names: tuple[str, ...],
-                 preprocess: dict[str, Any], report: dict[str, Any], html: str, test_inputs: Any) -> Path:
+def write_bundle(
+    run: RunDir,
+    onnx_path: Path,
+    int8_path: Path | None,
+    class_names: tuple[str, ...],
+    preprocess: dict[str, Any],
+    report: dict[str, Any],
+    html: str,
+    test_inputs: Any,
+) -> Path:
     """bundle/: the model (and its INT8 twin), labels, preprocessing, report, a model card, test vectors and the
     torch-free runtime. Built
     in a temporary folder and renamed into place whole, so a bundle on disk is always complete; a bundle left
@@ -194,18 +237,28 @@ def write_bundle(run: RunDir, onnx_path: Path, int8_path: Path | None, class_nam
 
 def data_info(data: Any, groups: dict[str, list[int]], cfg: CompressConfig) -> dict[str, Any]:
     return {
-        "dataset": cfg.data.dataset, "num_classes": data.num_classes, "class_names": list(data.class_names),
-        "class_counts": data.class_counts.tolist(), "train_size": len(data.train), "test_size": len(data.test),
+        "dataset": cfg.data.dataset,
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "class_counts": data.class_counts.tolist(),
+        "train_size": len(data.train),
+        "test_size": len(data.test),
         "shot_groups": {k: [data.class_names[c] for c in v] for k, v in groups.items()},
         "shot_thresholds": {"many_above": cfg.data.many_threshold, "few_below": cfg.data.few_threshold},
-        "fingerprint": data.fingerprint, "input": dataclasses.asdict(data.spec),
+        "fingerprint": data.fingerprint,
+        "input": dataclasses.asdict(data.spec),
         "samplers": {"teacher": cfg.teacher.train.sampler, "student": cfg.student.train.sampler},
-        "skipped_images": len(data.skipped), "skipped": list(data.skipped),
+        "skipped_images": len(data.skipped),
+        "skipped": list(data.skipped),
         "excluded_test_classes": list(data.excluded_test_classes),
         "held_out": held_out(data),
-        "pipeline": {"in_memory": data.in_memory, "why": data.pipeline.in_memory_reason,
-                     "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
-                     "augment": data.pipeline.augment, "normalize": data.pipeline.options.normalize},
+        "pipeline": {
+            "in_memory": data.in_memory,
+            "why": data.pipeline.in_memory_reason,
+            "workers": data.pipeline.workers if not data.in_memory or data.pipeline.augment == "timm" else 0,
+            "augment": data.pipeline.augment,
+            "normalize": data.pipeline.options.normalize,
+        },
     }
 
 
@@ -218,17 +271,28 @@ def held_out(data: Any) -> dict[str, Any] | None:
     return {"source": data.val_source, "images": len(data.val), "share": share, "seed": seed}
 
 
-def artifacts(run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None,
-              export: ExportConfig, spec: Any) -> dict[str, Any]:
+def artifacts(
+    run: Any, onnx_path: Path, int8_path: Path | None, int8_info: dict[str, Any] | None, export: ExportConfig, spec: Any
+) -> dict[str, Any]:
     """The exported files (paths, sha256, sizes), the INT8 calibration, and each model's measured latency."""
     from ltcompress.verify import speed
 
-    out: dict[str, Any] = {"student_onnx": str(onnx_path), "student_weights": str(run.file("student.safetensors")),
-                           "onnx_sha256": sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size,
-                           "opset": export.opset}
+    out: dict[str, Any] = {
+        "student_onnx": str(onnx_path),
+        "student_weights": str(run.file("student.safetensors")),
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_bytes": onnx_path.stat().st_size,
+        "opset": export.opset,
+    }
     if int8_path is not None:
-        out.update({"student_int8_onnx": str(int8_path), "int8_sha256": sha256_file(int8_path),
-                    "int8_bytes": int8_path.stat().st_size, "int8": int8_info})
+        out.update(
+            {
+                "student_int8_onnx": str(int8_path),
+                "int8_sha256": sha256_file(int8_path),
+                "int8_bytes": int8_path.stat().st_size,
+                "int8": int8_info,
+            }
+        )
     models = {"fp32": onnx_path, **({"int8": int8_path} if int8_path is not None else {})}
     out["latency_ms"] = speed(models, (spec.channels, spec.size, spec.size), export.speed_budget_s)
     return out
@@ -242,14 +306,19 @@ def model_metadata(data: Any, cfg: CompressConfig, teacher_sha256: str | None, i
     from ltcompress.methods import method_info
 
     info = method_info(cfg.method.name)
-    return {"ltcompress.version": versions()["ltcompress"], "ltcompress.method": cfg.method.name,
-            "ltcompress.method_status": info.status, "ltcompress.method_reading": info.reading,
-            "ltcompress.teacher_sha256": teacher_sha256 or "", "ltcompress.data_fingerprint": data.fingerprint,
-            "ltcompress.class_names": json.dumps(list(data.class_names)),
-            "ltcompress.preprocess": json.dumps(preprocess(data, input_name)),
-            "ltcompress.data": json.dumps(dataclasses.asdict(cfg.data)),
-            "ltcompress.input": json.dumps(dataclasses.asdict(data.spec)),
-            "ltcompress.held_out": json.dumps(held_out(data))}
+    return {
+        "ltcompress.version": versions()["ltcompress"],
+        "ltcompress.method": cfg.method.name,
+        "ltcompress.method_status": info.status,
+        "ltcompress.method_reading": info.reading,
+        "ltcompress.teacher_sha256": teacher_sha256 or "",
+        "ltcompress.data_fingerprint": data.fingerprint,
+        "ltcompress.class_names": json.dumps(list(data.class_names)),
+        "ltcompress.preprocess": json.dumps(preprocess(data, input_name)),
+        "ltcompress.data": json.dumps(dataclasses.asdict(cfg.data)),
+        "ltcompress.input": json.dumps(dataclasses.asdict(data.spec)),
+        "ltcompress.held_out": json.dumps(held_out(data)),
+    }
 
 
 def results_sha256(config: dict[str, Any], stages: dict[str, Any], gates: list[dict[str, Any]]) -> str:

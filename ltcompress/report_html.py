@@ -1,24 +1,22 @@
 """report.html: one self-contained page (plots embedded as SVG data URIs, no network, no scripts from outside)
 that shows whether the shipped model still serves the rare classes: per-class accuracy against training-class
 frequency for every stage, shot-group bars, flips, gate verdicts and the run's provenance."""
+
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 from typing import Any, Callable
 
 import yaml
 
+from ltcompress import report_plots as plots
 from ltcompress.metrics import STAGES
 
 log = logging.getLogger("ltcompress")
 
-COLORS = {"teacher": "#7f7f7f", "student": "#1f77b4", "fp32": "#2ca02c", "int8": "#d62728"}
-MARKERS = {"teacher": "s", "student": "o", "fp32": "^", "int8": "v"}
-GROUPS = ("many", "medium", "few")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
@@ -44,7 +42,7 @@ window.addEventListener('load', function () {
 def render(report: dict[str, Any]) -> str:
     """The whole page as one string."""
     stages = [s for s in STAGES if s in report["stages"]]
-    if not plotting():
+    if not plots.plotting():
         log.warning('report.html: no plots, matplotlib is not installed (pip install "ltcompress[report]")')
     data = report["data"]
     names = data["class_names"]
@@ -59,19 +57,31 @@ def render(report: dict[str, Any]) -> str:
         f"{': ' + _e(method['reading']) if method.get('reading') else ''}) on {_e(data['dataset'])}: "
         f"{len(names)} classes, {data['train_size']} training / {data['test_size']} test images. "
         f"Student <code>{_e(report['config']['resolved']['student_arch'])}</code>.</p>",
-        "<h2>Gates</h2>", _gate_table(report),
-        "<h2>Accuracy by stage</h2>", _stage_table(report, stages),
+        "<h2>Gates</h2>",
+        _gate_table(report),
+        "<h2>Accuracy by stage</h2>",
+        _stage_table(report, stages),
         "<h2>Per-class accuracy against training-class frequency</h2>",
-        _figure(lambda: _per_class_plot(report, stages), "per-class accuracy against the number of training "
-                "images of the class, one marker per class and stage; the tail is on the left"),
+        _figure(
+            lambda: plots.per_class(report, stages),
+            "per-class accuracy against the number of training "
+            "images of the class, one marker per class and stage; the tail is on the left",
+        ),
         "<h2>Shot groups</h2>",
-        _figure(lambda: _group_plot(report, stages), "mean per-class accuracy of the Many, Medium and Few groups, "
-                "and balanced accuracy, per stage"),
+        _figure(
+            lambda: plots.groups(report, stages),
+            "mean per-class accuracy of the Many, Medium and Few groups, and balanced accuracy, per stage",
+        ),
     ]
     if report.get("flips"):
-        parts += ["<h2>Top-1 flips between stages</h2>",
-                  _figure(lambda: _flip_plot(report), "share of each class's test images whose top-1 prediction "
-                          "changed between consecutive stages"), _flip_table(report)]
+        parts += [
+            "<h2>Top-1 flips between stages</h2>",
+            _figure(
+                lambda: plots.flips(report),
+                "share of each class's test images whose top-1 prediction changed between consecutive stages",
+            ),
+            _flip_table(report),
+        ]
     if report.get("tail_losses"):
         parts += ["<h2>Where the tail goes</h2>", _tail_table(report, stages)]
     parts += ["<h2>Per class</h2>", _class_table(report, stages)]
@@ -96,17 +106,21 @@ def _gate_table(report: dict[str, Any]) -> str:
     for g in report["gates"]:
         cls = "pass" if g["passed"] else "fail"
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
-        rows.append(f"<tr><td class='l'><code>{_e(g['gate'])}</code></td><td class='l'>{_e(g.get('subject', ''))}</td>"
-                    f"<td>{value}</td><td>{_e(g['op'])} {g['threshold']:g}</td><td class='{cls}'>"
-                    f"{'PASS' if g['passed'] else 'FAIL'}</td></tr>")
+        rows.append(
+            f"<tr><td class='l'><code>{_e(g['gate'])}</code></td><td class='l'>{_e(g.get('subject', ''))}</td>"
+            f"<td>{value}</td><td>{_e(g['op'])} {g['threshold']:g}</td><td class='{cls}'>"
+            f"{'PASS' if g['passed'] else 'FAIL'}</td></tr>"
+        )
     if not rows:
         rows.append("<tr><td class='l' colspan='5'>no gates were set (add --gate 'few >= 0.6')</td></tr>")
     parity = report["parity"]["fp32"]
-    return ("<table id='gates'><thead><tr><th class='l'>gate</th><th class='l'>measures</th><th>value</th>"
-            f"<th>required</th><th>verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f"<p>FP32 export parity with torch: <span class='{'pass' if parity['ok'] else 'fail'}'>"
-            f"{'ok' if parity['ok'] else 'FAILED'}</span> (max logit difference {parity['max_abs_logit_diff']:.2e}, "
-            f"top-1 agreement {parity['top1_agreement']:.4f}).</p>")
+    return (
+        "<table id='gates'><thead><tr><th class='l'>gate</th><th class='l'>measures</th><th>value</th>"
+        f"<th>required</th><th>verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<p>FP32 export parity with torch: <span class='{'pass' if parity['ok'] else 'fail'}'>"
+        f"{'ok' if parity['ok'] else 'FAILED'}</span> (max logit difference {parity['max_abs_logit_diff']:.2e}, "
+        f"top-1 agreement {parity['top1_agreement']:.4f}).</p>"
+    )
 
 
 def _stage_table(report: dict[str, Any], stages: list[str]) -> str:
@@ -116,11 +130,16 @@ def _stage_table(report: dict[str, Any], stages: list[str]) -> str:
     for s in stages:
         m = report["stages"][s]
         agree = m.get("agreement_with_student")
-        rows.append(f"<tr><td class='l'>{s}</td>" + "".join(f"<td>{_pct(m[c])}</td>" for c in cols)
-                    + f"<td class='l'>{_e(m['worst_class'])}</td><td>{_pct(agree)}</td></tr>")
-    return (f"<table><thead><tr><th class='l'>stage</th>{head}<th class='l'>worst class</th>"
-            f"<th>agrees with torch student</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            "<p>Accuracies in %; balanced and group accuracies are unweighted means over classes.</p>")
+        rows.append(
+            f"<tr><td class='l'>{s}</td>"
+            + "".join(f"<td>{_pct(m[c])}</td>" for c in cols)
+            + f"<td class='l'>{_e(m['worst_class'])}</td><td>{_pct(agree)}</td></tr>"
+        )
+    return (
+        f"<table><thead><tr><th class='l'>stage</th>{head}<th class='l'>worst class</th>"
+        f"<th>agrees with torch student</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        "<p>Accuracies in %; balanced and group accuracies are unweighted means over classes.</p>"
+    )
 
 
 def _class_table(report: dict[str, Any], stages: list[str]) -> str:
@@ -130,10 +149,13 @@ def _class_table(report: dict[str, Any], stages: list[str]) -> str:
     rows = []
     for name, count in sorted(zip(data["class_names"], data["class_counts"]), key=lambda t: -t[1]):
         cells = "".join(f"<td>{_pct(report['stages'][s]['per_class'].get(name))}</td>" for s in stages)
-        rows.append(f"<tr><td class='l'>{_e(name)}</td><td>{count}</td><td class='l'>{group_of.get(name, '')}</td>"
-                    f"{cells}</tr>")
-    return (f"<table><thead><tr><th class='l'>class</th><th>train images</th><th class='l'>group</th>{head}</tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr><td class='l'>{_e(name)}</td><td>{count}</td><td class='l'>{group_of.get(name, '')}</td>{cells}</tr>"
+        )
+    return (
+        f"<table><thead><tr><th class='l'>class</th><th>train images</th><th class='l'>group</th>{head}</tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _tail_table(report: dict[str, Any], stages: list[str]) -> str:
@@ -151,29 +173,38 @@ def _tail_table(report: dict[str, Any], stages: list[str]) -> str:
             cells.append(f"<td class='l'><b>{100 * lost['misclassified'] / total:.1f}</b> &rarr; {to}</td>")
         rows.append(f"<tr><td class='l'>{_e(name)}</td><td class='l'>{first['group']}</td>{''.join(cells)}</tr>")
     head = "".join(f"<th class='l'>{s}</th>" for s in shown)
-    return (f"<table id='tail'><thead><tr><th class='l'>class</th><th class='l'>group</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table><p>Per stage: % of the class's test images misclassified "
-            "&rarr; the classes that absorb most of them (% of the class's test images). Full confusion matrices: "
-            "<code>predictions.npz</code>, keys <code>confusion_&lt;stage&gt;</code>.</p>")
+    return (
+        f"<table id='tail'><thead><tr><th class='l'>class</th><th class='l'>group</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table><p>Per stage: % of the class's test images misclassified "
+        "&rarr; the classes that absorb most of them (% of the class's test images). Full confusion matrices: "
+        "<code>predictions.npz</code>, keys <code>confusion_&lt;stage&gt;</code>.</p>"
+    )
 
 
 def _speed_table(report: dict[str, Any]) -> str:
     a, env = report["artifacts"], report["environment"]
     speed = a["latency_ms"]
     sizes = {"fp32": a.get("onnx_bytes"), "int8": a.get("int8_bytes")}
-    rows = "".join(f"<tr><td class='l'>{stage}</td><td>{sizes[stage] / 1e6:.2f}</td>"
-                   f"<td>{speed['batch_1'][stage]:.3f}</td><td>{speed['batch_32'][stage]:.2f}</td></tr>"
-                   for stage in ("fp32", "int8") if stage in speed["batch_1"])
+    rows = "".join(
+        f"<tr><td class='l'>{stage}</td><td>{sizes[stage] / 1e6:.2f}</td>"
+        f"<td>{speed['batch_1'][stage]:.3f}</td><td>{speed['batch_32'][stage]:.2f}</td></tr>"
+        for stage in ("fp32", "int8")
+        if stage in speed["batch_1"]
+    )
     verdict = ""
     if "int8_worth_it" in speed:
-        verdict = (f"<p>INT8 speed-up over FP32: {speed['batch_1']['int8_speedup']:.2f}x at batch 1, "
-                   f"{speed['batch_32']['int8_speedup']:.2f}x at batch 32. "
-                   f"<span class='{'pass' if speed['int8_worth_it'] else 'fail'}'>"
-                   f"{_e(speed.get('note', 'INT8 is at least 1.2x faster at both batch sizes.'))}</span></p>")
-    return (f"<table id='speed'><thead><tr><th class='l'>model</th><th>MB</th><th>batch-1 ms</th>"
-            f"<th>batch-32 ms</th></tr></thead><tbody>{rows}</tbody></table>{verdict}"
-            f"<p>Median ONNX Runtime CPU latency on this machine ({_e(env['cpu'])}; CPU flags "
-            f"{_e(' '.join(env.get('cpu_flags', [])) or 'unknown')}); measure on the target device.</p>")
+        verdict = (
+            f"<p>INT8 speed-up over FP32: {speed['batch_1']['int8_speedup']:.2f}x at batch 1, "
+            f"{speed['batch_32']['int8_speedup']:.2f}x at batch 32. "
+            f"<span class='{'pass' if speed['int8_worth_it'] else 'fail'}'>"
+            f"{_e(speed.get('note', 'INT8 is at least 1.2x faster at both batch sizes.'))}</span></p>"
+        )
+    return (
+        f"<table id='speed'><thead><tr><th class='l'>model</th><th>MB</th><th>batch-1 ms</th>"
+        f"<th>batch-32 ms</th></tr></thead><tbody>{rows}</tbody></table>{verdict}"
+        f"<p>Median ONNX Runtime CPU latency on this machine ({_e(env['cpu'])}; CPU flags "
+        f"{_e(' '.join(env.get('cpu_flags', [])) or 'unknown')}); measure on the target device.</p>"
+    )
 
 
 def _repair_section(report: dict[str, Any]) -> str:
@@ -181,24 +212,32 @@ def _repair_section(report: dict[str, Any]) -> str:
     test set's per-class accuracy before and after (reported, not decided on)."""
     r = report["int8_repair"]
     gates = ", ".join(f"<code>{_e(g['gate'])}</code> {_held(g)}" for g in r["gates_before"])
-    head = (f"<p>Decided on held-out images: {_e(r['held_out'])}. Int8 gates there before the repair: {gates}. "
-            f"Verdict: <span class='{'pass' if r['met'] else 'fail'}'>"
-            f"{'met' if r['met'] else 'not met within the budget (' + _e(r.get('stopped', '')) + ')'}</span>.</p>")
+    head = (
+        f"<p>Decided on held-out images: {_e(r['held_out'])}. Int8 gates there before the repair: {gates}. "
+        f"Verdict: <span class='{'pass' if r['met'] else 'fail'}'>"
+        f"{'met' if r['met'] else 'not met within the budget (' + _e(r.get('stopped', '')) + ')'}</span>.</p>"
+    )
     if not r["needed"]:
         return head + "<p>Every int8 gate passed on the held-out images: no node went back to FP32.</p>"
-    rows = [f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
-            f"<td></td><td>{r['int8_latency_ms']:.3f}</td><td></td></tr>"]
+    rows = [
+        f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
+        f"<td></td><td>{r['int8_latency_ms']:.3f}</td><td></td></tr>"
+    ]
     for i, n in enumerate(r["nodes"], 1):
         verdicts = ", ".join(f"{_held(g)} {'PASS' if g['passed'] else 'FAIL'}" for g in n["gates"])
-        rows.append(f"<tr><td class='l'>{i}. <code>{_e(n['node'])}</code></td><td class='l'>{_e(n['op_type'])}</td>"
-                    f"<td>{n['damage']:.3g}</td><td>{n['size_bytes'] / 1e6:.3f}</td><td>{n['added_bytes']:+d}</td>"
-                    f"<td>{n['latency_ms']:.3f}</td><td class='l'>{verdicts}</td></tr>")
-    table = ("<table id='repair'><thead><tr><th class='l'>back to FP32 (in order)</th><th class='l'>op</th>"
-             "<th>damage alone</th><th>model MB</th><th>bytes added</th><th>batch-1 ms</th>"
-             f"<th class='l'>int8 gates on held-out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-             f"<p>Nodes ranked by {_e(r['ranked_by'])}. On the held-out images a drop() or flip() gate must pass "
-             "on top-1 and on its expected value (true-class probability, total variation), which a handful of "
-             "rare-class images still measure.</p>")
+        rows.append(
+            f"<tr><td class='l'>{i}. <code>{_e(n['node'])}</code></td><td class='l'>{_e(n['op_type'])}</td>"
+            f"<td>{n['damage']:.3g}</td><td>{n['size_bytes'] / 1e6:.3f}</td><td>{n['added_bytes']:+d}</td>"
+            f"<td>{n['latency_ms']:.3f}</td><td class='l'>{verdicts}</td></tr>"
+        )
+    table = (
+        "<table id='repair'><thead><tr><th class='l'>back to FP32 (in order)</th><th class='l'>op</th>"
+        "<th>damage alone</th><th>model MB</th><th>bytes added</th><th>batch-1 ms</th>"
+        f"<th class='l'>int8 gates on held-out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<p>Nodes ranked by {_e(r['ranked_by'])}. On the held-out images a drop() or flip() gate must pass "
+        "on top-1 and on its expected value (true-class probability, total variation), which a handful of "
+        "rare-class images still measure.</p>"
+    )
     return head + table + _repair_classes(report)
 
 
@@ -215,149 +254,79 @@ def _repair_classes(report: dict[str, Any]) -> str:
     data = report["data"]
     group_of = {name: g for g, members in data["shot_groups"].items() for name in members}
     fp32 = report["stages"]["fp32"]["per_class"]
-    rows = [f"<tr><td class='l'>{_e(name)}</td><td class='l'>{group_of.get(name, '')}</td><td>{_pct(fp32.get(name))}"
-            f"</td><td>{_pct(before['per_class'].get(name))}</td><td>{_pct(after['per_class'].get(name))}</td></tr>"
-            for name in data["class_names"]]
-    rows += [f"<tr><td class='l'><b>{key}</b></td><td></td><td>{_pct(report['stages']['fp32'][key])}</td>"
-             f"<td>{_pct(before[key])}</td><td>{_pct(after[key])}</td></tr>" for key in ("balanced", "few", "worst")]
-    return ("<table id='repair-classes'><thead><tr><th class='l'>class</th><th class='l'>group</th><th>fp32</th>"
-            f"<th>int8 before repair</th><th>int8 repaired</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            "<p>Test-set accuracy in %, measured after the repair for this table only: no decision used it.</p>")
+    rows = [
+        f"<tr><td class='l'>{_e(name)}</td><td class='l'>{group_of.get(name, '')}</td><td>{_pct(fp32.get(name))}"
+        f"</td><td>{_pct(before['per_class'].get(name))}</td><td>{_pct(after['per_class'].get(name))}</td></tr>"
+        for name in data["class_names"]
+    ]
+    rows += [
+        f"<tr><td class='l'><b>{key}</b></td><td></td><td>{_pct(report['stages']['fp32'][key])}</td>"
+        f"<td>{_pct(before[key])}</td><td>{_pct(after[key])}</td></tr>"
+        for key in ("balanced", "few", "worst")
+    ]
+    return (
+        "<table id='repair-classes'><thead><tr><th class='l'>class</th><th class='l'>group</th><th>fp32</th>"
+        f"<th>int8 before repair</th><th>int8 repaired</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        "<p>Test-set accuracy in %, measured after the repair for this table only: no decision used it.</p>"
+    )
 
 
 def _flip_table(report: dict[str, Any]) -> str:
-    rows = [f"<tr><td class='l'>{_e(pair)}</td><td>{_pct(f['overall'])}</td><td>{_pct(f['few'])}</td>"
-            f"<td>{_pct(f['worst'])}</td><td class='l'>{_e(f['worst_class'])}</td></tr>"
-            for pair, f in report["flips"].items()]
-    return ("<table><thead><tr><th class='l'>stages</th><th>flipped %</th><th>Few classes %</th>"
-            f"<th>most-flipped class %</th><th class='l'>class</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    rows = [
+        f"<tr><td class='l'>{_e(pair)}</td><td>{_pct(f['overall'])}</td><td>{_pct(f['few'])}</td>"
+        f"<td>{_pct(f['worst'])}</td><td class='l'>{_e(f['worst_class'])}</td></tr>"
+        for pair, f in report["flips"].items()
+    ]
+    return (
+        "<table><thead><tr><th class='l'>stages</th><th>flipped %</th><th>Few classes %</th>"
+        f"<th>most-flipped class %</th><th class='l'>class</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _provenance(report: dict[str, Any]) -> str:
     teacher = report.get("teacher") or {}
     env = report["environment"]
-    items = [("run directory", report["run"]["dir"]), ("finished", report["run"]["finished"]),
-             ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}"),
-             ("teacher sha256", teacher.get("weights_sha256", "n/a")),
-             ("student ONNX sha256", report["artifacts"].get("onnx_sha256", "n/a")),
-             ("INT8 ONNX sha256", report["artifacts"].get("int8_sha256", "not built")),
-             ("device", env["device"]), ("CPU", f"{env['cpu']} ({' '.join(env.get('cpu_flags', []))})"),
-             ("versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())),
-             ("command", " ".join(report["command"]) if report.get("command") else "Python API")]
+    items = [
+        ("run directory", report["run"]["dir"]),
+        ("finished", report["run"]["finished"]),
+        ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}"),
+        ("teacher sha256", teacher.get("weights_sha256", "n/a")),
+        ("student ONNX sha256", report["artifacts"].get("onnx_sha256", "n/a")),
+        ("INT8 ONNX sha256", report["artifacts"].get("int8_sha256", "not built")),
+        ("device", env["device"]),
+        ("CPU", f"{env['cpu']} ({' '.join(env.get('cpu_flags', []))})"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in env["versions"].items())),
+        ("command", " ".join(report["command"]) if report.get("command") else "Python API"),
+    ]
     rows = "".join(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in items)
     config = yaml.safe_dump(report["config"], sort_keys=False)
-    return (f"<table>{rows}</table><details><summary>resolved configuration</summary><pre>{_e(config)}</pre>"
-            f"</details><details><summary>timings (s)</summary><pre>{_e(json.dumps(report['run']['timings_s']))}"
-            "</pre></details>")
+    return (
+        f"<table>{rows}</table><details><summary>resolved configuration</summary><pre>{_e(config)}</pre>"
+        f"</details><details><summary>timings (s)</summary><pre>{_e(json.dumps(report['run']['timings_s']))}"
+        "</pre></details>"
+    )
 
 
 def _figure(draw: Callable[[], bytes], caption: str) -> str:
     """The plot `draw` makes, embedded; or, when it cannot be drawn, a note in its place: a plot is never
     worth failing a run whose model, verdict and tables are all there."""
-    if not plotting():
-        return ("<p class='plot-missing'>Plots need matplotlib, which is not installed: <code>pip install "
-                "\"ltcompress[report]\"</code>. The tables on this page hold the same numbers.</p>")
+    if not plots.plotting():
+        return (
+            "<p class='plot-missing'>Plots need matplotlib, which is not installed: <code>pip install "
+            '"ltcompress[report]"</code>. The tables on this page hold the same numbers.</p>'
+        )
     try:
         svg = draw()
     except Exception as exc:  # noqa: BLE001 - any plotting failure becomes a note, never a failed run
         import matplotlib.pyplot as plt
 
         plt.close("all")
-        log.warning("report.html: a plot could not be drawn (%s: %s); the report says so in its place",
-                    type(exc).__name__, exc)
-        return (f"<p class='fail plot-missing'>This plot could not be drawn ({_e(type(exc).__name__)}: "
-                f"{_e(exc)}). The tables on this page hold the same numbers.</p>")
+        log.warning(
+            "report.html: a plot could not be drawn (%s: %s); the report says so in its place", type(exc).__name__, exc
+        )
+        return (
+            f"<p class='fail plot-missing'>This plot could not be drawn ({_e(type(exc).__name__)}: "
+            f"{_e(exc)}). The tables on this page hold the same numbers.</p>"
+        )
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
     return f"<figure><img src='{uri}' alt='{_e(caption)}'><figcaption>{_e(caption)}</figcaption></figure>"
-
-
-def plotting() -> bool:
-    """Whether report.html can have plots: matplotlib is the `report` extra (pip install "ltcompress[report]")."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _plain(text: str) -> str:
-    """Text from the data (class names) as matplotlib shows it literally: an unescaped ``$`` pair would be
-    read as mathtext, and a lone ``$...`` fails to parse."""
-    return text.replace("$", r"\$")
-
-
-def _svg(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.fonttype"] = "none"  # text stays text: small files, selectable labels
-    return plt
-
-
-def _per_class_plot(report: dict[str, Any], stages: list[str]) -> bytes:
-    plt = _pyplot()
-    data = report["data"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for s in stages:
-        acc = [report["stages"][s]["per_class"].get(n) for n in data["class_names"]]
-        pts = [(c, 100 * a) for c, a in zip(data["class_counts"], acc) if a is not None]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=s, color=COLORS[s], marker=MARKERS[s],
-                   alpha=0.8, s=36)
-    thresholds = data.get("shot_thresholds", {})
-    for key in ("few_below", "many_above"):
-        if key in thresholds:
-            ax.axvline(thresholds[key], color="#bbbbbb", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images of the class (log scale)")
-    ax.set_ylabel("test accuracy of the class (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(title="stage", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _svg(fig)
-
-
-def _group_plot(report: dict[str, Any], stages: list[str]) -> bytes:
-    plt = _pyplot()
-    keys = [g for g in GROUPS if report["stages"][stages[0]].get(g) is not None] + ["balanced"]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.8 / len(stages)
-    for i, s in enumerate(stages):
-        vals = [100 * (report["stages"][s][k] or 0.0) for k in keys]
-        xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(keys))]
-        bars = ax.bar(xs, vals, width, label=s, color=COLORS[s])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(keys)), [k.capitalize() for k in keys])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(ncols=len(stages), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
-    return _svg(fig)
-
-
-def _flip_plot(report: dict[str, Any]) -> bytes:
-    plt = _pyplot()
-    data = report["data"]
-    order = sorted(range(len(data["class_names"])), key=lambda i: -data["class_counts"][i])
-    names = [data["class_names"][i] for i in order]
-    pairs = list(report["flips"])
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.8 / len(pairs)
-    for i, pair in enumerate(pairs):
-        vals = [100 * (report["flips"][pair]["per_class"].get(n) or 0.0) for n in names]
-        xs = [j + (i - (len(pairs) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(xs, vals, width, label=pair, color=COLORS[pair.split("->")[1]])
-    ax.set_xticks(range(len(names)), [_plain(n) for n in names], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 flipped (%)")
-    ax.set_xlabel("class, most training images first")
-    ax.legend(loc="upper left")
-    return _svg(fig)

@@ -1,4 +1,5 @@
 """The run directory: exclusive creation and locking, atomic writes, metrics.jsonl, and I/O errors -> exit 7."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,16 @@ import yaml
 
 from ltcompress.errors import LTCompressError, StorageError, UsageError, VerificationError
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
-                   errno.ENOTDIR}
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.EIO,
+    errno.ENOTDIR,
+}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -37,8 +46,9 @@ def io_errors(path: Path | str) -> Iterator[None]:
         reason = storage_cause(exc)
         if reason is None:
             raise
-        raise StorageError(f"cannot write {path}: {reason}. Free space or fix permissions, "
-                           f"or choose another place with --runs-dir") from exc
+        raise StorageError(
+            f"cannot write {path}: {reason}. Free space or fix permissions, or choose another place with --runs-dir"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -53,8 +63,9 @@ def read_errors(path: Path, hint: str) -> Iterator[None]:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # noqa: BLE001 - protobuf, onnxruntime and json each raise their own types
         lines = str(exc).strip().splitlines()
-        raise VerificationError(f"{path} is damaged ({type(exc).__name__}: {lines[0][:200] if lines else ''}); "
-                                f"{hint}") from exc
+        raise VerificationError(
+            f"{path} is damaged ({type(exc).__name__}: {lines[0][:200] if lines else ''}); {hint}"
+        ) from exc
 
 
 def storage_cause(exc: BaseException) -> str | None:
@@ -228,8 +239,9 @@ def reopen(runs_dir: str | Path, name: str | None) -> RunDir:
         raise UsageError("--resume needs --name: the run to continue (its folder under --runs-dir)")
     path = Path(runs_dir) / name
     if not (path / "config.yaml").is_file():
-        raise UsageError(f"nothing to resume: {path} is not a run directory (no config.yaml); drop --resume to "
-                         f"start it")
+        raise UsageError(
+            f"nothing to resume: {path} is not a run directory (no config.yaml); drop --resume to start it"
+        )
     run = _lock(path)
     if run.file("report.json").is_file():
         run.close()
@@ -251,8 +263,10 @@ def create(runs_dir: str | Path, name: str | None, default: str) -> RunDir:
                 path.mkdir()
             except FileExistsError:
                 if name:
-                    raise UsageError(f"run {path} already exists; choose another --name (runs are never "
-                                     f"overwritten), or add --resume to continue it") from None
+                    raise UsageError(
+                        f"run {path} already exists; choose another --name (runs are never "
+                        f"overwritten), or add --resume to continue it"
+                    ) from None
                 continue
             return _lock(path)
     raise UsageError(f"could not find a free run name under {root}")

@@ -5,6 +5,7 @@ on the long-tailed data with the method's teacher loss, from scratch (recipe tea
 pretrained weights or a weights file (recipe teacher.finetune). Trained teachers are cached by a hash of the resolved
 teacher-stage config (including the recipe that ran) and the data fingerprint, so the next run reuses them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,7 @@ from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_ba
 from ltcompress.errors import UsageError
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
-from ltcompress.rundir import (RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file,
-                               write_json)
+from ltcompress.rundir import RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -46,17 +46,21 @@ def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3
     model = models.create(arch, num_classes, in_chans)
     for key in sorted(models.head_keys(model)):
         if key in state and key.endswith("weight") and state[key].shape[0] != num_classes:
-            raise UsageError(f"--teacher-weights {path} is for {state[key].shape[0]} classes but the dataset has "
-                             f"{num_classes}; pass weights trained on this dataset or leave the option out to "
-                             f"train the teacher here")
+            raise UsageError(
+                f"--teacher-weights {path} is for {state[key].shape[0]} classes but the dataset has "
+                f"{num_classes}; pass weights trained on this dataset or leave the option out to "
+                f"train the teacher here"
+            )
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         example = (missing or unexpected or shapes)[0]
-        raise UsageError(f"--teacher-weights {path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} "
-                         f"unexpected, {len(shapes)} mis-shaped tensors (e.g. {example!r}); check --teacher")
+        raise UsageError(
+            f"--teacher-weights {path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(shapes)} mis-shaped tensors (e.g. {example!r}); check --teacher"
+        )
     model.load_state_dict(state)
     return model
 
@@ -74,11 +78,14 @@ def resolve_loss(requested: str, method_cls: type[Method]) -> str:
         return method_cls.teacher_method
     chosen = METHODS.get(requested)
     if chosen.uses_teacher:
-        raise UsageError(f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one "
-                         f"(e.g. ce, bsce, la)")
+        raise UsageError(
+            f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one (e.g. ce, bsce, la)"
+        )
     if chosen.adapt_student is not Method.adapt_student:  # ldam_drw: its cosine classifier is student-only
-        raise UsageError(f"teacher.loss {requested!r} changes the model's classifier, which the teacher stage does "
-                         f"not do; use ce, bsce or la for the teacher")
+        raise UsageError(
+            f"teacher.loss {requested!r} changes the model's classifier, which the teacher stage does "
+            f"not do; use ce, bsce or la for the teacher"
+        )
     return requested
 
 
@@ -88,8 +95,14 @@ def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData
     # options left off (None) stay out of the key, so keys from before an option existed stay valid
     recipe = {k: v for k, v in dataclasses.asdict(train_cfg).items() if v is not None}
     spec = {
-        "format": CACHE_FORMAT, "arch": arch, "init": init, "loss": loss, "recipe": recipe,
-        "input_size": cfg.data.input_size, "sampler": recipe.pop("sampler"), "seed": cfg.teacher_seed,
+        "format": CACHE_FORMAT,
+        "arch": arch,
+        "init": init,
+        "loss": loss,
+        "recipe": recipe,
+        "input_size": cfg.data.input_size,
+        "sampler": recipe.pop("sampler"),
+        "seed": cfg.teacher_seed,
         "data": data.fingerprint,
     }
     if recipe_name != "scratch":
@@ -131,24 +144,37 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     if cfg.teacher.weights:
         path = Path(cfg.teacher.weights).expanduser()
         model = load_weights_file(arch, path, data.num_classes, data.spec.channels)
-        provenance = {"arch": arch, "source": "file", "path": str(path.resolve()),
-                      "weights_sha256": sha256_file(path), "trained_here": False}
+        provenance = {
+            "arch": arch,
+            "source": "file",
+            "path": str(path.resolve()),
+            "weights_sha256": sha256_file(path),
+            "trained_here": False,
+        }
         return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance)
     init, reason = models.resolve_init(cfg.teacher.init, arch, "teacher")
     start_sha = sha256_file(Path(cfg.teacher.init).expanduser()) if init == "file" else ""
     return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data, start_sha))
 
 
-def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir | None,
-           progress: bool, resume_from_checkpoint: bool = False) -> Teacher:
+def obtain(
+    p: TeacherPlan,
+    cfg: CompressConfig,
+    data: LTData,
+    device: torch.device,
+    run: RunDir | None,
+    progress: bool,
+    resume_from_checkpoint: bool = False,
+) -> Teacher:
     """The teacher for this run; training here continues from the run's own checkpoint when resuming.
 
     Under torchrun every rank calls this: rank 0 (the one with a `run`) decides between cache and training and
     sends the cached weights, the other ranks (`run` None) train alongside it or receive them."""
     if p.loaded is not None:
         if run is not None:
-            log.info("teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"],
-                     p.provenance["weights_sha256"][:12])
+            log.info(
+                "teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12]
+            )
             write_json(run.file("teacher.json"), p.provenance)
         return Teacher(freeze(p.loaded), p.provenance)
     log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
@@ -158,8 +184,9 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
         model, info = _build_untrained(p, cfg, data)
         info = dist.broadcast_object(info)  # rank 0's start decides (DDP syncs the weights from it)
         if info["init"] != p.init:  # online auto fell back to scratch: the scratch recipe, the scratch key
-            p = dataclasses.replace(p, init=info["init"], reason=info["reason"],
-                                    key=cache_key(cfg, p.arch, info["init"], p.loss, data))
+            p = dataclasses.replace(
+                p, init=info["init"], reason=info["reason"], key=cache_key(cfg, p.arch, info["init"], p.loss, data)
+            )
             hit = _from_cache(p, cfg, data, run)
     if hit is not None:
         (model, meta), source = hit, "cache"
@@ -171,8 +198,13 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
     entry = _entry(cfg, p.key)
     with entry_lock(entry, shared=True):
         link_or_copy(entry / "teacher.safetensors", run.file("teacher.safetensors"))
-    provenance = {**meta, "source": source, "trained_here": True,
-                  "weights_sha256": sha256_file(run.file("teacher.safetensors")), "cache_path": str(entry)}
+    provenance = {
+        **meta,
+        "source": source,
+        "trained_here": True,
+        "weights_sha256": sha256_file(run.file("teacher.safetensors")),
+        "cache_path": str(entry),
+    }
     write_json(run.file("teacher.json"), provenance)
     return Teacher(freeze(model), provenance)
 
@@ -181,8 +213,9 @@ def _entry(cfg: CompressConfig, key: str) -> Path:
     return cache_root(cfg.run.cache_dir) / "teachers" / key[:24]
 
 
-def _from_cache(p: TeacherPlan, cfg: CompressConfig, data: LTData,
-                run: RunDir | None) -> tuple[nn.Module, dict[str, Any]] | None:
+def _from_cache(
+    p: TeacherPlan, cfg: CompressConfig, data: LTData, run: RunDir | None
+) -> tuple[nn.Module, dict[str, Any]] | None:
     """A teacher trained earlier with the same key: rank 0 reads it and sends it to the others."""
     meta, state = _read_entry(_entry(cfg, p.key)) if run is not None else (None, None)
     meta = dist.broadcast_object(meta)
@@ -193,8 +226,13 @@ def _from_cache(p: TeacherPlan, cfg: CompressConfig, data: LTData,
     if state is not None:
         model.load_state_dict(state)
     dist.broadcast_module(model)
-    log.info("teacher: reusing cached %s (key %s, %s recipe, %s)", p.arch, p.key[:12],
-             meta.get("recipe_name", "scratch"), _entry(cfg, p.key))
+    log.info(
+        "teacher: reusing cached %s (key %s, %s recipe, %s)",
+        p.arch,
+        p.key[:12],
+        meta.get("recipe_name", "scratch"),
+        _entry(cfg, p.key),
+    )
     return model, meta
 
 
@@ -215,38 +253,76 @@ def _read_entry(entry: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Ten
             return meta, load_file(str(weights))
         except Exception as exc:  # noqa: BLE001 - JSON, checksum, SafetensorError and I/O all mean "damaged"
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    log.warning("teacher cache entry %s is damaged (%s); training the teacher again and rebuilding the entry",
-                entry, reason)
+    log.warning(
+        "teacher cache entry %s is damaged (%s); training the teacher again and rebuilding the entry", entry, reason
+    )
     with entry_lock(entry):
         for name in ("teacher.json", "teacher.safetensors"):  # the metadata first: it marks an entry complete
             (entry / name).unlink(missing_ok=True)
     return None, None
 
 
-def _train_here(p: TeacherPlan, model: nn.Module, info: dict[str, Any], cfg: CompressConfig, data: LTData,
-                device: torch.device, run: RunDir | None, progress: bool, resume_from_checkpoint: bool
-                ) -> dict[str, Any]:
+def _train_here(
+    p: TeacherPlan,
+    model: nn.Module,
+    info: dict[str, Any],
+    cfg: CompressConfig,
+    data: LTData,
+    device: torch.device,
+    run: RunDir | None,
+    progress: bool,
+    resume_from_checkpoint: bool,
+) -> dict[str, Any]:
     """Train with the recipe the init calls for (finetune from pretrained / a file, else train) and store the
     result in the cache; returns the metadata that records which recipe ran."""
     recipe_name, recipe = recipe_for(cfg, info["init"])
     method_cls = METHODS.get(p.loss)
-    ctx = MethodContext(torch.as_tensor(data.class_counts, dtype=torch.float32), recipe.epochs,
-                        cfg.data.many_threshold, cfg.data.few_threshold)
+    ctx = MethodContext(
+        torch.as_tensor(data.class_counts, dtype=torch.float32),
+        recipe.epochs,
+        cfg.data.many_threshold,
+        cfg.data.few_threshold,
+    )
     method = method_cls(method_cls.make_params({}), ctx)
-    log.info("teacher: training %s here (%s init, loss %s, %s recipe, %d epochs, lr %g, cache key %s)", p.arch,
-             info["init"], p.loss, recipe_name, recipe.epochs, recipe.lr, p.key[:12])
+    log.info(
+        "teacher: training %s here (%s init, loss %s, %s recipe, %d epochs, lr %g, cache key %s)",
+        p.arch,
+        info["init"],
+        p.loss,
+        recipe_name,
+        recipe.epochs,
+        recipe.lr,
+        p.key[:12],
+    )
     path = run.file("checkpoints") / "teacher-last.pt" if run else None
     resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
-    result = train(model, method, data, recipe, device, stage="teacher", seed=cfg.teacher_seed,
-                   on_epoch=run.log_metrics if run else None,
-                   checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()}))
-                   if path else None,
-                   resume=resume, options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress))
-    meta = {"arch": p.arch, "init": info["init"], "init_reason": info["reason"], "init_source": info,
-            "loss": p.loss, "recipe_name": recipe_name, "recipe": dataclasses.asdict(recipe),
-            "batch_size_used": used_batch(recipe.batch_size, len(data.train)),
-            "data_fingerprint": data.fingerprint, "cache_key": p.key, "train_seconds": round(result.seconds, 1),
-            "renormalize": isinstance(model, models.Renormalize)}
+    result = train(
+        model,
+        method,
+        data,
+        recipe,
+        device,
+        stage="teacher",
+        seed=cfg.teacher_seed,
+        on_epoch=run.log_metrics if run else None,
+        checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()})) if path else None,
+        resume=resume,
+        options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress),
+    )
+    meta = {
+        "arch": p.arch,
+        "init": info["init"],
+        "init_reason": info["reason"],
+        "init_source": info,
+        "loss": p.loss,
+        "recipe_name": recipe_name,
+        "recipe": dataclasses.asdict(recipe),
+        "batch_size_used": used_batch(recipe.batch_size, len(data.train)),
+        "data_fingerprint": data.fingerprint,
+        "cache_key": p.key,
+        "train_seconds": round(result.seconds, 1),
+        "renormalize": isinstance(model, models.Renormalize),
+    }
     if run is not None:
         entry = _entry(cfg, p.key)
         with entry_lock(entry):  # one writer at a time; readers wait for a complete entry

@@ -1,5 +1,6 @@
 """Values that are not configuration themselves: a user's value converted by the type annotation of the field
 it sets (settings and method arguments alike), and where the files shipped with the package live."""
+
 from __future__ import annotations
 
 import collections.abc

@@ -1,6 +1,7 @@
 """Stage 5: measure every stage on the test set — torch teacher, torch student and the exported FP32 and INT8
 models under ONNX Runtime (CPU provider named explicitly) — check that the FP32 export reproduces the torch
 student, and count the per-class top-1 flips between consecutive stages."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,7 @@ def open_session(onnx_path: Path) -> Any:
         return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
-def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: int = 0,
-               options: Any = None) -> float:
+def latency_ms(onnx_path: Path, x: np.ndarray, budget_s: float = 1.0, threads: int = 0, options: Any = None) -> float:
     """Median wall time (ms) of one ONNX Runtime CPU run on `x` after warm-up, repeated for `budget_s` and at
     least 10 times: medians of repeats in one process, so ratios between models hold on a noisy machine.
     `threads` is ORT's intra-op thread count (0: its default); `options`, an ort.SessionOptions to start from."""
@@ -108,9 +108,11 @@ def speed(models: dict[str, Path], shape: tuple[int, int, int], budget_s: float)
         slower = [b for b in (1, 32) if out[f"batch_{b}"]["int8_speedup"] < 1.2]
         out["int8_worth_it"] = not slower
         if slower:
-            out["note"] = (f"INT8 is less than 1.2x faster than FP32 here at batch {' and '.join(map(str, slower))} "
-                           f"(this CPU, onnxruntime's default threads): ship FP32 for speed on a CPU like this one, "
-                           f"INT8 for size; measure on the target device")
+            out["note"] = (
+                f"INT8 is less than 1.2x faster than FP32 here at batch {' and '.join(map(str, slower))} "
+                f"(this CPU, onnxruntime's default threads): ship FP32 for speed on a CPU like this one, "
+                f"INT8 for size; measure on the target device"
+            )
             log.warning("verify: %s", out["note"])
     return out
 
@@ -129,8 +131,10 @@ def onnx_header(onnx_path: Path) -> tuple[list[int], dict[str, str]]:
 def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
     session = open_session(onnx_path)
     name = session.get_inputs()[0].name
-    out = [session.run(None, {name: x.contiguous().numpy()})[0]
-           for x, _ in eval_batches(data, split, batch, torch.device("cpu"))]
+    out = [
+        session.run(None, {name: x.contiguous().numpy()})[0]
+        for x, _ in eval_batches(data, split, batch, torch.device("cpu"))
+    ]
     return np.concatenate(out)
 
 
@@ -153,14 +157,26 @@ def check_parity(reference: np.ndarray, exported: np.ndarray, cfg: ExportConfig)
     diff = float(np.abs(reference - exported).max())
     allowed = cfg.logits_atol + cfg.logits_rtol * float(np.abs(reference).max())
     agree = agreement(reference.argmax(1), exported.argmax(1))
-    return {"max_abs_logit_diff": diff, "allowed_logit_diff": allowed, "top1_agreement": agree,
-            "required_agreement": 1.0 - cfg.agreement_tol,
-            "ok": diff <= allowed and agree >= 1.0 - cfg.agreement_tol}
+    return {
+        "max_abs_logit_diff": diff,
+        "allowed_logit_diff": allowed,
+        "top1_agreement": agree,
+        "required_agreement": 1.0 - cfg.agreement_tol,
+        "ok": diff <= allowed and agree >= 1.0 - cfg.agreement_tol,
+    }
 
 
-def run(data: LTData, groups: dict[str, list[int]], student: nn.Module, onnx_path: Path, cfg: ExportConfig,
-        device: torch.device, batch: int, teacher: nn.Module | None = None,
-        int8_path: Path | None = None) -> Verification:
+def run(
+    data: LTData,
+    groups: dict[str, list[int]],
+    student: nn.Module,
+    onnx_path: Path,
+    cfg: ExportConfig,
+    device: torch.device,
+    batch: int,
+    teacher: nn.Module | None = None,
+    int8_path: Path | None = None,
+) -> Verification:
     """Every stage on the test set. The FP32 export's parity with torch is judged here (exit 4 when off); the
     INT8 model's agreement is only reported, for gates to judge."""
     test = data.test
@@ -177,29 +193,41 @@ def run(data: LTData, groups: dict[str, list[int]], student: nn.Module, onnx_pat
     parity = check_parity(logits["student"], logits["fp32"], cfg)
     int8_parity = None
     if "int8" in logits:
-        int8_parity = {"max_abs_logit_diff": float(np.abs(logits["student"] - logits["int8"]).max()),
-                       "top1_agreement": stages["int8"]["agreement_with_student"], "judged_by": "gates"}
+        int8_parity = {
+            "max_abs_logit_diff": float(np.abs(logits["student"] - logits["int8"]).max()),
+            "top1_agreement": stages["int8"]["agreement_with_student"],
+            "judged_by": "gates",
+        }
     confusions = {k: confusion(p, labels, data.num_classes) for k, p in preds.items()}
-    return Verification(stages, parity, preds, flips(preds, labels, groups, data.class_names), int8_parity, labels,
-                        confusions)
+    return Verification(
+        stages, parity, preds, flips(preds, labels, groups, data.class_names), int8_parity, labels, confusions
+    )
 
 
-def measure(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],
-            class_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def measure(
+    preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     """Each stage's metrics; the ONNX stages also carry their top-1 agreement with the torch student."""
     stages = {k: summarize(p, labels, groups, class_names) for k, p in preds.items()}
     for key in ("fp32", "int8"):
         if key in stages and "student" in preds:
             stages[key]["agreement_with_student"] = agreement(preds[key], preds["student"])
     for key, m in stages.items():
-        log.info("verify %-7s overall %.4f  balanced %.4f  few %s  worst %.4f (%s)", key, m["overall"],
-                 m["balanced"], "absent" if m["few"] is None else f"{m['few']:.4f}", m["worst"], m["worst_class"])
+        log.info(
+            "verify %-7s overall %.4f  balanced %.4f  few %s  worst %.4f (%s)",
+            key,
+            m["overall"],
+            m["balanced"],
+            "absent" if m["few"] is None else f"{m['few']:.4f}",
+            m["worst"],
+            m["worst_class"],
+        )
     return stages
 
 
-def flips(preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]],
-          class_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def flips(
+    preds: dict[str, np.ndarray], labels: np.ndarray, groups: dict[str, list[int]], class_names: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     """Per-class top-1 flip rates between consecutive stages (teacher->student, student->fp32, fp32->int8)."""
     order = [k for k in STAGES if k in preds]
-    return {f"{a}->{b}": flip_rates(preds[a], preds[b], labels, groups, class_names)
-            for a, b in zip(order, order[1:])}
+    return {f"{a}->{b}": flip_rates(preds[a], preds[b], labels, groups, class_names) for a, b in zip(order, order[1:])}

@@ -1,4 +1,5 @@
 """Shared fixtures. Tests never touch the network or the user's cache."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # hub downloads fail in 0.05 s instead of 47 s
 # an empty Hugging Face cache of the tests' own: `auto` inits never depend on what this machine has cached
@@ -19,9 +22,13 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # A tiny but real configuration: real Fashion-MNIST images, 403 long-tailed training images, 300 test images,
 # thresholds chosen so Many, Medium and Few all exist (counts 100, 77, 59, 46, 35, 27, 21, 16, 12, 10).
 TINY = {
-    "data.n_max": 100, "data.imbalance": 10, "data.test_per_class": 30,
-    "data.many_threshold": 50, "data.few_threshold": 15,
-    "teacher.train.epochs": 2, "student.train.epochs": 2,
+    "data.n_max": 100,
+    "data.imbalance": 10,
+    "data.test_per_class": 30,
+    "data.many_threshold": 50,
+    "data.few_threshold": 15,
+    "teacher.train.epochs": 2,
+    "student.train.epochs": 2,
     "export.speed_budget_s": 0,  # no latency measurement (passed_run measures it, briefly)
 }
 TINY_MODELS = {"teacher": "test_resnet", "student": "test_efficientnet"}
@@ -91,8 +98,18 @@ def tiny_method(name: str, epochs: int, **params):
     return cls(cls.make_params(params), MethodContext(torch.tensor(TINY_COUNTS, dtype=torch.float32), epochs))
 
 
-def tiny_distill(method_name: str = "bkd", teacher="test_resnet", *, seed: int = 0, epochs: int = 2,
-                 batch_size: int = 16, params=None, recipe=None, options=None, **train_kwargs):
+def tiny_distill(
+    method_name: str = "bkd",
+    teacher="test_resnet",
+    *,
+    seed: int = 0,
+    epochs: int = 2,
+    batch_size: int = 16,
+    params=None,
+    recipe=None,
+    options=None,
+    **train_kwargs,
+):
     """The one tiny in-process training the loop tests share: seed, a new `teacher` architecture (or the module
     given, or None), test_efficientnet on tiny_data(), the method prepared, trained on the CPU. Returns
     (student, method, result)."""
@@ -107,9 +124,18 @@ def tiny_distill(method_name: str = "bkd", teacher="test_resnet", *, seed: int =
         teacher = models.create(teacher, len(TINY_COUNTS))
     method, data, cpu = tiny_method(method_name, epochs, **(params or {})), tiny_data(), torch.device("cpu")
     student, _ = prepare_method(method, models.create("test_efficientnet", len(TINY_COUNTS)), teacher, data, cpu, 32)
-    result = train(student, method, data, TrainConfig(epochs=epochs, batch_size=batch_size, **(recipe or {})), cpu,
-                   stage="student", seed=seed, teacher=teacher, options=options or LoopOptions(progress=False),
-                   **train_kwargs)
+    result = train(
+        student,
+        method,
+        data,
+        TrainConfig(epochs=epochs, batch_size=batch_size, **(recipe or {})),
+        cpu,
+        stage="student",
+        seed=seed,
+        teacher=teacher,
+        options=options or LoopOptions(progress=False),
+        **train_kwargs,
+    )
     return student, method, result
 
 
@@ -123,9 +149,16 @@ def tiny_cli_args(**extra: str) -> list[str]:
 
 
 LTCOMPRESS = Path(sys.executable).parent / "ltcompress"
-PASSING_GATES = ["few >= 0.0", "student.balanced >= 0.0", "int8.worst >= 0.0", "int8.class[Ankle boot] >= 0",
-                 "drop(fp32, int8).few <= 1", "flip(fp32, int8) <= 1", "flip(student, int8).few <= 1",
-                 "int8.agreement >= 0"]
+PASSING_GATES = [
+    "few >= 0.0",
+    "student.balanced >= 0.0",
+    "int8.worst >= 0.0",
+    "int8.class[Ankle boot] >= 0",
+    "drop(fp32, int8).few <= 1",
+    "flip(fp32, int8) <= 1",
+    "flip(student, int8).few <= 1",
+    "int8.agreement >= 0",
+]
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +170,81 @@ def workdir(tmp_path_factory):
 def passed_run(workdir):
     """One real run through the console script, with INT8 and gates of every kind that pass: exit 0."""
     env = {**os.environ, "LTCOMPRESS_CACHE": str(workdir / "cache")}
-    args = [str(LTCOMPRESS), "run", *tiny_cli_args(method="bkd", name="ok", runs_dir=str(workdir / "runs")),
-            "--int8", *[a for g in PASSING_GATES for a in ("--gate", g)], "--set", "export.speed_budget_s=0.05"]
+    args = [
+        str(LTCOMPRESS),
+        "run",
+        *tiny_cli_args(method="bkd", name="ok", runs_dir=str(workdir / "runs")),
+        "--int8",
+        *[a for g in PASSING_GATES for a in ("--gate", g)],
+        "--set",
+        "export.speed_budget_s=0.05",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     return workdir / "runs" / "ok", proc
+
+
+def write_jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB") -> None:
+    """A small JPEG of a random size (40-80 px a side) in `mode`: RGB, L (gray) or CMYK (ImageNet has both)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = (int(v) for v in rng.integers(40, 81, 2))
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    img.save(path, "JPEG", quality=80)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+PHOTO_COUNTS = [24, 12, 6, 4]
+
+
+def photo_tree(root: Path, counts=PHOTO_COUNTS, test_per_class: int = 4, seed: int = 0) -> Path:
+    """JPEG and PNG files of odd sizes and both modes, in train/<class>/ and test/<class>/."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", counts), ("test", [test_per_class] * len(counts))):
+        for c, n in enumerate(per_class):
+            folder = root / split / f"class {c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(40, 90, 2))
+                arr = np.clip(rng.normal(60 * c + 30, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+                img = Image.fromarray(arr).convert("L" if i % 3 == 0 else "RGB")
+                img.save(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}")
+    return root
+
+
+def lazy_cli_args(root: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    """`ltcompress run` on a photo_tree folder, lazily, with the tiny models and a short schedule."""
+    return [
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(root),
+        "--teacher",
+        TINY_MODELS["teacher"],
+        "--student",
+        TINY_MODELS["student"],
+        "--method",
+        "kd",
+        "--no-progress",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        "--teacher-init",
+        "scratch",
+        "--set",
+        "data.input_size=32",
+        "--set",
+        "data.in_memory=false",
+        "--set",
+        "teacher.train.epochs=1",
+        "--set",
+        "student.train.epochs=2",
+        "--set",
+        "teacher.train.batch_size=8",
+        "--set",
+        "student.train.batch_size=8",
+        *extra,
+    ]

@@ -1,6 +1,7 @@
 """The imagenet-lt, places-lt and inat2018 presets on tiny generated trees in each benchmark's on-disk layout
-(the real datasets cannot be downloaded here): the list-file / JSON reader, class names, path confinement,
-the presets' values, and one tiny end-to-end run per preset."""
+(the real datasets cannot be downloaded here): each layout read with its class names, the presets' values, and
+one tiny end-to-end run per preset. The list formats alone: tests/test_lists.py."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import write_jpeg, write_lines
 from ltcompress import config
 from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list
-from ltcompress.errors import DataError
 
 PRESETS = ("imagenet-lt", "places-lt", "inat2018")
 TRAIN_COUNTS = (12, 6, 3, 2)  # long-tailed: head, two middle classes, a 2-image tail
@@ -29,32 +29,21 @@ class Tree:
     class_names: tuple[str, ...]  # what the run should name the classes
 
 
-def _jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB") -> None:
-    """A small JPEG of a random size (40-80 px a side) in `mode`: RGB, L (gray) or CMYK (ImageNet has both)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w, h = (int(v) for v in rng.integers(40, 81, 2))
-    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
-    img.save(path, "JPEG", quality=80)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(f"{line}\n" for line in lines))
-
-
-def _list_splits(root: Path, rng: np.random.Generator, classes: tuple[str, ...], train_rel, test_rel,
-                 mode=lambda label, i: "RGB") -> tuple[list[str], list[str]]:
+def _list_splits(
+    root: Path, rng: np.random.Generator, classes: tuple[str, ...], train_rel, test_rel, mode=lambda label, i: "RGB"
+) -> tuple[list[str], list[str]]:
     """JPEGs for a list-file benchmark: TRAIN_COUNTS training and TEST_PER_CLASS test images per class at the
     paths `train_rel(class, i)` / `test_rel(class, serial)`; returns the 'path label' lines of both lists."""
     train, test, serial = [], [], 1
     for label, (name, count) in enumerate(zip(classes, TRAIN_COUNTS)):
         for i in range(count):
             rel = train_rel(name, i)
-            _jpeg(root / rel, rng, mode(label, i))
+            write_jpeg(root / rel, rng, mode(label, i))
             train.append(f"{rel} {label}")
         for _ in range(TEST_PER_CLASS):
             rel = test_rel(name, serial)
             serial += 1
-            _jpeg(root / rel, rng)
+            write_jpeg(root / rel, rng)
             test.append(f"{rel} {label}")
     return train, test
 
@@ -65,13 +54,17 @@ WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 def imagenet_lt_tree(root: Path) -> Tree:
     """ImageNet-LT (OLTR): train/<wnid>/<wnid>_<n>.JPEG and val/<wnid>/ILSVRC2012_val_<n>.JPEG (the validation
     set sorted into class folders), ImageNet_LT_{train,val,test}.txt; labels in sorted-wnid order."""
-    train, test = _list_splits(root, np.random.default_rng(0), WNIDS,
-                               lambda wnid, i: f"train/{wnid}/{wnid}_{1000 + 37 * i}.JPEG",
-                               lambda wnid, n: f"val/{wnid}/ILSVRC2012_val_{n:08d}.JPEG",
-                               lambda label, i: ("RGB", "L", "CMYK")[i % 3] if label == 0 else "RGB")
-    _write_lines(root / "ImageNet_LT_train.txt", train)
-    _write_lines(root / "ImageNet_LT_val.txt", train[::3])  # ImageNet-LT's val split is drawn from train
-    _write_lines(root / "ImageNet_LT_test.txt", test)
+    train, test = _list_splits(
+        root,
+        np.random.default_rng(0),
+        WNIDS,
+        lambda wnid, i: f"train/{wnid}/{wnid}_{1000 + 37 * i}.JPEG",
+        lambda wnid, n: f"val/{wnid}/ILSVRC2012_val_{n:08d}.JPEG",
+        lambda label, i: ("RGB", "L", "CMYK")[i % 3] if label == 0 else "RGB",
+    )
+    write_lines(root / "ImageNet_LT_train.txt", train)
+    write_lines(root / "ImageNet_LT_val.txt", train[::3])  # ImageNet-LT's val split is drawn from train
+    write_lines(root / "ImageNet_LT_test.txt", test)
     return Tree(root, "ImageNet_LT_train.txt", "ImageNet_LT_test.txt", WNIDS)
 
 
@@ -81,46 +74,66 @@ PLACES = ("a/airfield", "a/apartment_building/outdoor", "a/athletic_field/outdoo
 def places_lt_tree(root: Path) -> Tree:
     """Places-LT (OLTR): data_256/<letter>/<category>/<n>.jpg for training, the flat val_256/ folder
     (Places365_val_<n>.jpg) for testing, Places_LT_{train,val,test}.txt."""
-    train, test = _list_splits(root, np.random.default_rng(1), PLACES,
-                               lambda category, i: f"data_256/{category}/{i + 1:08d}.jpg",
-                               lambda category, n: f"val_256/Places365_val_{n:08d}.jpg")
-    _write_lines(root / "Places_LT_train.txt", train)
-    _write_lines(root / "Places_LT_val.txt", test[::2])
-    _write_lines(root / "Places_LT_test.txt", test)
+    train, test = _list_splits(
+        root,
+        np.random.default_rng(1),
+        PLACES,
+        lambda category, i: f"data_256/{category}/{i + 1:08d}.jpg",
+        lambda category, n: f"val_256/Places365_val_{n:08d}.jpg",
+    )
+    write_lines(root / "Places_LT_train.txt", train)
+    write_lines(root / "Places_LT_val.txt", test[::2])
+    write_lines(root / "Places_LT_test.txt", test)
     # the shortest folder suffix no other class shares: the leaf, unless two leaves are both 'outdoor'
-    return Tree(root, "Places_LT_train.txt", "Places_LT_test.txt",
-                ("airfield", "apartment_building/outdoor", "athletic_field/outdoor", "shop"))
+    return Tree(
+        root,
+        "Places_LT_train.txt",
+        "Places_LT_test.txt",
+        ("airfield", "apartment_building/outdoor", "athletic_field/outdoor", "shop"),
+    )
 
 
-SPECIES = (("Plantae", "Abies concolor"), ("Aves", "Turdus migratorius"), ("Insecta", "Apis mellifera"),
-           ("Fungi", "Amanita muscaria"))
+SPECIES = (
+    ("Plantae", "Abies concolor"),
+    ("Aves", "Turdus migratorius"),
+    ("Insecta", "Apis mellifera"),
+    ("Fungi", "Amanita muscaria"),
+)
 
 
 def inat2018_tree(root: Path) -> Tree:
     """iNaturalist 2018: train_val2018/<kingdom>/<category id>/<hash>.jpg for train and val, the official
     COCO-style train2018.json / val2018.json (category ids 0..C-1), and the classifier-balancing lists."""
     rng = np.random.default_rng(2)
-    categories = [{"id": c, "name": name, "supercategory": kingdom, "kingdom": kingdom}
-                  for c, (kingdom, name) in enumerate(SPECIES)]
+    categories = [
+        {"id": c, "name": name, "supercategory": kingdom, "kingdom": kingdom}
+        for c, (kingdom, name) in enumerate(SPECIES)
+    ]
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
     for label, ((kingdom, _), count) in enumerate(zip(SPECIES, TRAIN_COUNTS)):
         for split, n in (("train", count), ("val", TEST_PER_CLASS)):
             for _ in range(n):
                 rel = f"train_val2018/{kingdom}/{label}/{rng.bytes(16).hex()}.jpg"
-                _jpeg(root / rel, rng)
+                write_jpeg(root / rel, rng)
                 splits[split].append((rel, label))
     image_id = 100
     for split, rows in splits.items():
         images, annotations = [], []
         for rel, label in rows:
-            images.append({"id": image_id, "file_name": rel, "width": 64, "height": 64, "license": 1,
-                           "rights_holder": "someone"})
+            images.append(
+                {"id": image_id, "file_name": rel, "width": 64, "height": 64, "license": 1, "rights_holder": "someone"}
+            )
             annotations.append({"id": image_id, "image_id": image_id, "category_id": label})
             image_id += 1
-        doc = {"info": {"year": 2018}, "licenses": [], "images": images, "annotations": annotations,
-               "categories": categories}
+        doc = {
+            "info": {"year": 2018},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         (root / f"{split}2018.json").write_text(json.dumps(doc, indent=1))
-        _write_lines(root / f"iNaturalist18_{split}.txt", [f"{rel} {label}" for rel, label in rows])
+        write_lines(root / f"iNaturalist18_{split}.txt", [f"{rel} {label}" for rel, label in rows])
     return Tree(root, "train2018.json", "val2018.json", tuple(name for _, name in SPECIES))
 
 
@@ -177,118 +190,6 @@ def test_inat_lists_and_json_name_the_same_images(trees):
     assert names_from_folders(tree.root, from_txt, 4) == ("0", "1", "2", "3")
 
 
-def test_bare_categories_json_names_in_id_order(tmp_path):
-    """iNaturalist 2018's categories.json is a bare list; order by id, whatever the file order."""
-    path = tmp_path / "categories.json"
-    path.write_text(json.dumps([{"id": 1, "name": "b"}, {"id": 0, "name": "a"}, {"id": 2, "name": "a"}]))
-    assert class_names_from_json(path) == ("a (0)", "b", "a (2)")  # repeated names keep their classes apart
-    path.write_text(json.dumps({"images": [], "annotations": []}))
-    assert class_names_from_json(path) is None
-
-
-def test_coco_ids_that_are_not_0_to_c_minus_1_are_ranked(tmp_path):
-    _jpeg(tmp_path / "x.jpg", np.random.default_rng(0))
-    doc = {"images": [{"id": 7, "file_name": "x.jpg"}, {"id": 8, "file_name": "x.jpg"}],
-           "annotations": [{"image_id": 7, "category_id": 20}, {"image_id": 8, "category_id": 10}],
-           "categories": [{"id": 20, "name": "twenty"}, {"id": 10, "name": "ten"}]}
-    (tmp_path / "l.json").write_text(json.dumps(doc))
-    assert [label for _, label in read_list(tmp_path, tmp_path / "l.json")] == [1, 0]
-    assert class_names_from_json(tmp_path / "l.json") == ("ten", "twenty")
-
-
-def test_paths_with_spaces_and_crlf(tmp_path):
-    rng = np.random.default_rng(0)
-    _jpeg(tmp_path / "a b" / "c d.jpg", rng)
-    (tmp_path / "l.txt").write_bytes(b"a b/c d.jpg 3\r\n\r\n  a b/c d.jpg\t1  \r\n")
-    assert read_list(tmp_path, tmp_path / "l.txt") == [(tmp_path / "a b" / "c d.jpg", 3),
-                                                        (tmp_path / "a b" / "c d.jpg", 1)]
-
-
-def test_a_long_list_parses(tmp_path):
-    """200k lines (ImageNet-LT has 116k, iNaturalist 437k) over a few real files."""
-    rng = np.random.default_rng(0)
-    for c in range(4):
-        _jpeg(tmp_path / "train" / f"c{c}" / "0.jpg", rng)
-    lines = [f"train/c{i % 4}/0.jpg {i % 4}" for i in range(200_000)]
-    _write_lines(tmp_path / "big.txt", lines)
-    entries = read_list(tmp_path, tmp_path / "big.txt")
-    assert len(entries) == 200_000 and entries[-1] == (tmp_path / "train" / "c3" / "0.jpg", 3)
-
-
-# ---------------------------------------------------------------- what is refused, and how it is said
-@pytest.fixture
-def one_image(tmp_path) -> Path:
-    _jpeg(tmp_path / "data" / "train" / "c" / "0.jpg", np.random.default_rng(0))
-    _jpeg(tmp_path / "outside.jpg", np.random.default_rng(1))
-    return tmp_path / "data"
-
-
-@pytest.mark.parametrize("line, message", [
-    ("../outside.jpg 0", r"leads outside --data-dir"),
-    ("train/../../outside.jpg 0", r"leads outside --data-dir"),
-    ("{outside} 0", r"absolute path"),
-])
-def test_paths_are_confined_to_the_data_dir(one_image, line, message):
-    root = one_image
-    line = line.format(outside=root.parent / "outside.jpg")
-    (root / "l.txt").write_text(f"train/c/0.jpg 0\n{line}\n")
-    with pytest.raises(DataError, match=rf"l\.txt:2: .*{message}.*--set data\.confine_paths=false") as info:
-        read_list(root, root / "l.txt")
-    assert info.value.exit_code == 3
-    entries = read_list(root, root / "l.txt", confine=False)  # the opt-out reads it
-    assert entries[1][0].resolve() == (root.parent / "outside.jpg").resolve()
-
-
-def test_json_paths_are_confined_too(one_image):
-    doc = {"images": [{"id": 1, "file_name": "../outside.jpg"}], "annotations": [{"image_id": 1, "category_id": 0}]}
-    (one_image / "train2018.json").write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=r"train2018\.json \(image 1\): path '\.\./outside\.jpg' leads outside"):
-        read_list(one_image, one_image / "train2018.json")
-
-
-@pytest.mark.parametrize("bad, where", [
-    ("train/c/0.jpg", "2"),  # no label
-    ("train/c/0.jpg zero", "2"),
-    ("train/c/0.jpg 1.5", "2"),
-    ("train/c/0.jpg -1", "2: label -1 is negative"),
-])
-def test_bad_label_lines_name_file_and_line(one_image, bad, where):
-    (one_image / "ImageNet_LT_train.txt").write_text(f"train/c/0.jpg 0\n{bad}\n")
-    with pytest.raises(DataError, match=rf"ImageNet_LT_train\.txt:{where}"):
-        read_list(one_image, one_image / "ImageNet_LT_train.txt")
-
-
-def test_missing_images_are_reported_together(one_image):
-    lines = ["train/c/0.jpg 0"] + [f"train/c/gone{i}.jpg 0" for i in range(7)]
-    _write_lines(one_image / "l.txt", lines)
-    with pytest.raises(DataError) as info:
-        read_list(one_image, one_image / "l.txt")
-    message = str(info.value)
-    assert "names 7 image(s) that do not exist" in message and "and 2 more" in message
-    assert "gone4.jpg" in message and "gone5.jpg" not in message and "\n" not in message
-
-
-@pytest.mark.parametrize("doc, message", [
-    ('{"images": [', r"train2018\.json:1: not valid JSON"),
-    ({"images": [{"id": 1, "file_name": "train/c/0.jpg"}]}, r"no 'annotations' .*use val2018\.json"),
-    ({"images": [{"id": 1, "file_name": "train/c/0.jpg"}, {"id": 2, "file_name": "train/c/0.jpg"}],
-      "annotations": [{"image_id": 1, "category_id": 0}]}, r"1 image\(s\) have no annotation \(first: 2\)"),
-    ({"images": [{"id": 1, "file_name": "train/c/0.jpg"}], "annotations": [{"image_id": 1}]},
-     r"annotation 0 has no 'category_id'"),
-    ([1, 2], r"expected a COCO-style object"),
-])
-def test_bad_json_is_data_error(one_image, doc, message):
-    path = one_image / "train2018.json"
-    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
-    with pytest.raises(DataError, match=message):
-        read_list(one_image, path)
-
-
-def test_missing_list_file(tmp_path):
-    with pytest.raises(DataError, match=r"list file .*Places_LT_train\.txt does not exist"):
-        read_list(tmp_path, tmp_path / "Places_LT_train.txt")
-
-
 # ---------------------------------------------------------------- the presets
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_values(trees, name):
@@ -311,11 +212,19 @@ def test_preset_values(trees, name):
 
 # ---------------------------------------------------------------- through the pipeline (needs imagefolder to use
 # read_list: JSON lists, names from the training folders)
-TINY_RUN = {"data.input_size": 32, "data.workers": 0, "student.init": "scratch", "run.device": "cpu",
-            "run.eval_batch_size": 16,
-            "teacher.train.epochs": 1, "teacher.train.batch_size": 8,
-            "teacher.finetune.epochs": 1, "teacher.finetune.batch_size": 8,
-            "student.train.epochs": 1, "student.train.batch_size": 8}
+TINY_RUN = {
+    "data.input_size": 32,
+    "data.workers": 0,
+    "student.init": "scratch",
+    "run.device": "cpu",
+    "run.eval_batch_size": 16,
+    "teacher.train.epochs": 1,
+    "teacher.train.batch_size": 8,
+    "teacher.finetune.epochs": 1,
+    "teacher.finetune.batch_size": 8,
+    "student.train.epochs": 1,
+    "student.train.batch_size": 8,
+}
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -338,8 +247,16 @@ def test_preset_end_to_end(trees, tmp_path, name):
     overrides = dict(TINY_RUN)
     if name == "inat2018":
         overrides["data.in_memory"] = False  # the path a 437k-image dataset takes
-    result = compress(preset=name, data_dir=str(tree.root), teacher="test_resnet", student="test_efficientnet",
-                      teacher_init="scratch", runs_dir=str(tmp_path / "runs"), progress=False, overrides=overrides)
+    result = compress(
+        preset=name,
+        data_dir=str(tree.root),
+        teacher="test_resnet",
+        student="test_efficientnet",
+        teacher_init="scratch",
+        runs_dir=str(tmp_path / "runs"),
+        progress=False,
+        overrides=overrides,
+    )
     rep = result.report
     assert rep["config"]["preset"] == name and rep["method"]["name"] == "bkd"
     info = rep["data"]

@@ -1,4 +1,5 @@
 """The CLI's contract without training: instant help, registry-generated listings, exit codes for bad input."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,11 @@ from ltcompress.methods import METHODS
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys, ltcompress.cli as c\n"
-            "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules or 'timm' in sys.modules else 'CLEAN')")
+    code = (
+        "import sys, ltcompress.cli as c\n"
+        "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules or 'timm' in sys.modules else 'CLEAN')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "--method" in out and "--gate" in out and out.strip().endswith("CLEAN")
     assert all(name in out for name in METHODS.names())  # method names in the help come from the registry
@@ -30,23 +33,26 @@ def test_list_methods_comes_from_registry(capsys):
     assert all(name in out for name in METHODS.names())
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--method", "bkdd"], 2, "unknown method 'bkdd'. Did you mean: bkd"),
-    (["--student", "mobilenetv4_smal"], 2, "unknown model 'mobilenetv4_smal'"),
-    (["--gate", "few => 0.5"], 2, "malformed gate"),
-    (["--gate", "few >= 50"], 2, "did you mean 0.5"),
-    (["--set", "student.train.epoch=3"], 2, "Did you mean: epochs"),
-    (["--set", "nonsense"], 2, "expects KEY=VALUE"),
-    (["--method-arg", "temperature=2"], 2, "method argument 'temperature' does not exist"),
-    (["--preset", "nope"], 2, "unknown preset"),
-    (["--device", "cuda:99"], 2, "--device cuda:99: no such device here"),
-    (["--device", "mps"], 2, "--device mps: no such device here"),
-    (["--device", "tpu"], 2, "unknown device"),
-    (["--gate", "drop(fp32, int8) <= 0.01"], 2, "drop(a, b) needs a metric"),
-    (["--gate", "teacher.agreement >= 0.9"], 2, "exists for the stages fp32, int8 only"),
-    (["--set", "export.calibration=tail"], 2, "export.calibration must be one of stratified, random"),
-    (["--set", "export.calibration_size=0"], 2, "export.calibration_size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--method", "bkdd"], 2, "unknown method 'bkdd'. Did you mean: bkd"),
+        (["--student", "mobilenetv4_smal"], 2, "unknown model 'mobilenetv4_smal'"),
+        (["--gate", "few => 0.5"], 2, "malformed gate"),
+        (["--gate", "few >= 50"], 2, "did you mean 0.5"),
+        (["--set", "student.train.epoch=3"], 2, "Did you mean: epochs"),
+        (["--set", "nonsense"], 2, "expects KEY=VALUE"),
+        (["--method-arg", "temperature=2"], 2, "method argument 'temperature' does not exist"),
+        (["--preset", "nope"], 2, "unknown preset"),
+        (["--device", "cuda:99"], 2, "--device cuda:99: no such device here"),
+        (["--device", "mps"], 2, "--device mps: no such device here"),
+        (["--device", "tpu"], 2, "unknown device"),
+        (["--gate", "drop(fp32, int8) <= 0.01"], 2, "drop(a, b) needs a metric"),
+        (["--gate", "teacher.agreement >= 0.9"], 2, "exists for the stages fp32, int8 only"),
+        (["--set", "export.calibration=tail"], 2, "export.calibration must be one of stratified, random"),
+        (["--set", "export.calibration_size=0"], 2, "export.calibration_size must be at least 1"),
+    ],
+)
 def test_usage_errors_exit_2_before_any_work(tmp_path, capsys, args, code, message):
     runs = tmp_path / "runs"
     got, _, err = run_cli(["run", "--runs-dir", str(runs), *args], capsys)
@@ -57,17 +63,23 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, capsys, args, code, messa
 
 def test_gate_on_a_group_the_data_lacks_is_exit_2(tmp_path, capsys, fmnist):
     # n_max 100 with default thresholds: no class has more than 100 images, so there is no Many group
-    got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--set", "data.n_max=100",
-                           "--gate", "many >= 0.5"], capsys)
+    got, _, err = run_cli(
+        ["run", "--runs-dir", str(tmp_path / "r"), "--set", "data.n_max=100", "--gate", "many >= 0.5"], capsys
+    )
     assert got == 2 and "no Many-shot class" in err and not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("gate, message", [
-    ("int8.few >= 0.5", "stage 'int8' does not exist in this run (stages: teacher, student, fp32) (turn INT8 on "
-                        "with --int8)"),
-    ("flip(fp32, int8) <= 0.1", "stage 'int8' does not exist"),
-    ("class[Sandals] >= 0.5", "no class named 'Sandals'. Did you mean: Sandal"),
-])
+@pytest.mark.parametrize(
+    "gate, message",
+    [
+        (
+            "int8.few >= 0.5",
+            "stage 'int8' does not exist in this run (stages: teacher, student, fp32) (turn INT8 on with --int8)",
+        ),
+        ("flip(fp32, int8) <= 0.1", "stage 'int8' does not exist"),
+        ("class[Sandals] >= 0.5", "no class named 'Sandals'. Did you mean: Sandal"),
+    ],
+)
 def test_gates_the_run_cannot_answer_are_exit_2_before_training(tmp_path, capsys, fmnist, gate, message):
     got, _, err = run_cli(["run", "--runs-dir", str(tmp_path / "r"), "--gate", gate], capsys)
     assert got == 2 and message in err and not (tmp_path / "r").exists()
@@ -129,8 +141,7 @@ def test_method_args_are_typed_and_checked_before_any_work(tmp_path, capsys, fmn
     runs = tmp_path / "runs"
     got, _, err = run_cli(["run", "--runs-dir", str(runs), "--method", "rekd", "--method-arg", "k=1"], capsys)
     assert got == 2 and "2 <= k <= C - 2" in err and not runs.exists()
-    got, _, err = run_cli(["run", "--runs-dir", str(runs), "--method", "krdistill", "--method-arg", "lam=much"],
-                          capsys)
+    got, _, err = run_cli(["run", "--runs-dir", str(runs), "--method", "krdistill", "--method-arg", "lam=much"], capsys)
     assert got == 2 and "lam" in err and not runs.exists()
 
 
@@ -158,13 +169,22 @@ def test_readme_method_table_is_the_registry_markdown(capsys):
     assert out.strip() in readme, "README's method table differs from `ltcompress list-methods --markdown`"
 
 
-@pytest.mark.parametrize("option, prefix, expected", [("--method", "kr", "plain,krdistill"),
-                                                      ("--preset", "fmnist-lt-b", "plain,fmnist-lt-bench"),
-                                                      ("--dataset", "cifar1", "plain,cifar10-lt")])
+@pytest.mark.parametrize(
+    "option, prefix, expected",
+    [
+        ("--method", "kr", "plain,krdistill"),
+        ("--preset", "fmnist-lt-b", "plain,fmnist-lt-bench"),
+        ("--dataset", "cifar1", "plain,cifar10-lt"),
+    ],
+)
 def test_shell_completion_offers_registered_names(option, prefix, expected):
     from conftest import LTCOMPRESS
 
-    env = {**os.environ, "COMP_WORDS": f"ltcompress run {option} {prefix}", "COMP_CWORD": "3",
-           "_LTCOMPRESS_COMPLETE": "bash_complete"}
+    env = {
+        **os.environ,
+        "COMP_WORDS": f"ltcompress run {option} {prefix}",
+        "COMP_CWORD": "3",
+        "_LTCOMPRESS_COMPLETE": "bash_complete",
+    }
     out = subprocess.run([str(LTCOMPRESS)], capture_output=True, text=True, env=env, check=True).stdout
     assert expected in out.splitlines()

@@ -16,13 +16,16 @@ def test_builtin_presets_resolve():
     assert bench.teacher.train.epochs == 30 and bench.student.train.epochs == 30
     assert bench.student.train.lr == 0.05 and bench.student.train.batch_size == 64
     best = resolve("fmnist-lt-best", {})  # the recipe that met the balanced and worst-class targets
-    assert (best.data.input_size, best.data.resize, best.student.train.epochs, best.method.name) == \
-        (64, True, 100, "bsce")
+    assert (best.data.input_size, best.data.resize, best.student.train.epochs, best.method.name) == (
+        64,
+        True,
+        100,
+        "bsce",
+    )
 
 
 def test_precedence_preset_then_overrides_then_keywords():
-    cfg = build_config("fmnist-lt", {"student.train.epochs": 3, "method.name": "kd"}, method="ce",
-                       gates=["few >= 0.5"])
+    cfg = build_config("fmnist-lt", {"student.train.epochs": 3, "method.name": "kd"}, method="ce", gates=["few >= 0.5"])
     assert cfg.student.train.epochs == 3 and cfg.method.name == "ce" and cfg.gates == ("few >= 0.5",)
     assert cfg.teacher.train.epochs == load_preset("fmnist-lt")["teacher"]["train"]["epochs"]
 
@@ -43,17 +46,20 @@ def test_method_args_merge_over_preset(tmp_path):
     assert dict(cfg.method.args) == {"T": 3, "a_kd": 0.5}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"student.train.epoch": 3}, "unknown config key 'student.train.epoch'. Did you mean: epochs"),
-    ({"stduent.arch": "x"}, "Did you mean: student"),
-    ({"student.train.epochs": "many"}, "should be of type int"),
-    ({"student.train.lr": True}, "should be of type float"),
-    ({"teacher.init": "imagenet"}, "teacher.init must be"),
-    ({"student.train.epochs": 0}, "epochs must be at least 1"),
-    ({"student.train.grad_clip": 0}, "grad_clip must be positive"),
-    ({"method.args": "T=2"}, "method.args='T=2' should be of type Mapping"),
-    ({"gates": 0.5}, "should be of type tuple"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"student.train.epoch": 3}, "unknown config key 'student.train.epoch'. Did you mean: epochs"),
+        ({"stduent.arch": "x"}, "Did you mean: student"),
+        ({"student.train.epochs": "many"}, "should be of type int"),
+        ({"student.train.lr": True}, "should be of type float"),
+        ({"teacher.init": "imagenet"}, "teacher.init must be"),
+        ({"student.train.epochs": 0}, "epochs must be at least 1"),
+        ({"student.train.grad_clip": 0}, "grad_clip must be positive"),
+        ({"method.args": "T=2"}, "method.args='T=2' should be of type Mapping"),
+        ({"gates": 0.5}, "should be of type tuple"),
+    ],
+)
 def test_bad_config_is_usage_error(overrides, message):
     with pytest.raises(UsageError, match=message) as info:
         resolve(None, overrides)
@@ -116,8 +122,11 @@ def test_the_environment_is_read_when_the_config_resolves_and_recorded(monkeypat
 
     def unresolved(**run_data):  # the defaults, before any environment
         cfg = resolve(None, {})
-        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, cache_dir=run_data.get("cache")),
-                                   data=dataclasses.replace(cfg.data, data_dir=run_data.get("data"), download=True))
+        return dataclasses.replace(
+            cfg,
+            run=dataclasses.replace(cfg.run, cache_dir=run_data.get("cache")),
+            data=dataclasses.replace(cfg.data, data_dir=run_data.get("data"), download=True),
+        )
 
     env = {"LTCOMPRESS_CACHE": str(tmp_path / "c"), "LTCOMPRESS_DATA": str(tmp_path / "d"), "LTCOMPRESS_OFFLINE": "1"}
     cfg = environment.apply(unresolved(), env)

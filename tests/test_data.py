@@ -74,13 +74,21 @@ def test_explicit_data_dir_without_files_is_exit_3(tmp_path, monkeypatch):
         load_fmnist_lt(cfg.data, tmp_path)
 
 
-@pytest.mark.parametrize("payload, reason", [(b"not gzip at all", "cannot read"),
-                                             (gzip.compress(b"\x00\x00\x08\x07" + b"\x00" * 8), "not an IDX"),
-                                             (gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") * 3),
-                                              "truncated")])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"not gzip at all", "cannot read"),
+        (gzip.compress(b"\x00\x00\x08\x07" + b"\x00" * 8), "not an IDX"),
+        (gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") * 3), "truncated"),
+    ],
+)
 def test_corrupt_files_are_exit_3_naming_the_file(tmp_path, payload, reason):
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / f"{stem}.gz").write_bytes(payload)
     with pytest.raises(DataError, match=reason) as info:
         load_fmnist_lt(DataConfig(data_dir=str(tmp_path)), tmp_path)

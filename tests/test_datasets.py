@@ -1,5 +1,6 @@
 """The real loaders on small archives and folders written here in the real formats: pickled CIFAR batches
 (.tar.gz and extracted), PNG/JPEG class folders, ImageNet-LT-style list files; bad data; samplers."""
+
 import os
 import pickle
 import tarfile
@@ -29,8 +30,12 @@ def write_cifar(root: Path, fmt, num_classes: int, seed: int = 0, as_tar: bool =
         labels = np.repeat(np.arange(num_classes), n_per_class)
         rng.shuffle(labels)
         data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
-        return {b"batch_label": b"x", fmt.label_key: labels.tolist(), b"data": data,
-                b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+        return {
+            b"batch_label": b"x",
+            fmt.label_key: labels.tolist(),
+            b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
+        }
 
     per_batch = PER_CLASS // len(fmt.train)
     for name in fmt.train:
@@ -90,12 +95,19 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     assert not Path("/tmp/ltcompress-pwned").exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / "test_batch").write_bytes(b"\x80\x02}q\x00"), "test_batch is not a readable CIFAR batch"),
-    (lambda f: (f / "batches.meta").unlink(), "batches.meta is missing"),
-    (lambda f: (f / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8),
-                                                              b"labels": [0, 1]})), "expected \\[N, 3072\\]"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "test_batch").write_bytes(b"\x80\x02}q\x00"), "test_batch is not a readable CIFAR batch"),
+        (lambda f: (f / "batches.meta").unlink(), "batches.meta is missing"),
+        (
+            lambda f: (f / "data_batch_1").write_bytes(
+                pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]})
+            ),
+            "expected \\[N, 3072\\]",
+        ),
+    ],
+)
 def test_corrupt_cifar_is_exit_3_naming_the_file(tmp_path, damage, message):
     folder = write_cifar(tmp_path, CIFAR10, 10, as_tar=False)
     damage(folder)
@@ -180,8 +192,9 @@ def test_list_files_in_imagenet_lt_format(tmp_path):
     data = load(cfg, tmp_path)
     assert data.class_names == ("n01", "n02") and data.class_counts.tolist() == [4, 2] and len(data.test) == 2
     (tmp_path / "names.txt").write_text("tench\ngoldfish\n")
-    named = load(folder_cfg(tmp_path, train_list="train.txt", test_list="test.txt", class_names_file="names.txt"),
-                 tmp_path)
+    named = load(
+        folder_cfg(tmp_path, train_list="train.txt", test_list="test.txt", class_names_file="names.txt"), tmp_path
+    )
     assert named.class_names == ("tench", "goldfish")
 
 
@@ -189,6 +202,7 @@ def lists(train: str, test: str):
     def write(root):
         (root / "train.txt").write_text(train)
         (root / "test.txt").write_text(test)
+
     return write
 
 
@@ -199,16 +213,25 @@ def _corrupt(root):
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
 
 
-@pytest.mark.parametrize("setup, cfg_kw, message", [
-    (_corrupt, {}, r"cannot read image .*broken\.png"),
-    (lambda r: lists("train/cat/000.png 7\n", "test/cat/000.png 0\n")(r) or (r / "n.txt").write_text("a\nb\n"),
-     {**LISTS, "class_names_file": "n.txt"}, r"train\.txt: label 7 of .*000\.png is out of range 0\.\.1"),
-    (lists("train/cat/000.png 0\ntrain/eel/000.png 2\n", "test/dog/000.png 1\n"), LISTS,
-     "no training image for class"),
-    (lambda r: [p.unlink() for p in (r / "test").rglob("*.*")], {}, "the test split is empty"),
-    (lists("train/cat/nope.png 0\n", "test/cat/000.png 0\n"), LISTS, r"names .*nope\.png"),
-    (lists("train/cat/000.png\n", ""), LISTS, r"train\.txt:1: expected"),
-])
+@pytest.mark.parametrize(
+    "setup, cfg_kw, message",
+    [
+        (_corrupt, {}, r"cannot read image .*broken\.png"),
+        (
+            lambda r: lists("train/cat/000.png 7\n", "test/cat/000.png 0\n")(r) or (r / "n.txt").write_text("a\nb\n"),
+            {**LISTS, "class_names_file": "n.txt"},
+            r"train\.txt: label 7 of .*000\.png is out of range 0\.\.1",
+        ),
+        (
+            lists("train/cat/000.png 0\ntrain/eel/000.png 2\n", "test/dog/000.png 1\n"),
+            LISTS,
+            "no training image for class",
+        ),
+        (lambda r: [p.unlink() for p in (r / "test").rglob("*.*")], {}, "the test split is empty"),
+        (lists("train/cat/nope.png 0\n", "test/cat/000.png 0\n"), LISTS, r"names .*nope\.png"),
+        (lists("train/cat/000.png\n", ""), LISTS, r"train\.txt:1: expected"),
+    ],
+)
 def test_bad_data_is_exit_3_naming_file_and_reason(tmp_path, setup, cfg_kw, message):
     root = folder_dataset(tmp_path)
     setup(root)
@@ -233,10 +256,15 @@ def test_a_test_class_unknown_to_training_is_exit_3_or_excluded_and_reported(tmp
     assert info_dict["excluded_test_classes"] == ["fox"]
 
 
-@pytest.mark.parametrize("key, value", [
-    ("train_list", "/etc/passwd"), ("test_list", "../outside.txt"), ("class_names_file", "../names.txt"),
-    ("class_names_file", "/etc/hostname"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train_list", "/etc/passwd"),
+        ("test_list", "../outside.txt"),
+        ("class_names_file", "../names.txt"),
+        ("class_names_file", "/etc/hostname"),
+    ],
+)
 def test_list_and_names_files_stay_inside_the_data_dir(tmp_path, key, value):
     root = folder_dataset(tmp_path / "data")
     lists("train/cat/000.png 0\ntrain/dog/000.png 1\n", "test/cat/000.png 0\ntest/dog/000.png 1\n")(root)
@@ -275,11 +303,14 @@ def test_ranks_share_one_global_stream(kind, world):
     assert np.array_equal(rebuilt, stream[:usable])
 
 
-@pytest.mark.parametrize("kind, target", [
-    ("instance", [1000 / 1110, 100 / 1110, 10 / 1110]),
-    ("class_balanced", [1 / 3] * 3),
-    ("sqrt", list(np.sqrt([1000, 100, 10]) / np.sqrt([1000, 100, 10]).sum())),
-])
+@pytest.mark.parametrize(
+    "kind, target",
+    [
+        ("instance", [1000 / 1110, 100 / 1110, 10 / 1110]),
+        ("class_balanced", [1 / 3] * 3),
+        ("sqrt", list(np.sqrt([1000, 100, 10]) / np.sqrt([1000, 100, 10]).sum())),
+    ],
+)
 def test_empirical_class_distribution_matches_target(kind, target):
     np.testing.assert_allclose(class_distribution(kind, np.bincount(LABELS)), target)
     draws = np.concatenate([LABELS[epoch_stream(kind, LABELS, seed=0, epoch=e)] for e in range(20)])
@@ -299,8 +330,14 @@ def test_unknown_sampler_is_usage_error():
 
 
 # ---------------------------------------------------------------- one short real run per dataset kind
-TINY_RUN = {"teacher.train.epochs": 1, "student.train.epochs": 1, "teacher.train.batch_size": 8,
-            "student.train.batch_size": 8, "data.many_threshold": 10, "data.few_threshold": 4}
+TINY_RUN = {
+    "teacher.train.epochs": 1,
+    "student.train.epochs": 1,
+    "teacher.train.batch_size": 8,
+    "student.train.batch_size": 8,
+    "data.many_threshold": 10,
+    "data.few_threshold": 4,
+}
 
 
 @pytest.mark.slow
@@ -308,9 +345,16 @@ def test_cifar10_lt_end_to_end(tmp_path):
     from ltcompress import compress
 
     archive = write_cifar(tmp_path / "data", CIFAR10, 10)
-    result = compress(teacher="test_resnet", student="test_efficientnet", method="bkd", dataset="cifar10-lt",
-                      data_dir=str(archive.parent), runs_dir=str(tmp_path / "runs"), progress=False,
-                      overrides={**TINY_RUN, "data.n_max": PER_CLASS, "data.imbalance": 10})
+    result = compress(
+        teacher="test_resnet",
+        student="test_efficientnet",
+        method="bkd",
+        dataset="cifar10-lt",
+        data_dir=str(archive.parent),
+        runs_dir=str(tmp_path / "runs"),
+        progress=False,
+        overrides={**TINY_RUN, "data.n_max": PER_CLASS, "data.imbalance": 10},
+    )
     assert result.report["config"]["preset"] == "cifar10-lt"  # --dataset brings its preset
     assert result.report["data"]["class_counts"] == [int(50 * 10 ** (-i / 9)) for i in range(10)]
     assert result.report["parity"]["fp32"]["ok"] and result.report["data"]["input"]["source_mode"] == "RGB"
@@ -322,11 +366,23 @@ def test_imagefolder_end_to_end_with_samplers_and_skipped_image(tmp_path):
 
     root = folder_dataset(tmp_path / "data", train={"cat": 24, "dog": 8, "eel": 3})
     _corrupt(root)
-    overrides = {**TINY_RUN, "data.skip_corrupt": True, "teacher.train.sampler": "class_balanced",
-                 "student.train.sampler": "sqrt"}
-    result = compress(teacher="test_resnet", student="test_efficientnet", method="kd", dataset="imagefolder",
-                      data_dir=str(root), runs_dir=str(tmp_path / "runs"), progress=False, overrides=overrides,
-                      gates=["few >= 0.0"])
+    overrides = {
+        **TINY_RUN,
+        "data.skip_corrupt": True,
+        "teacher.train.sampler": "class_balanced",
+        "student.train.sampler": "sqrt",
+    }
+    result = compress(
+        teacher="test_resnet",
+        student="test_efficientnet",
+        method="kd",
+        dataset="imagefolder",
+        data_dir=str(root),
+        runs_dir=str(tmp_path / "runs"),
+        progress=False,
+        overrides=overrides,
+        gates=["few >= 0.0"],
+    )
     rep = result.report
     assert rep["data"]["samplers"] == {"teacher": "class_balanced", "student": "sqrt"}
     assert rep["data"]["skipped_images"] == 1 and rep["data"]["skipped"][0].endswith("broken.png")

@@ -1,4 +1,5 @@
 """DistributedDataParallel on CPU with gloo: two processes, the same global batch as one."""
+
 import json
 import os
 import subprocess
@@ -24,8 +25,10 @@ def _worker(rank: int, world: int, port: int, out: str, method_name: str, params
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         student, method, result = tiny_distill(method_name, params=params)
-        torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": result.history},
-                   os.path.join(out, f"rank{rank}.pt"))
+        torch.save(
+            {"student": student.state_dict(), "method": method.state_dict(), "history": result.history},
+            os.path.join(out, f"rank{rank}.pt"),
+        )
     finally:
         torch_dist.destroy_process_group()
 
@@ -38,6 +41,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(method_name, params, tmp_p
     for part in ("student", "method"):
         assert a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
     def reduced(run):  # epoch loss and accuracy are summed over ranks, so both report the global figures
         return [(h["loss"], h["train_acc"]) for h in run["history"]]
 
@@ -50,8 +54,13 @@ def test_torchrun_cli_matches_one_process_within_tolerance(tmp_path):
     env = {**os.environ, "LTCOMPRESS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
     def run(name, *launcher):
-        args = [*tiny_cli_args(method="bkd", name=name, runs_dir=str(tmp_path / "runs"), epochs="4"),
-                "--set", "teacher.train.batch_size=16", "--set", "student.train.batch_size=16"]
+        args = [
+            *tiny_cli_args(method="bkd", name=name, runs_dir=str(tmp_path / "runs"), epochs="4"),
+            "--set",
+            "teacher.train.batch_size=16",
+            "--set",
+            "student.train.batch_size=16",
+        ]
         proc = subprocess.run([*launcher, "-m", "ltcompress", "run", *args], capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / "runs" / name / "report.json").read_text()), proc

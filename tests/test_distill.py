@@ -1,4 +1,5 @@
 """The training loop with tiny real timm models on small generated long-tailed data."""
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_grad_clip_bounds_each_update():
 
 
 def test_precision_choice():
-    from ltcompress.distill import amp_dtype
+    from ltcompress.train_state import amp_dtype
     from ltcompress.errors import UsageError
 
     cpu = torch.device("cpu")
@@ -85,8 +86,16 @@ def test_compiled_student_trains_and_keeps_plain_weight_names():
     student = models.create("test_efficientnet", len(COUNTS))
     names = set(student.state_dict())
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    train(student, method, data, TrainConfig(epochs=1, batch_size=16), torch.device("cpu"), stage="student", seed=0,
-          options=LoopOptions(compile=True, progress=False))
+    train(
+        student,
+        method,
+        data,
+        TrainConfig(epochs=1, batch_size=16),
+        torch.device("cpu"),
+        stage="student",
+        seed=0,
+        options=LoopOptions(compile=True, progress=False),
+    )
     after = student.state_dict()
     assert set(after) == names  # nn.Module.compile keeps the keys the export and checkpoints use
     assert any(not torch.equal(before[k], after[k]) for k in names)

@@ -6,6 +6,7 @@ appended (the same options, a smaller job), the bundle runtime on real images, t
 with two nodes on this machine. Benchmark scripts run up to their argument parsing (`--help`) or, for sweeps,
 with `--report-only`: their full runs are the benchmarks. A new command in the docs without a handler fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROGRAMS = ("bash ", ".venv/bin/", "ltcompress ", "python ", "python3 ", "torchrun ", "cd bench", "HF_HUB_OFFLINE=")
-TINY_ARGS = ["--teacher", TINY_MODELS["teacher"], "--student", TINY_MODELS["student"], "--no-progress",
-             *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+TINY_ARGS = [
+    "--teacher",
+    TINY_MODELS["teacher"],
+    "--student",
+    TINY_MODELS["student"],
+    "--no-progress",
+    *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
+]
 
 
 def shown_commands() -> list[tuple[str, str]]:
@@ -41,8 +48,11 @@ def shown_commands() -> list[tuple[str, str]]:
                 fence = None if fence is not None else line[3:].strip()
                 continue
             if fence is not None:
-                text = line[2:] if fence == "console" and line.startswith("$ ") else (
-                    line if fence in ("bash", "sh") else "")
+                text = (
+                    line[2:]
+                    if fence == "console" and line.startswith("$ ")
+                    else (line if fence in ("bash", "sh") else "")
+                )
             else:
                 text = line[4:] if line.startswith("    ") and not pending else line.strip() if pending else ""
             text = pending + text.strip()
@@ -64,12 +74,16 @@ def _normalise(command: str) -> tuple[str, list[str]]:
     cwd = "."
     command = re.sub(r"^bash scripts/setup\.sh( --tests)? && ", "", command)
     if command.startswith("cd bench && "):
-        cwd, command = "bench", command[len("cd bench && "):]
+        cwd, command = "bench", command[len("cd bench && ") :]
     argv = shlex.split(command)
     while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
         argv.pop(0)
-    argv[0] = {"../.venv/bin/python": "python", ".venv/bin/python": "python", ".venv/bin/ltcompress": "ltcompress",
-               "python3": "python"}.get(argv[0], argv[0])
+    argv[0] = {
+        "../.venv/bin/python": "python",
+        ".venv/bin/python": "python",
+        ".venv/bin/ltcompress": "ltcompress",
+        "python3": "python",
+    }.get(argv[0], argv[0])
     return cwd, argv
 
 
@@ -116,8 +130,9 @@ def run_ltcompress(argv, ctx):
         resume = "--resume" in args
         if "--name" in args:
             name = args[args.index("--name") + 1]
-        code = cli_exit([*args, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else
-                                                                           ["--name", name])])
+        code = cli_exit(
+            [*args, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else ["--name", name])]
+        )
         if resume:  # the run it continues has finished here, so the resume is refused, as documented
             assert code == 2
         else:  # tiny models may miss a documented gate: the exit code is the report's own verdict
@@ -139,22 +154,43 @@ def run_bundle_runtime(argv, ctx):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(images / f"{i}.png")
     runtime = ctx["passed_run"] / "bundle" / "export" / "runtime.py"
     out = ctx["tmp"] / "predictions.json"
-    proc = subprocess.run([sys.executable, str(runtime), str(images), *argv[3:]], capture_output=True, text=True,
-                          cwd=ctx["tmp"], env=ctx["env"])
+    proc = subprocess.run(
+        [sys.executable, str(runtime), str(images), *argv[3:]],
+        capture_output=True,
+        text=True,
+        cwd=ctx["tmp"],
+        env=ctx["env"],
+    )
     assert proc.returncode == 0 and out.is_file(), proc.stderr
 
 
 def run_torchrun(argv, ctx):
     args = argv[1:]
     cut = args.index("-m")
-    launcher, rest = args[:cut], [a for a in args[cut + 2:] if a != "..."]
+    launcher, rest = args[:cut], [a for a in args[cut + 2 :] if a != "..."]
     name = rest[rest.index("--name") + 1] if "--name" in rest else f"node-{ctx['index']}"
-    tail = [*rest, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in rest else ["--name", name]),
-            "--set", "teacher.train.batch_size=16", "--set", "student.train.batch_size=16"]
+    tail = [
+        *rest,
+        *TINY_ARGS,
+        "--runs-dir",
+        str(ctx["runs"]),
+        *([] if "--name" in rest else ["--name", name]),
+        "--set",
+        "teacher.train.batch_size=16",
+        "--set",
+        "student.train.batch_size=16",
+    ]
     if "--nnodes=2" not in launcher:
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "ltcompress",
-                                   *tail], cwd=ctx["tmp"], env=ctx["env"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "ltcompress", *tail],
+                cwd=ctx["tmp"],
+                env=ctx["env"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        ]
     else:  # both nodes of the documented pair, on this machine, one process each
         port = free_port()
         procs = []
@@ -162,9 +198,16 @@ def run_torchrun(argv, ctx):
             node = [re.sub(r"^--node_rank=\d", f"--node_rank={rank}", a) for a in launcher]
             node = [re.sub(r"HOST:\d+", f"127.0.0.1:{port}", a) for a in node]
             node = [re.sub(r"^--nproc_per_node=\d+", "--nproc_per_node=1", a) for a in node]
-            procs.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *node, "-m", "ltcompress",
-                                           *tail], cwd=ctx["tmp"], env=ctx["env"], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "torch.distributed.run", *node, "-m", "ltcompress", *tail],
+                    cwd=ctx["tmp"],
+                    env=ctx["env"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -177,11 +220,21 @@ def run_bench_script(argv, ctx):
         out = ctx["tmp"] / f"sweep-{ctx['index']}"
         args = list(argv[1:])
         args[args.index("--out") + 1] = str(out)
-        proc = subprocess.run([sys.executable, *args, "--report-only"], capture_output=True, text=True, cwd=cwd,
-                              env={**ctx["env"], "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(
+            [sys.executable, *args, "--report-only"],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**ctx["env"], "PYTHONPATH": str(ROOT)},
+        )
     else:
-        proc = subprocess.run([sys.executable, argv[1], "--help"], capture_output=True, text=True, cwd=cwd,
-                              env={**ctx["env"], "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(
+            [sys.executable, argv[1], "--help"],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**ctx["env"], "PYTHONPATH": str(ROOT)},
+        )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -198,8 +251,10 @@ def run_test_suite(argv, ctx):
 
 
 HANDLERS = [
-    (r"^(bash scripts/setup\.sh (--tests )?&& )?(\.venv/bin/)?ltcompress (run|verify|list-methods|list-presets)\b",
-     run_ltcompress),
+    (
+        r"^(bash scripts/setup\.sh (--tests )?&& )?(\.venv/bin/)?ltcompress (run|verify|list-methods|list-presets)\b",
+        run_ltcompress,
+    ),
     (r"python runs/\S+/bundle/export/runtime\.py", run_bundle_runtime),
     (r"^torchrun ", run_torchrun),
     (r"(python3?|\.venv/bin/python) (bench/)?\w+\.py|sweep\.py", run_bench_script),
@@ -215,6 +270,13 @@ def test_documented_command_runs(index, passed_run, list_folder, env, workdir, t
     monkeypatch.chdir(tmp_path)
     handler = next(h for p, h in HANDLERS if re.search(p, command))
     cwd, argv = _normalise(command)
-    ctx = {"passed_run": passed_run[0], "list_folder": list_folder, "env": env, "tmp": tmp_path, "index": index,
-           "runs": workdir / "doc-runs", "cwd": cwd}
+    ctx = {
+        "passed_run": passed_run[0],
+        "list_folder": list_folder,
+        "env": env,
+        "tmp": tmp_path,
+        "index": index,
+        "runs": workdir / "doc-runs",
+        "cwd": cwd,
+    }
     handler(argv, ctx)

@@ -1,4 +1,5 @@
 """Every script in examples/ runs here, on real images with tiny timm models, so the examples cannot rot."""
+
 import importlib.util
 import json
 import os
@@ -49,8 +50,11 @@ def image_folder(tmp_path_factory):
         for name, label, count in zip(names, classes, counts):
             folder = root / split / name
             folder.mkdir(parents=True)
-            idx = np.flatnonzero(test.labels == label)[: count] if split == "train" else \
-                np.flatnonzero(test.labels == label)[-count:]
+            idx = (
+                np.flatnonzero(test.labels == label)[:count]
+                if split == "train"
+                else np.flatnonzero(test.labels == label)[-count:]
+            )
             for i in idx:
                 Image.fromarray(test.images[i, 0, 2:30, 2:30]).save(folder / f"{i:05d}.png")
     return root
@@ -58,8 +62,19 @@ def image_folder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_compress_imagefolder_acts_on_failed_and_passed_gates(image_folder, tmp_path):
-    base = [sys.executable, str(EXAMPLES / "compress_imagefolder.py"), str(image_folder), "--teacher",
-            TINY_MODELS["teacher"], "--student", TINY_MODELS["student"], "--epochs", "1", "--teacher-epochs", "1"]
+    base = [
+        sys.executable,
+        str(EXAMPLES / "compress_imagefolder.py"),
+        str(image_folder),
+        "--teacher",
+        TINY_MODELS["teacher"],
+        "--student",
+        TINY_MODELS["student"],
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+    ]
     failed = _run([*base, "--gate", "int8.balanced > 0.99", "--gate", "int8.few >= 0"], tmp_path)
     assert failed.returncode == 5, failed.stderr[-2000:]
     assert "FAILED int8.balanced > 0.99: int8.balanced = " in failed.stdout
@@ -75,8 +90,16 @@ def test_compress_imagefolder_acts_on_failed_and_passed_gates(image_folder, tmp_
 
 @pytest.mark.slow
 def test_custom_method_registers_from_outside_and_runs(tmp_path):
-    args = [sys.executable, str(EXAMPLES / "custom_method.py"), "--teacher", TINY_MODELS["teacher"],
-            "--student", TINY_MODELS["student"], "--gate", "few >= 0"]
+    args = [
+        sys.executable,
+        str(EXAMPLES / "custom_method.py"),
+        "--teacher",
+        TINY_MODELS["teacher"],
+        "--student",
+        TINY_MODELS["student"],
+        "--gate",
+        "few >= 0",
+    ]
     proc = _run([*args, *[a for s in TINY_SETS for a in ("--set", s)]], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "method recorded as 'tailkd' (examples/custom_method.py (illustration))" in proc.stdout
@@ -100,8 +123,12 @@ def test_edge_inference_runs_without_torch_or_ltcompress(passed_run, tmp_path):
     from ltcompress.config import DataConfig
     from ltcompress.data.fmnist import load_fmnist_lt
 
-    test = load_fmnist_lt(DataConfig(n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"],
-                                     test_per_class=TINY["data.test_per_class"]), tmp_path).test
+    test = load_fmnist_lt(
+        DataConfig(
+            n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"], test_per_class=TINY["data.test_per_class"]
+        ),
+        tmp_path,
+    ).test
     images = tmp_path / "images"
     images.mkdir()
     for i in range(30):
@@ -111,8 +138,19 @@ def test_edge_inference_runs_without_torch_or_ltcompress(passed_run, tmp_path):
         (blocker / package).mkdir(parents=True)
         (blocker / package / "__init__.py").write_text(f"raise ImportError('{package} is not on this device')\n")
     out = tmp_path / "pred.json"
-    proc = _run([sys.executable, str(EXAMPLES / "edge_inference.py"), str(run / "bundle"), str(images), "--int8",
-                 "--json", str(out)], tmp_path, {"PYTHONPATH": str(blocker)})
+    proc = _run(
+        [
+            sys.executable,
+            str(EXAMPLES / "edge_inference.py"),
+            str(run / "bundle"),
+            str(images),
+            "--int8",
+            "--json",
+            str(out),
+        ],
+        tmp_path,
+        {"PYTHONPATH": str(blocker)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("30 images with model.int8.onnx")
     got = [r["class_index"] for r in json.loads(out.read_text())]
@@ -121,10 +159,25 @@ def test_edge_inference_runs_without_torch_or_ltcompress(passed_run, tmp_path):
 
 @pytest.mark.slow
 def test_scale_out_with_torchrun(tmp_path):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(EXAMPLES / "scale_out.py"), "--teacher", TINY_MODELS["teacher"], "--student", TINY_MODELS["student"],
-            "--name", "ddp", *[a for s in TINY_SETS for a in ("--set", s)],
-            "--set", "teacher.train.batch_size=16", "--set", "student.train.batch_size=16"]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(EXAMPLES / "scale_out.py"),
+        "--teacher",
+        TINY_MODELS["teacher"],
+        "--student",
+        TINY_MODELS["student"],
+        "--name",
+        "ddp",
+        *[a for s in TINY_SETS for a in ("--set", s)],
+        "--set",
+        "teacher.train.batch_size=16",
+        "--set",
+        "student.train.batch_size=16",
+    ]
     proc = _run(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("2 processes: balanced") == 1  # rank 0 alone reports

@@ -2,6 +2,7 @@
 small tmpfs (ENOSPC) for a full disk, a read-only mount, truncated and zeroed files. What must hold: every failure
 names its file with its documented exit code, nothing partial is left under a final name, and a run that failed
 while finishing is completed by --resume without training again."""
+
 import contextlib
 import json
 import resource
@@ -132,10 +133,16 @@ def test_a_class_name_with_dollars_reaches_a_bundle(tmp_path, monkeypatch):
             (tmp_path / "data" / split / name).mkdir(parents=True)
             for i in range(n * scale or 3):
                 Image.new("RGB", (20, 20), (40 * c, 100 + i, 7 * i)).save(tmp_path / "data" / split / name / f"{i}.png")
-    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="ce",
-                      dataset="imagefolder", data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
-                      overrides={"student.train.epochs": 1, "student.train.batch_size": 64, "data.input_size": 32},
-                      progress=False)
+    result = compress(
+        teacher=TINY_MODELS["teacher"],
+        student=TINY_MODELS["student"],
+        method="ce",
+        dataset="imagefolder",
+        data_dir=str(tmp_path / "data"),
+        runs_dir=str(tmp_path / "runs"),
+        overrides={"student.train.epochs": 1, "student.train.batch_size": 64, "data.input_size": 32},
+        progress=False,
+    )
     html = (result.run_dir / "report.html").read_text()
     assert result.passed and (result.run_dir / "bundle" / "model.onnx").is_file() and "plot-missing" not in html
     assert result.report["student"]["batch_size_used"] == 24
@@ -154,8 +161,10 @@ def test_a_damaged_teacher_cache_entry_is_named_and_rebuilt(tmp_path, monkeypatc
     assert cli_exit(_run_args(runs, "second")) == 0
     err = capsys.readouterr().err
     assert f"teacher cache entry {weights.parent} is damaged" in err and "training the teacher again" in err
-    assert weights.read_bytes() != b"" and json.loads((runs / "second" / "teacher.json").read_text())["source"] == \
-        "trained"
+    assert (
+        weights.read_bytes() != b""
+        and json.loads((runs / "second" / "teacher.json").read_text())["source"] == "trained"
+    )
     assert cli_exit(_run_args(runs, "third")) == 0  # the rebuilt entry is used as it is
     assert json.loads((runs / "third" / "teacher.json").read_text())["source"] == "cache"
 
@@ -163,8 +172,10 @@ def test_a_damaged_teacher_cache_entry_is_named_and_rebuilt(tmp_path, monkeypatc
 def test_resume_on_a_read_only_file_system_is_exit_7(tmp_path, capsys):
     mount = tmp_path / "ro"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     try:
         (mount / "runs" / "r").mkdir(parents=True)
@@ -181,8 +192,7 @@ def test_two_writers_of_one_cache_file_never_share_a_temporary_name(tmp_path):
     from ltcompress.rundir import temp_name
 
     names = {temp_name(tmp_path / "teacher.safetensors") for _ in range(100)}
-    assert len(names) == 100 and all(n.parent == tmp_path and n.name.startswith(".teacher.safetensors.")
-                                     for n in names)
+    assert len(names) == 100 and all(n.parent == tmp_path and n.name.startswith(".teacher.safetensors.") for n in names)
 
 
 @pytest.mark.parametrize("content", [b"run: [unclosed\n", b"\xff\xfe not text", b"- a list\n"])

@@ -1,4 +1,5 @@
 """INT8 export: class-stratified calibration sampling, and static QDQ quantization of a real tiny timm model."""
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -45,16 +46,22 @@ def test_static_qdq_u8s8_per_channel_quantization_of_a_timm_model(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     zero_points = {i.name: i for i in graph.initializer}
     activation_types = {zero_points[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"}
-    weight_scales = [zero_points[n.input[1]] for n in graph.node
-                     if n.op_type == "DequantizeLinear" and n.input[0] in zero_points
-                     and zero_points[n.input[0]].data_type == onnx.TensorProto.INT8]
+    weight_scales = [
+        zero_points[n.input[1]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in zero_points
+        and zero_points[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
     assert activation_types == {onnx.TensorProto.UINT8}  # uint8 activations
     assert weight_scales and any(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)  # per channel
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]  # no pre-processed model left
     assert int8.stat().st_size < fp32.stat().st_size
     x = batches[0]
-    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-           for p in (fp32, int8)]
+    run = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        for p in (fp32, int8)
+    ]
     assert run[1].shape == run[0].shape == (8, 10)
     assert np.corrcoef(run[0].ravel(), run[1].ravel())[0, 1] > 0.9  # close to the float model, not equal
 
@@ -90,10 +97,15 @@ def test_calibration_methods(tmp_path):
         out = tmp_path / f"{method}.onnx"
         quantize(fp32, iter(batches), out, method)
         x = batches[0]
-        assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].shape \
-            == (8, 10)
-        return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer
-                if i.name.endswith("_scale")}
+        assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].shape == (
+            8,
+            10,
+        )
+        return {
+            i.name: onnx.numpy_helper.to_array(i)
+            for i in onnx.load(str(out)).graph.initializer
+            if i.name.endswith("_scale")
+        }
 
     minmax, entropy, percentile = scales("minmax"), scales("entropy"), scales("percentile")
     clipped = [k for k in minmax if not np.allclose(minmax[k], percentile[k])]
@@ -111,8 +123,13 @@ def test_per_tensor_weights_and_excluded_nodes(tmp_path):
     quantize(fp32, iter(batches), tmp_path / "pt.onnx", per_channel=False, exclude=(target,))
     graph = onnx.load(str(tmp_path / "pt.onnx")).graph
     inits = {i.name: i for i in graph.initializer}
-    weight_scales = [inits[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear"
-                     and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    weight_scales = [
+        inits[n.input[1]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
     assert weight_scales and all(len(s.dims) == 0 for s in weight_scales)  # one scale per tensor
     assert _dequantized_inputs(graph, target) == 0  # left in float
     assert _dequantized_inputs(onnx.load(str(tmp_path / "pc.onnx")).graph, target) > 0
@@ -124,8 +141,15 @@ def test_per_tensor_weights_and_excluded_nodes(tmp_path):
 def test_a_misnamed_excluded_node_is_exit_2_before_any_training(tmp_path, capsys):
     from conftest import cli_exit, tiny_cli_args
 
-    code = cli_exit(["run", *tiny_cli_args(method="ce", name="nodes", runs_dir=str(tmp_path / "runs")), "--int8",
-                     "--set", 'export.exclude_nodes=["no_such_conv"]'])
+    code = cli_exit(
+        [
+            "run",
+            *tiny_cli_args(method="ce", name="nodes", runs_dir=str(tmp_path / "runs")),
+            "--int8",
+            "--set",
+            'export.exclude_nodes=["no_such_conv"]',
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "export.exclude_nodes names node(s) the model does not have: 'no_such_conv'" in err
     assert not (tmp_path / "runs" / "nodes").exists()  # nothing trained, nothing written

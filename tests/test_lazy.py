@@ -1,20 +1,17 @@
 """The lazy path: image folders decoded in DataLoader workers. Exact resume, exact teacher-logit cache, the
 same batches as the in-memory path, and bad input at scale (a corrupt image met mid-epoch, a folder changed
 before --resume, Ctrl-C and SIGKILL with workers running)."""
+
 import copy
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import TINY_MODELS, run_cli
+from conftest import TINY_MODELS, lazy_cli_args, photo_tree, run_cli
 from ltcompress import models
 from ltcompress.config import DataConfig, TrainConfig
 from ltcompress.data import eval_batches, load, train_batches
@@ -23,27 +20,9 @@ from ltcompress.distill import LoopOptions, prepare_method, train
 from ltcompress.logit_cache import LogitCache
 from conftest import tiny_method as make
 
-COUNTS = [24, 12, 6, 4]
-
-
-def photo_tree(root: Path, counts=COUNTS, test_per_class: int = 4, seed: int = 0) -> Path:
-    """JPEG and PNG files of odd sizes and both modes, in train/<class>/ and test/<class>/."""
-    rng = np.random.default_rng(seed)
-    for split, per_class in (("train", counts), ("test", [test_per_class] * len(counts))):
-        for c, n in enumerate(per_class):
-            folder = root / split / f"class {c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                h, w = (int(v) for v in rng.integers(40, 90, 2))
-                arr = np.clip(rng.normal(60 * c + 30, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-                img = Image.fromarray(arr).convert("L" if i % 3 == 0 else "RGB")
-                img.save(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}")
-    return root
-
 
 def folder_data(root: Path, **kw):
-    values = {"dataset": "imagefolder", "data_dir": str(root), "input_size": 32, "in_memory": False,
-              "workers": 1, **kw}
+    values = {"dataset": "imagefolder", "data_dir": str(root), "input_size": 32, "in_memory": False, "workers": 1, **kw}
     return load(DataConfig(**values), root)
 
 
@@ -51,17 +30,28 @@ def _distill(data, epochs=2, stop_after_epoch=None, resume=None, saved=None, cac
     torch.manual_seed(0)
     teacher = models.create(TINY_MODELS["teacher"], data.num_classes)
     method = make("kd", epochs)
-    student, _ = prepare_method(method, models.create(TINY_MODELS["student"], data.num_classes), teacher, data,
-                                torch.device("cpu"), 32)
+    student, _ = prepare_method(
+        method, models.create(TINY_MODELS["student"], data.num_classes), teacher, data, torch.device("cpu"), 32
+    )
 
     def on_epoch(record):
         if record["epoch"] == stop_after_epoch:
             os.kill(os.getpid(), signal.SIGINT)
 
-    result = train(student, method, data, TrainConfig(epochs=epochs, batch_size=8), torch.device("cpu"),
-                   stage="student", seed=0, teacher=teacher, on_epoch=on_epoch, resume=resume,
-                   checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)),
-                   options=LoopOptions(teacher_cache=cache, progress=False))
+    result = train(
+        student,
+        method,
+        data,
+        TrainConfig(epochs=epochs, batch_size=8),
+        torch.device("cpu"),
+        stage="student",
+        seed=0,
+        teacher=teacher,
+        on_epoch=on_epoch,
+        resume=resume,
+        checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)),
+        options=LoopOptions(teacher_cache=cache, progress=False),
+    )
     return student.state_dict(), result.history
 
 
@@ -78,8 +68,9 @@ def test_lazy_and_in_memory_paths_give_the_same_evaluation_batches(tree):
     lazy, memory = folder_data(tree), folder_data(tree, in_memory=True)
     assert lazy.train.lazy and memory.in_memory and lazy.fingerprint == memory.fingerprint
     assert lazy.spec == memory.spec
-    for (xa, ya), (xb, yb) in zip(eval_batches(lazy, lazy.test, 5, torch.device("cpu")),
-                                  eval_batches(memory, memory.test, 5, torch.device("cpu"))):
+    for (xa, ya), (xb, yb) in zip(
+        eval_batches(lazy, lazy.test, 5, torch.device("cpu")), eval_batches(memory, memory.test, 5, torch.device("cpu"))
+    ):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -120,10 +111,23 @@ def test_lazy_training_batches_depend_only_on_seed_epoch_and_position(tree, augm
     def batches(first_step):
         gen = torch.Generator().manual_seed(0)
         if first_step:  # the generator as a resumed run restores it: advanced by the skipped steps
-            list(train_batches(data, order[:first_step * 8], 8, torch.device("cpu"), key=(0, 1, 0),
-                               first_step=0, generator=gen, mixer=None))
-        return list(train_batches(data, order, 8, torch.device("cpu"), key=(0, 1, 0), first_step=first_step,
-                                  generator=gen, mixer=mixer))
+            list(
+                train_batches(
+                    data,
+                    order[: first_step * 8],
+                    8,
+                    torch.device("cpu"),
+                    key=(0, 1, 0),
+                    first_step=0,
+                    generator=gen,
+                    mixer=None,
+                )
+            )
+        return list(
+            train_batches(
+                data, order, 8, torch.device("cpu"), key=(0, 1, 0), first_step=first_step, generator=gen, mixer=mixer
+            )
+        )
 
     whole, tail = batches(0), batches(2)
     assert len(whole) == 5 and len(tail) == 3
@@ -158,22 +162,30 @@ def test_ema_weights_are_exported_and_resume_exactly(tree):
     plain = models.create(TINY_MODELS["student"], data.num_classes)
     ema_model = copy.deepcopy(plain)
     method = make("ce", 2)
-    train(plain, method, data, TrainConfig(epochs=2, batch_size=8), torch.device("cpu"), stage="student", seed=0,
-          options=LoopOptions(progress=False))
+    train(
+        plain,
+        method,
+        data,
+        TrainConfig(epochs=2, batch_size=8),
+        torch.device("cpu"),
+        stage="student",
+        seed=0,
+        options=LoopOptions(progress=False),
+    )
     saved = []
-    train(ema_model, make("ce", 2), data, TrainConfig(epochs=2, batch_size=8, ema=True, ema_decay=0.5),
-          torch.device("cpu"), stage="student", seed=0, options=LoopOptions(progress=False),
-          checkpoint=lambda state: saved.append(copy.deepcopy(state)))
+    train(
+        ema_model,
+        make("ce", 2),
+        data,
+        TrainConfig(epochs=2, batch_size=8, ema=True, ema_decay=0.5),
+        torch.device("cpu"),
+        stage="student",
+        seed=0,
+        options=LoopOptions(progress=False),
+        checkpoint=lambda state: saved.append(copy.deepcopy(state)),
+    )
     assert "ema" in saved[-1] and not _same(plain.state_dict(), ema_model.state_dict())
     assert _same(ema_model.state_dict(), {k.removeprefix("module."): v for k, v in saved[-1]["ema"].items()})
-
-
-def _cli_args(root: Path, runs: Path, name: str, *extra: str) -> list[str]:
-    return ["--dataset", "imagefolder", "--data-dir", str(root), "--teacher", TINY_MODELS["teacher"],
-            "--student", TINY_MODELS["student"], "--method", "kd", "--no-progress", "--runs-dir", str(runs),
-            "--name", name, "--teacher-init", "scratch", "--set", "data.input_size=32", "--set", "data.in_memory=false",
-            "--set", "teacher.train.epochs=1", "--set", "student.train.epochs=2", "--set",
-            "teacher.train.batch_size=8", "--set", "student.train.batch_size=8", *extra]
 
 
 def test_corrupt_image_met_by_a_worker_is_exit_3_naming_it_or_skipped_and_counted(tree, tmp_path, capsys):
@@ -183,81 +195,16 @@ def test_corrupt_image_met_by_a_worker_is_exit_3_naming_it_or_skipped_and_counte
     shutil.copytree(tree, root)
     bad = root / "train" / "class 2" / "002.png"
     bad.write_bytes(b"not an image at all")
-    code, _, err = run_cli(["run", *_cli_args(root, tmp_path / "runs", "bad", "--set", "data.workers=2")], capsys)
+    code, _, err = run_cli(["run", *lazy_cli_args(root, tmp_path / "runs", "bad", "--set", "data.workers=2")], capsys)
     assert code == 3 and str(bad) in err and "data.skip_corrupt" in err and "Traceback" not in err
-    code, _, err = run_cli(["run", *_cli_args(root, tmp_path / "runs", "skip", "--set", "data.skip_corrupt=true")],
-                           capsys)
+    code, _, err = run_cli(
+        ["run", *lazy_cli_args(root, tmp_path / "runs", "skip", "--set", "data.skip_corrupt=true")], capsys
+    )
     assert code == 0, err
     import json
 
     report = json.loads((tmp_path / "runs" / "skip" / "report.json").read_text())
     assert report["data"]["skipped"] == [str(bad)] and report["data"]["pipeline"]["in_memory"] is False
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _start(root: Path, runs: Path, name: str, *extra: str) -> tuple[subprocess.Popen, list[int]]:
-    """A real run with 2 workers, stopped while they are up (after its first student step)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ltcompress", "run", *_cli_args(
-        root, runs, name, "--set", "data.workers=2", "--set", "student.train.epochs=30", *extra)],
-        stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    deadline = time.time() + 240
-    for line in proc.stderr:
-        if "student: first training step done" in line or time.time() > deadline:
-            break
-    workers = [pid for pid in _children(proc.pid) if _alive(pid)]
-    return proc, workers
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_stops_workers_cleanly_and_a_changed_folder_is_refused_on_resume(tree, tmp_path, capsys):
-    import shutil
-
-    root = tmp_path / "photos"
-    shutil.copytree(tree, root)
-    proc, workers = _start(root, tmp_path / "runs", "stopped")
-    assert workers, "the run should have decoding workers while it trains"
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
-    time.sleep(1)
-    assert not any(_alive(pid) for pid in workers)
-    (root / "train" / "class 3" / "new.png").write_bytes((root / "train" / "class 3" / "000.png").read_bytes())
-    code, _, err = run_cli(["run", *_cli_args(root, tmp_path / "runs", "stopped", "--set", "data.workers=2",
-                                              "--set", "student.train.epochs=30", "--resume")], capsys)
-    assert code == 3 and "data changed" in err and "1 added" in err and "new.png" in err
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigkill_of_the_main_process_leaves_no_orphan_workers(tree, tmp_path):
-    proc, workers = _start(tree, tmp_path / "runs", "killed")
-    assert workers
-    proc.kill()
-    proc.wait(timeout=30)
-    deadline = time.time() + 15
-    while any(_alive(pid) for pid in workers) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(pid) for pid in workers)
 
 
 @pytest.mark.slow
@@ -275,12 +222,28 @@ def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tr
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     for arch in TINY_MODELS.values():
         cache_weights(hub, arch)
-    overrides = {"data.input_size": 224, "data.in_memory": False, "data.workers": 2, "teacher.finetune.epochs": 1,
-                 "student.train.epochs": 1, "teacher.finetune.batch_size": 8, "student.train.batch_size": 8,
-                 "student.train.ema": True}
-    result = compress(teacher=TINY_MODELS["teacher"], student=TINY_MODELS["student"], method="kd",
-                      dataset="imagefolder", data_dir=str(tree), teacher_init="pretrained", student_init="auto",
-                      runs_dir=str(tmp_path / "runs"), overrides=overrides, progress=False)
+    overrides = {
+        "data.input_size": 224,
+        "data.in_memory": False,
+        "data.workers": 2,
+        "teacher.finetune.epochs": 1,
+        "student.train.epochs": 1,
+        "teacher.finetune.batch_size": 8,
+        "student.train.batch_size": 8,
+        "student.train.ema": True,
+    }
+    result = compress(
+        teacher=TINY_MODELS["teacher"],
+        student=TINY_MODELS["student"],
+        method="kd",
+        dataset="imagefolder",
+        data_dir=str(tree),
+        teacher_init="pretrained",
+        student_init="auto",
+        runs_dir=str(tmp_path / "runs"),
+        overrides=overrides,
+        progress=False,
+    )
     assert result.passed
     rep = result.report
     assert rep["student"]["init"] == "pretrained" and rep["student"]["exported_weights"] == "ema"

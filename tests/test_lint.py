@@ -1,5 +1,6 @@
 """The code base is lint-clean, formatted and type-checked (ruff and mypy, configured in pyproject.toml), so the
 README's test command, which CI runs, checks all three."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_ruff_finds_nothing():
     proc = _run("ruff", "check", "--no-cache", str(ROOT))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_would_change_nothing():
+    proc = _run("ruff", "format", "--check", "--no-cache", str(ROOT))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

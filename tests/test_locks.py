@@ -1,6 +1,7 @@
 """Locks through their public API only (filelock underneath, so the same code path runs on Windows and macOS):
 a run directory held by one process is exit 2 for another, and free again once released or once its holder
 died; cache entries lock and unlock."""
+
 import subprocess
 import sys
 
@@ -21,8 +22,9 @@ except UsageError as exc:
 
 
 def _reopen_elsewhere(runs) -> str:
-    return subprocess.run([sys.executable, "-c", REOPEN, str(runs)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", REOPEN, str(runs)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_a_held_run_directory_is_refused_to_another_process_then_free(tmp_path):
@@ -39,9 +41,17 @@ def test_a_lock_dies_with_its_process(tmp_path):
     run = rundir.create(tmp_path, "r", "unused")
     (run.path / "config.yaml").write_text("seed: 0\n")
     run.close()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ltcompress import rundir\n"
-                               "run = rundir.reopen(sys.argv[1], 'r')\nprint('held', flush=True)\ntime.sleep(60)",
-                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom ltcompress import rundir\n"
+            "run = rundir.reopen(sys.argv[1], 'r')\nprint('held', flush=True)\ntime.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     assert _reopen_elsewhere(tmp_path).startswith("refused")
     holder.kill()

@@ -1,4 +1,5 @@
 """The exact teacher-logit cache: cached and uncached runs train bit-identical students."""
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -11,8 +12,9 @@ SPEC = {"teacher_sha256": "t" * 64, "data": "d" * 64, "sampler": "instance", "se
 
 
 def _student(method_name="bkd", cache=None, **params):
-    student, _, result = tiny_distill(method_name, batch_size=8, params=params,
-                                      options=LoopOptions(teacher_cache=cache, progress=False))
+    student, _, result = tiny_distill(
+        method_name, batch_size=8, params=params, options=LoopOptions(teacher_cache=cache, progress=False)
+    )
     return student.state_dict(), [h.get("teacher_logits") for h in result.history]
 
 
@@ -34,8 +36,11 @@ def test_a_stale_or_foreign_file_is_rebuilt_not_used(tmp_path):
     cache = LogitCache.open(tmp_path, SPEC)
     plain, _ = _student()
     cache.folder.mkdir(parents=True)
-    save_file({"logits": torch.zeros(72, len(COUNTS))}, str(cache.folder / "epoch-0001.safetensors"),
-              metadata={"key": "another run"})
+    save_file(
+        {"logits": torch.zeros(72, len(COUNTS))},
+        str(cache.folder / "epoch-0001.safetensors"),
+        metadata={"key": "another run"},
+    )
     (cache.folder / "epoch-0002.safetensors").write_bytes(b"not safetensors")
     student, sources = _student(cache=cache)
     assert sources == ["computed", "computed"] and _same(plain, student)

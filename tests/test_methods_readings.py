@@ -1,6 +1,7 @@
 """Identities and switches of the methods that are readings (rekd, krdistill, ltkd): what each reading claims
 about its loss, checked exactly. The registry-generated tests (naive reference, gradients, bf16) for every
 method are in test_methods.py; this file reuses its helpers and naive references."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,12 @@ def test_rekd_weighted_decomposition_is_kd_per_sample():
     top = topk_mask(zs, 3)
     tisd, ntid = rekd_terms(zs, zt, top, T)
     mass = binary_log_probs(zt, top, T).exp()  # teacher's [P(M), P(not M)]
-    binary = T * T * F.kl_div(binary_log_probs(zs, top, T), binary_log_probs(zt, top, T), log_target=True,
-                              reduction="none").sum(1)
-    kd = T * T * F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True,
-                          reduction="none").sum(1)
+    binary = (
+        T
+        * T
+        * F.kl_div(binary_log_probs(zs, top, T), binary_log_probs(zt, top, T), log_target=True, reduction="none").sum(1)
+    )
+    kd = T * T * F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True, reduction="none").sum(1)
     torch.testing.assert_close(mass[:, 0] * tisd + mass[:, 1] * ntid + binary, kd)
 
 
@@ -70,10 +73,18 @@ def test_krdistill_parts_switch_off():
 
 # ---------------------------------------------------------------- krdistill switches
 FIRST_READING = {"T": 4.0, "prior_after_temper": False, "swap": "all", "feature_term": True}
-SWITCHES = [{}, FIRST_READING, {"prior_after_temper": False}, {"swap": "all"}, {"swap": "none"},
-            {"feature_term": True}, {"feature_term": True, "feature_warmup": 5.0},
-            {"feature_term": True, "swap": "tail", "feature_warmup": 2.5, "tau": 0.5, "lam": 0.2},
-            {"swap": "none", "feature_term": False}, {"feature_term": True, "logit_term": False}]
+SWITCHES = [
+    {},
+    FIRST_READING,
+    {"prior_after_temper": False},
+    {"swap": "all"},
+    {"swap": "none"},
+    {"feature_term": True},
+    {"feature_term": True, "feature_warmup": 5.0},
+    {"feature_term": True, "swap": "tail", "feature_warmup": 2.5, "tau": 0.5, "lam": 0.2},
+    {"swap": "none", "feature_term": False},
+    {"feature_term": True, "logit_term": False},
+]
 
 
 @pytest.mark.parametrize("args", SWITCHES, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "default")
@@ -84,15 +95,25 @@ def test_krdistill_switches_match_naive_reference(args):
     extra = {"method": method, "fs": fs.double().tolist(), "ft": ft.double().tolist()}
     for epoch in (1.25, 3.0, 30.5):  # inside and after a feature warm-up
         got = float(method(step(method, zs, zt, y, epoch, fs, ft)).detach())
-        want = naive_krdistill(zs.double().tolist(), zt.double().tolist(), y.tolist(), method.params,
-                               COUNTS.tolist(), epoch, 240, extra)
+        want = naive_krdistill(
+            zs.double().tolist(), zt.double().tolist(), y.tolist(), method.params, COUNTS.tolist(), epoch, 240, extra
+        )
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
 
 
 def test_krdistill_defaults_are_the_second_reading():
     p = METHODS.get("krdistill").Params()
-    assert (p.prior_after_temper, p.swap, p.feature_term, p.logit_term, p.feature_warmup, p.T, p.tau, p.lam,
-            p.beta) == (True, "tail", False, True, 0.0, 2.0, 1.0, 0.5, 1.0)
+    assert (
+        p.prior_after_temper,
+        p.swap,
+        p.feature_term,
+        p.logit_term,
+        p.feature_warmup,
+        p.T,
+        p.tau,
+        p.lam,
+        p.beta,
+    ) == (True, "tail", False, True, 0.0, 2.0, 1.0, 0.5, 1.0)
     assert not METHODS.get("krdistill")(p, MethodContext(COUNTS, 10)).needs_features  # so the logit cache serves it
     assert "second reading" in method_info("krdistill").reading
 
@@ -127,8 +148,7 @@ def test_krdistill_swap_tail_touches_only_medium_and_few_labels():
     # the tail is the run's: with a lower many_threshold fewer classes are tail
     ctx = MethodContext(COUNTS, 10, many_threshold=50, few_threshold=10)
     cls = METHODS.get("krdistill")
-    assert cls(cls.make_params({"swap": "tail"}), ctx).tail_classes.tolist() == [False, False, False, True, True,
-                                                                                  True]
+    assert cls(cls.make_params({"swap": "tail"}), ctx).tail_classes.tolist() == [False, False, False, True, True, True]
 
 
 def test_krdistill_feature_warmup_ramps_beta():
@@ -144,9 +164,14 @@ def test_krdistill_feature_warmup_ramps_beta():
     assert method.feature_weight(1.0) == pytest.approx(0.5) and flat.feature_weight(1.0) == 2.0
 
 
-@pytest.mark.parametrize("args, match", [({"swap": "head"}, "swap must be one of"),
-                                         ({"feature_warmup": -1.0}, "feature_warmup >= 0"),
-                                         ({"prior_after_temper": "yes"}, "prior_after_temper")])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ({"swap": "head"}, "swap must be one of"),
+        ({"feature_warmup": -1.0}, "feature_warmup >= 0"),
+        ({"prior_after_temper": "yes"}, "prior_after_temper"),
+    ],
+)
 def test_krdistill_bad_switches_are_usage_errors(args, match):
     with pytest.raises(UsageError, match=match) as info:
         build("krdistill", **args)
@@ -154,8 +179,13 @@ def test_krdistill_bad_switches_are_usage_errors(args, match):
 
 
 # ---------------------------------------------------------------- ltkd
-GROUPINGS = [(COUNTS, 100, 20, 3), (COUNTS, 1000, 20, 2), (COUNTS, 100, 3, 2), (COUNTS, 1, 1, 1),
-             (torch.tensor([500.0, 400, 300, 150, 120, 101]), 100, 20, 1)]
+GROUPINGS = [
+    (COUNTS, 100, 20, 3),
+    (COUNTS, 1000, 20, 2),
+    (COUNTS, 100, 3, 2),
+    (COUNTS, 1, 1, 1),
+    (torch.tensor([500.0, 400, 300, 150, 120, 101]), 100, 20, 1),
+]
 
 
 @pytest.mark.parametrize("counts, many, few, n_groups", GROUPINGS)
@@ -199,11 +229,21 @@ def test_ltkd_with_a_single_group_is_kd():
 def test_ltkd_matches_naive_reference_for_any_grouping(many, few, alpha, beta, T, tau):
     zs, zt, y = batch(21, n=16)
     cls = METHODS.get("ltkd")
-    method = cls(cls.make_params({"alpha": alpha, "beta": beta, "T": T, "tau": tau}),
-                 MethodContext(COUNTS, 10, many_threshold=many, few_threshold=few))
+    method = cls(
+        cls.make_params({"alpha": alpha, "beta": beta, "T": T, "tau": tau}),
+        MethodContext(COUNTS, 10, many_threshold=many, few_threshold=few),
+    )
     got = float(method(StepInputs(zs, y, 1.0, zt)))
-    want = naive_ltkd(zs.double().tolist(), zt.double().tolist(), y.tolist(), method.params, COUNTS.tolist(),
-                      1.0, 10, {"method": method})
+    want = naive_ltkd(
+        zs.double().tolist(),
+        zt.double().tolist(),
+        y.tolist(),
+        method.params,
+        COUNTS.tolist(),
+        1.0,
+        10,
+        {"method": method},
+    )
     assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
 
 

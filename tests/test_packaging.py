@@ -1,5 +1,6 @@
 """What a user installs: `python -m build` makes an sdist and a wheel holding the package, its presets and the
 edge runtime; the wheel, installed into a fresh virtual environment, runs from outside the source tree."""
+
 import os
 import shutil
 import site
@@ -20,10 +21,19 @@ REPO = Path(__file__).resolve().parent.parent
 def _build(tmp_path: Path) -> tuple[Path, Path]:
     """sdist and wheel of a copy of the source tree (no build isolation: nothing is downloaded)."""
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "bench-runs", "build", "dist",
-                                                             "*.egg-info", "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "runs", "bench-runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+        ),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     shutil.rmtree(src)  # nothing may still point at the source tree
     (sdist,), (wheel,) = (list((tmp_path / "dist").glob(pattern)) for pattern in ("*.tar.gz", "*.whl"))
     return sdist, wheel
@@ -34,8 +44,12 @@ def _venv(tmp_path: Path) -> Path:
     running the test venv's .pth files, so the editable ltcompress of the source tree stays out."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    own = subprocess.run([str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    own = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(own, "test_venv.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return venv
 
@@ -43,8 +57,12 @@ def _venv(tmp_path: Path) -> Path:
 def test_the_built_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     sdist, wheel = _build(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("ltcompress/cli.py", "ltcompress/presets/fmnist-lt.yaml", "ltcompress/edge/runtime.py",
-                   "ltcompress/edge/BUNDLE_README.md"):
+    for needed in (
+        "ltcompress/cli.py",
+        "ltcompress/presets/fmnist-lt.yaml",
+        "ltcompress/edge/runtime.py",
+        "ltcompress/edge/BUNDLE_README.md",
+    ):
         assert needed in names, needed
     assert not any(n.startswith(("presets/", "export/", "tests/", "bench/")) for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
@@ -54,21 +72,34 @@ def test_the_built_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     assert any(n.endswith("export/runtime.py") for n in in_sdist)
 
     venv = _venv(tmp_path)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        cwd=tmp_path,
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "LTCOMPRESS_CACHE": str(tmp_path / "cache")}
     env.pop("PYTHONPATH", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(venv / "bin" / "ltcompress"), *args], capture_output=True, text=True, env=env,
-                              cwd=work)
+        return subprocess.run(
+            [str(venv / "bin" / "ltcompress"), *args], capture_output=True, text=True, env=env, cwd=work
+        )
 
     assert cli("--help").returncode == 0
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import ltcompress, ltcompress.edge.runtime as r; "
-                            "print(ltcompress.__file__); print(r.__file__)"], capture_output=True, text=True,
-                           check=True, cwd=work, env=env).stdout.splitlines()
+    where = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import ltcompress, ltcompress.edge.runtime as r; print(ltcompress.__file__); print(r.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=work,
+        env=env,
+    ).stdout.splitlines()
     assert all(line.startswith(str(venv)) for line in where)  # the installed copy, not the source tree
     methods = cli("list-methods")
     assert methods.returncode == 0 and "krdistill" in methods.stdout and "bkd" in methods.stdout

@@ -1,5 +1,6 @@
 """Methods from other packages: an installed distribution's `ltcompress.methods` entry point reaches the CLI
 (list-methods, run --method) without a launcher; a broken plugin is a warning, not a crash."""
+
 import json
 import os
 import subprocess
@@ -63,21 +64,36 @@ def test_an_installed_plugin_method_reaches_the_cli(tmp_path):
     (src / "pyproject.toml").write_text(PYPROJECT)
     (src / "ltc_bskd.py").write_text(PLUGIN)
     (src / "ltc_broken.py").write_text("def register():\n    raise RuntimeError('this plugin is broken')\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(src)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     env = {**os.environ, "PYTHONPATH": str(site), "LTCOMPRESS_CACHE": str(tmp_path / "cache")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ltcompress", *args], capture_output=True, text=True,
-                              env=env, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "ltcompress", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
 
     listed = cli("list-methods", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["bskd"]["summary"] == "Balanced Softmax CE plus KD (a plugin)" and "krdistill" in rows
     assert "plugin 'broken'" in listed.stderr and "this plugin is broken" in listed.stderr
-    run = cli("run", *tiny_cli_args(method="bskd", name="p", runs_dir=str(tmp_path / "runs")),
-              "--method-arg", "T=3")
+    run = cli("run", *tiny_cli_args(method="bskd", name="p", runs_dir=str(tmp_path / "runs")), "--method-arg", "T=3")
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "runs" / "p" / "report.json").read_text())
     assert report["method"]["name"] == "bskd" and report["method"]["params"] == {"T": 3.0}

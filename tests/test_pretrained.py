@@ -1,5 +1,6 @@
 """Pretrained starts through timm / huggingface_hub cache semantics, on a real HF cache layout built on disk for a
 tiny timm model (no network): HF_HUB_OFFLINE with cached weights, empty caches, corrupt files, mirrors, files."""
+
 import hashlib
 import http.server
 import os
@@ -76,8 +77,9 @@ def test_cached_weights_are_used_offline_with_a_new_head(hub, init):
     assert info["weights_sha256"] == blob.name  # the file that was loaded is the cached one
     from huggingface_hub import try_to_load_from_cache
 
-    assert os.path.realpath(info["file"]) == os.path.realpath(try_to_load_from_cache(
-        "timm/test_resnet.r160_in1k", "model.safetensors"))
+    assert os.path.realpath(info["file"]) == os.path.realpath(
+        try_to_load_from_cache("timm/test_resnet.r160_in1k", "model.safetensors")
+    )
 
 
 def test_cached_weights_adapt_to_one_channel(hub):
@@ -287,8 +289,13 @@ def test_pretrained_teacher_is_fine_tuned_with_its_recipe_and_records_it(hub, tm
 
     cache_weights(hub)
     data = tiny_data()
-    over = {"teacher.arch": ARCH, "teacher.finetune.epochs": 1, "teacher.finetune.batch_size": 16,
-            "teacher.train.epochs": 2, "run.cache_dir": str(tmp_path / "cache")}
+    over = {
+        "teacher.arch": ARCH,
+        "teacher.finetune.epochs": 1,
+        "teacher.finetune.batch_size": 16,
+        "teacher.train.epochs": 2,
+        "run.cache_dir": str(tmp_path / "cache"),
+    }
     cfg = resolve(None, over)
     p = stage.plan(cfg, data, "ce")
     assert (p.init, p.key) == ("pretrained", stage.cache_key(cfg, ARCH, "pretrained", "ce", data))
@@ -296,8 +303,14 @@ def test_pretrained_teacher_is_fine_tuned_with_its_recipe_and_records_it(hub, tm
     assert stage.recipe_for(cfg, "pretrained") == ("finetune", cfg.teacher.finetune)
     seen = {}
     real_train = stage.train
-    monkeypatch.setattr(stage, "train", lambda model, method, d, recipe, *a, **k: (
-        seen.setdefault("recipe", recipe), real_train(model, method, d, recipe, *a, **k))[1])
+    monkeypatch.setattr(
+        stage,
+        "train",
+        lambda model, method, d, recipe, *a, **k: (
+            seen.setdefault("recipe", recipe),
+            real_train(model, method, d, recipe, *a, **k),
+        )[1],
+    )
     got = stage.obtain(p, cfg, data, torch.device("cpu"), None, progress=False)
     assert seen["recipe"] == cfg.teacher.finetune
     prov = got.provenance

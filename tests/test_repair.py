@@ -1,5 +1,6 @@
 """INT8 repair: held-out data set aside before training, nodes ranked by what they do to the gated classes, and a
 real run that fails its int8 gate without the repair and passes with it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,16 @@ def test_damage_is_the_class_balanced_mean_kl_of_a_naive_loop():
     assert damage(ref, out, labels, [7]) == 0.0  # a class with no held-out image says nothing
 
 
-@pytest.mark.parametrize("expr, classes", [
-    ("drop(fp32, int8).few <= 0.01", [2, 3]), ("int8.medium >= 0.5", [1]), ("int8.class[c_tail] >= 0.5", [2]),
-    ("flip(fp32, int8) <= 0.1", [0, 1, 2, 3]), ("int8.worst >= 0.1", [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "expr, classes",
+    [
+        ("drop(fp32, int8).few <= 0.01", [2, 3]),
+        ("int8.medium >= 0.5", [1]),
+        ("int8.class[c_tail] >= 0.5", [2]),
+        ("flip(fp32, int8) <= 0.1", [0, 1, 2, 3]),
+        ("int8.worst >= 0.1", [0, 1, 2, 3]),
+    ],
+)
 def test_gated_classes_are_the_classes_a_gate_reads(expr, classes):
     assert gated_classes([gate_mod.parse(expr)], GROUPS, NAMES) == classes
 
@@ -79,8 +87,12 @@ def test_head_calibration_samples_only_the_classes_holding_half_the_images():
 
 def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_path):
     torch.manual_seed(0)
-    fp32 = export(models.create("test_efficientnet", 4, 3).eval(), InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB",
-                                                                              32), tmp_path / "m.onnx", 18)
+    fp32 = export(
+        models.create("test_efficientnet", 4, 3).eval(),
+        InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32),
+        tmp_path / "m.onnx",
+        18,
+    )
     rng = np.random.default_rng(0)
     q = Quantizer(fp32, iter([rng.normal(size=(4, 3, 32, 32)).astype(np.float32)]), tmp_path)
     names = q.graph_nodes
@@ -94,8 +106,12 @@ def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_
 
 def test_a_repaired_node_computes_in_float_with_its_weights_stored_int8(tmp_path):
     torch.manual_seed(0)
-    fp32 = export(models.create("test_efficientnet", 4, 3).eval(), InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB",
-                                                                              32), tmp_path / "m.onnx", 18)
+    fp32 = export(
+        models.create("test_efficientnet", 4, 3).eval(),
+        InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32),
+        tmp_path / "m.onnx",
+        18,
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3, 32, 32)).astype(np.float32)
     q = Quantizer(fp32, iter([x]), tmp_path)
@@ -111,16 +127,22 @@ def test_a_repaired_node_computes_in_float_with_its_weights_stored_int8(tmp_path
         weight = producers[node.input[1]]  # the weight comes through a DequantizeLinear of int8 values
         assert weight.op_type == "DequantizeLinear" and inits[weight.input[0]].data_type == onnx.TensorProto.INT8
     onnx.checker.check_model(str(stored))
-    run = {p.name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-           for p in (floated, stored)}
+    run = {
+        p.name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        for p in (floated, stored)
+    }
     scale = np.abs(run["float.onnx"]).max()
     assert np.abs(run["float.onnx"] - run["stored.onnx"]).max() < 0.05 * scale  # int8 weights, float compute
 
 
 # A long-tailed folder where per-tensor ranges calibrated on the head class alone clip the tail: the head is dark,
 # the tail classes bright, each class its own stripes.
-SYNTH = {"a_head": (80, "h", 0, 50), "b_mid": (30, "v", 0, 50), "c_tail": (8, "h", 170, 255),
-         "d_tail": (8, "v", 170, 255)}
+SYNTH = {
+    "a_head": (80, "h", 0, 50),
+    "b_mid": (30, "v", 0, 50),
+    "c_tail": (8, "h", 170, 255),
+    "d_tail": (8, "v", 170, 255),
+}
 
 
 @pytest.fixture(scope="module")
@@ -140,18 +162,60 @@ def synth(tmp_path_factory):
 
 
 def _synth_args(root, tmp_path, name, *extra, gate="drop(fp32, int8).few <= 0.1"):
-    return ["run", "--dataset", "imagefolder", "--data-dir", str(root), "--student", "test_efficientnet",
-            "--method", "ce", "--epochs", "15", "--no-progress", "--runs-dir", str(tmp_path), "--name", name,
-            "--gate", gate, "--set", "data.input_size=32", "--set", "data.many_threshold=50",
-            "--set", "data.few_threshold=10", "--set", "data.augment=crop_flip", "--set", "export.calibration=head",
-            "--set", "export.per_channel=false", "--set", "export.repair_holdout=0.25",
-            "--set", "export.speed_budget_s=0", *extra]
+    return [
+        "run",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(root),
+        "--student",
+        "test_efficientnet",
+        "--method",
+        "ce",
+        "--epochs",
+        "15",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        name,
+        "--gate",
+        gate,
+        "--set",
+        "data.input_size=32",
+        "--set",
+        "data.many_threshold=50",
+        "--set",
+        "data.few_threshold=10",
+        "--set",
+        "data.augment=crop_flip",
+        "--set",
+        "export.calibration=head",
+        "--set",
+        "export.per_channel=false",
+        "--set",
+        "export.repair_holdout=0.25",
+        "--set",
+        "export.speed_budget_s=0",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, capsys):
-    code, _, err = run_cli(_synth_args(synth, tmp_path, "fixed", "--int8-repair", "--set", "export.repair_budget=64",
-                                       "--set", "export.repair_max_size=8"), capsys)
+    code, _, err = run_cli(
+        _synth_args(
+            synth,
+            tmp_path,
+            "fixed",
+            "--int8-repair",
+            "--set",
+            "export.repair_budget=64",
+            "--set",
+            "export.repair_max_size=8",
+        ),
+        capsys,
+    )
     assert code == 0, err
     run = tmp_path / "fixed"
     report = json.loads((run / "report.json").read_text())
@@ -175,8 +239,9 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, 
     card = (run / "bundle" / "README.md").read_text()
     assert "fp32_nodes:" in card and r["nodes"][0]["node"] in card
 
-    code, _, err = run_cli(_synth_args(synth, tmp_path, "short", "--int8-repair", "--set", "export.repair_budget=1"),
-                           capsys)
+    code, _, err = run_cli(
+        _synth_args(synth, tmp_path, "short", "--int8-repair", "--set", "export.repair_budget=1"), capsys
+    )
     assert code == 5 and "did not meet the int8 gates on the held-out images" in err and "budget of 1" in err
     assert not json.loads((tmp_path / "short" / "report.json").read_text())["passed"]
     assert not (tmp_path / "short" / "bundle").exists()
@@ -191,17 +256,21 @@ def test_val_list_is_the_held_out_split_and_its_labels_are_checked(synth, tmp_pa
     assert data.val is not None and data.val.labels.tolist() == [0, 1, 2, 3]
     assert data.val_source == "data.val_list val.txt, 4 images"
     (synth / "bad.txt").write_text("test/a_head/0.png 9\n")
-    code, _, err = run_cli(_synth_args(synth, tmp_path, "bad", "--int8-repair", "--set", "data.val_list=bad.txt"),
-                           capsys)
+    code, _, err = run_cli(
+        _synth_args(synth, tmp_path, "bad", "--int8-repair", "--set", "data.val_list=bad.txt"), capsys
+    )
     assert code == 3 and "bad.txt: label 9 of" in err and "out of range 0..3" in err
 
 
-@pytest.mark.parametrize("extra, gate, message", [
-    (["--int8-repair", "--set", "export.repair_budget=0"], None, "export.repair_budget is 0"),
-    (["--int8-repair"], "few >= 0", "export.int8_repair works toward the int8 gates and this run has none"),
-    (["--set", "export.int8_repair=true"], None, "turn it on with --int8"),
-    (["--int8-repair", "--set", "export.repair_holdout=0.9"], None, "export.repair_holdout must be in (0, 0.5]"),
-])
+@pytest.mark.parametrize(
+    "extra, gate, message",
+    [
+        (["--int8-repair", "--set", "export.repair_budget=0"], None, "export.repair_budget is 0"),
+        (["--int8-repair"], "few >= 0", "export.int8_repair works toward the int8 gates and this run has none"),
+        (["--set", "export.int8_repair=true"], None, "turn it on with --int8"),
+        (["--int8-repair", "--set", "export.repair_holdout=0.9"], None, "export.repair_holdout must be in (0, 0.5]"),
+    ],
+)
 def test_bad_repair_settings_are_one_line_and_exit_2(synth, tmp_path, capsys, extra, gate, message):
     code, _, err = run_cli(_synth_args(synth, tmp_path, "x", *extra, gate=gate or "int8.few >= 0"), capsys)
     assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
@@ -209,8 +278,9 @@ def test_bad_repair_settings_are_one_line_and_exit_2(synth, tmp_path, capsys, ex
 
 
 def test_val_list_belongs_to_imagefolder(tmp_path, capsys):
-    code, _, err = run_cli(["run", "--no-progress", "--set", "data.val_list=v.txt", "--runs-dir", str(tmp_path)],
-                           capsys)
+    code, _, err = run_cli(
+        ["run", "--no-progress", "--set", "data.val_list=v.txt", "--runs-dir", str(tmp_path)], capsys
+    )
     assert code == 2 and "data.val_list is read by the imagefolder dataset" in err
 
 

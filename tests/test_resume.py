@@ -1,4 +1,5 @@
 """Checkpoint and resume: a killed or interrupted run continues to the bit-identical student."""
+
 import copy
 import os
 import signal
@@ -22,12 +23,19 @@ EPOCHS = 3
 def _train(stop_after_epoch=None, resume=None, saved=None):
     """Distill test_resnet -> test_efficientnet on generated data; with `stop_after_epoch`, Ctrl-C arrives then
     (the loop finishes the step it is in, checkpoints mid-epoch and raises KeyboardInterrupt)."""
+
     def on_epoch(record):
         if record["epoch"] == stop_after_epoch:
             os.kill(os.getpid(), signal.SIGINT)
 
-    student, _, _ = tiny_distill("bkd", epochs=EPOCHS, batch_size=8, on_epoch=on_epoch, resume=resume,
-                                 checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)))
+    student, _, _ = tiny_distill(
+        "bkd",
+        epochs=EPOCHS,
+        batch_size=8,
+        on_epoch=on_epoch,
+        resume=resume,
+        checkpoint=None if saved is None else lambda state: saved.append(copy.deepcopy(state)),
+    )
     return student
 
 
@@ -92,15 +100,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, sig", [("student", signal.SIGKILL), ("teacher", signal.SIGKILL),
-                                        ("student", signal.SIGINT)])
+@pytest.mark.parametrize(
+    "stage, sig", [("student", signal.SIGKILL), ("teacher", signal.SIGKILL), ("student", signal.SIGINT)]
+)
 def test_killed_real_run_resumes_to_the_same_student(stage, sig, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(tmp_path / "cache"))
     assert _run(_cli(tmp_path, "whole"), capsys)[0] == 0
     if stage == "teacher":  # the teacher must train again in the killed run, not come from the cache
         monkeypatch.setenv("LTCOMPRESS_CACHE", str(tmp_path / "cache2"))
-    proc = subprocess.Popen([sys.executable, "-m", "ltcompress", "run", *_cli(tmp_path, "killed")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ltcompress", "run", *_cli(tmp_path, "killed")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     ckpt = tmp_path / "runs" / "killed" / "checkpoints" / f"{stage}-last.pt"
     _wait_for(ckpt, proc)
     time.sleep(0.3)  # into the next epoch

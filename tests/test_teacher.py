@@ -81,7 +81,8 @@ def test_renormalize_maps_run_normalisation_to_model_normalisation():
     raw = torch.rand(2, 3, 4, 4)
     run_norm = (raw - 0.3) / 0.4
     imagenet_norm = (raw - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     torch.testing.assert_close(wrap(run_norm), imagenet_norm)
 
 
@@ -123,8 +124,11 @@ def test_teacher_loss_refuses_methods_that_change_the_classifier():
     from ltcompress.methods.base import Method
     from ltcompress.teacher import resolve_loss
 
-    adapting = [n for n in METHODS.names() if not METHODS.get(n).uses_teacher
-                and METHODS.get(n).adapt_student is not Method.adapt_student]
+    adapting = [
+        n
+        for n in METHODS.names()
+        if not METHODS.get(n).uses_teacher and METHODS.get(n).adapt_student is not Method.adapt_student
+    ]
     distilling = [METHODS.get(n) for n in METHODS.names() if METHODS.get(n).uses_teacher]
     assert adapting  # the registry has such a method (LDAM's cosine classifier); the teacher stage cannot build it
     for name in adapting:

@@ -1,5 +1,6 @@
 """The edge runtime's preprocessing (which ltcompress also evaluates with) against timm's own transforms, and
 timm's training transforms as ltcompress.data.transforms wraps them, on real JPEG and PNG files."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ def write_photos(folder: Path) -> list[Path]:
         "palette_97x97.png": rgb[(97, 97)].quantize(64),
         "la_120x77.png": rgb[(77, 120)].convert("LA"),
         "cmyk_120x77.jpg": rgb[(77, 120)].convert("CMYK"),
-        "gray16_301x517.png": Image.fromarray((np.asarray(rgb[(517, 301)].convert("L")).astype(np.uint16) * 257
-                                               + 100).clip(0, 65535).astype(np.uint16)),
+        "gray16_301x517.png": Image.fromarray(
+            (np.asarray(rgb[(517, 301)].convert("L")).astype(np.uint16) * 257 + 100).clip(0, 65535).astype(np.uint16)
+        ),
     }
     paths = []
     for name, img in files.items():
@@ -68,8 +70,13 @@ def specs() -> list[InputSpec]:
     rgb, gray = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,), (0.25,))
     out = []
     for mode, channels, (mean, std) in (("RGB", 3, rgb), ("L", 1, gray), ("L", 3, (rgb[0], rgb[1]))):
-        for size, crop_pct, interp in ((224, 0.875, "bilinear"), (224, 1.0, "bicubic"), (64, 0.875, "bicubic"),
-                                       (64, 1.0, "bilinear"), (64, 1.15, "bilinear")):
+        for size, crop_pct, interp in (
+            (224, 0.875, "bilinear"),
+            (224, 1.0, "bicubic"),
+            (64, 0.875, "bicubic"),
+            (64, 1.0, "bilinear"),
+            (64, 1.15, "bilinear"),
+        ):
             out.append(InputSpec(size, channels, mean, std, mode, size, "crop", crop_pct, interp))
         out.append(InputSpec(64, channels, mean, std, mode, 48, "pad"))
         out.append(InputSpec(97, channels, mean, std, mode, 97, "pad"))
@@ -85,15 +92,16 @@ def reference(spec: InputSpec, image: Image.Image) -> np.ndarray:
 
     img = to_mode(image, spec.source_mode)
     if spec.geometry == "crop":
-        out = create_transform(spec.size, is_training=False, use_prefetcher=True, crop_pct=spec.crop_pct,
-                               interpolation=spec.interpolation)(img).numpy()
+        out = create_transform(
+            spec.size, is_training=False, use_prefetcher=True, crop_pct=spec.crop_pct, interpolation=spec.interpolation
+        )(img).numpy()
     else:
         img = img.resize((spec.source_size, spec.source_size), Image.BILINEAR)
         arr = np.asarray(img)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         out = np.zeros((arr.shape[0], spec.size, spec.size), np.uint8)
         top = left = (spec.size - spec.source_size) // 2
-        out[:, top:top + spec.source_size, left:left + spec.source_size] = arr
+        out[:, top : top + spec.source_size, left : left + spec.source_size] = arr
     return np.repeat(out, spec.channels, axis=0) if out.shape[0] < spec.channels else out
 
 
@@ -118,8 +126,13 @@ def test_runtime_preprocessing_is_timms_evaluation_transform_byte_for_byte(tmp_p
     blocker = tmp_path / "no_torch"
     (blocker / "torch").mkdir(parents=True)
     (blocker / "torch" / "__init__.py").write_text("raise ImportError('torch is not on this device')\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(blocker)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
+    )
     assert proc.returncode == 0, proc.stderr
     runtime = np.load(tmp_path / "runtime.npz")
     for i, spec in enumerate(specs()):
@@ -155,8 +168,10 @@ def test_crop_geometry_is_timm_eval_and_pad_keeps_the_legacy_path(tmp_path):
         np.testing.assert_allclose(bundle.preprocess(img), (pad / np.float32(255.0) - mean) / std, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode,channels,aa", [("RGB", 3, None), ("RGB", 3, "rand-m9-mstd0.5"),
-                                              ("L", 3, "trivialaugment"), ("L", 1, "augmix-m5-w3")])
+@pytest.mark.parametrize(
+    "mode,channels,aa",
+    [("RGB", 3, None), ("RGB", 3, "rand-m9-mstd0.5"), ("L", 3, "trivialaugment"), ("L", 1, "augmix-m5-w3")],
+)
 def test_train_transform_shape_and_determinism_under_seeded(tmp_path, mode, channels, aa):
     path = write_photos(tmp_path)[0]
     spec = InputSpec(48, channels, (0.5,) * channels, (0.25,) * channels, mode, 48, "crop", 0.875, "bicubic")
@@ -232,8 +247,11 @@ def test_transforms_pickle_for_spawned_workers(tmp_path):
 
     path = write_photos(tmp_path)[2]
     spec = InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32, "crop", 0.875, "bicubic")
-    for tf in (eval_transform(spec), eval_transform(InputSpec(128, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 97)),
-               train_transform(spec, DataConfig(auto_augment="rand-m9-mstd0.5"))):
+    for tf in (
+        eval_transform(spec),
+        eval_transform(InputSpec(128, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 97)),
+        train_transform(spec, DataConfig(auto_augment="rand-m9-mstd0.5")),
+    ):
         copy = pickle.loads(pickle.dumps(tf))
         with Image.open(path) as img, seeded(4):
             a = tf(img)

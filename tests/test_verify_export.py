@@ -1,4 +1,5 @@
 """`ltcompress verify` / verify_export(): re-measure an existing run or bundle without training."""
+
 import json
 import shutil
 
@@ -26,13 +27,27 @@ def test_verify_export_reproduces_the_recorded_onnx_stages(passed_run, monkeypat
     assert result.recorded["int8"]["balanced"] == recorded["stages"]["int8"]["balanced"]
 
 
-def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(passed_run, workdir, monkeypatch, capsys,
-                                                                      tmp_path):
+def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(
+    passed_run, workdir, monkeypatch, capsys, tmp_path
+):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     out = tmp_path / "verify.json"
-    code, stdout, err = run_cli(["verify", str(run / "bundle"), "--gate", "int8.balanced > 1", "--gate", "few >= 0",
-                              "--gate", "flip(fp32, int8).worst < 0", "--output", str(out)], capsys)
+    code, stdout, err = run_cli(
+        [
+            "verify",
+            str(run / "bundle"),
+            "--gate",
+            "int8.balanced > 1",
+            "--gate",
+            "few >= 0",
+            "--gate",
+            "flip(fp32, int8).worst < 0",
+            "--output",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 5 and "2 gate(s) failed: 'int8.balanced > 1'" in err and "'flip(fp32, int8).worst < 0'" in err
     assert "fp32" in stdout and "int8" in stdout and "flips fp32->int8" in stdout
     saved = json.loads(out.read_text())
@@ -41,8 +56,20 @@ def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(passed_r
     code, _, err = run_cli(["verify", str(run / "bundle"), "--output", str(out)], capsys)
     assert code == 2 and "already exists" in err and out.read_bytes() == before
     # --json prints the same document instead of the table, as run --json does
-    code, stdout, _ = run_cli(["verify", str(run / "bundle"), "--gate", "int8.balanced > 1", "--gate", "few >= 0",
-                               "--gate", "flip(fp32, int8).worst < 0", "--json"], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "verify",
+            str(run / "bundle"),
+            "--gate",
+            "int8.balanced > 1",
+            "--gate",
+            "few >= 0",
+            "--gate",
+            "flip(fp32, int8).worst < 0",
+            "--json",
+        ],
+        capsys,
+    )
     printed = json.loads(stdout)
     assert code == 5 and printed["gates"] == saved["gates"] and printed["stages"] == saved["stages"]
 
@@ -56,14 +83,17 @@ def test_verify_on_another_test_split_measures_it(passed_run, workdir, monkeypat
     assert result.metrics["fp32"]["balanced"] == pytest.approx(np.mean(list(per_class)))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gate", "student.few >= 0.1"], "stage 'student' does not exist in this run (stages: fp32, int8)"),
-    (["--gate", "int8.agreement >= 0.9"], "agreement needs the torch student"),
-    (["--gate", "class[Sneakers] > 0"], "Did you mean: Sneaker"),
-    (["--gate", "few >> 0.1"], "malformed gate"),
-    (["--set", "data.input_size=64"], "differ from the export's"),
-    (["--set", "student.train.epochs=3"], "data.* and run.* settings only"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gate", "student.few >= 0.1"], "stage 'student' does not exist in this run (stages: fp32, int8)"),
+        (["--gate", "int8.agreement >= 0.9"], "agreement needs the torch student"),
+        (["--gate", "class[Sneakers] > 0"], "Did you mean: Sneaker"),
+        (["--gate", "few >> 0.1"], "malformed gate"),
+        (["--set", "data.input_size=64"], "differ from the export's"),
+        (["--set", "student.train.epochs=3"], "data.* and run.* settings only"),
+    ],
+)
 def test_verify_usage_errors_are_exit_2(passed_run, workdir, monkeypatch, capsys, args, message):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
@@ -92,8 +122,7 @@ def _damaged(what: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed", "garbage"])
 @pytest.mark.parametrize("target", ["model.onnx", "model.int8.onnx", "report.json"])
-def test_verify_names_a_damaged_file_with_exit_4(passed_run, workdir, monkeypatch, capsys, tmp_path, damage,
-                                                 target):
+def test_verify_names_a_damaged_file_with_exit_4(passed_run, workdir, monkeypatch, capsys, tmp_path, damage, target):
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     bundle = tmp_path / "bundle"

@@ -1,4 +1,5 @@
 """From in-memory uint8 splits to normalised training batches: iteration, augmentation, device transfer."""
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -9,11 +10,12 @@ import torch
 from ltcompress.data.core import InputSpec, Split
 
 
-def iterate(split: Split, order: np.ndarray, batch_size: int,
-            drop_last: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iterate(
+    split: Split, order: np.ndarray, batch_size: int, drop_last: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield split.arrays[idx], split.labels[idx]
 
 
@@ -21,8 +23,14 @@ def iterate(split: Split, order: np.ndarray, batch_size: int,
 AUGMENTATION = "random crop with zero padding size//8, then horizontal flip with p 0.5; one generator per run"
 
 
-def to_batch(images: np.ndarray, labels: np.ndarray, spec: InputSpec, device: torch.device,
-             augment: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def to_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: InputSpec,
+    device: torch.device,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 numpy batch -> normalised float channels_last tensor on `device` (+ random crop/flip when training;
     the crop's shift scales with the input size: 4 px padding at 32 px, as in the CIFAR recipes).
 

@@ -4,6 +4,7 @@ The batches are pickles. They are read with a restricted unpickler that allows o
 (dicts, lists, bytes and numpy arrays), so a tampered archive cannot run code; torchvision's own class would
 also refuse archives whose checksum it does not know.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,17 +34,38 @@ class CifarFormat:
     names_key: bytes
 
 
-CIFAR10 = CifarFormat("cifar10-lt", "cifar-10-python.tar.gz", "cifar-10-batches-py", "c58f30108f718f92721af3b95e74349a",
-                      tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", b"labels",
-                      b"label_names")
-CIFAR100 = CifarFormat("cifar100-lt", "cifar-100-python.tar.gz", "cifar-100-python", "eb9058c3a382ffc7106e4002c42a8d85",
-                       ("train",), "test", "meta", b"fine_labels", b"fine_label_names")
+CIFAR10 = CifarFormat(
+    "cifar10-lt",
+    "cifar-10-python.tar.gz",
+    "cifar-10-batches-py",
+    "c58f30108f718f92721af3b95e74349a",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    "batches.meta",
+    b"labels",
+    b"label_names",
+)
+CIFAR100 = CifarFormat(
+    "cifar100-lt",
+    "cifar-100-python.tar.gz",
+    "cifar-100-python",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+    ("train",),
+    "test",
+    "meta",
+    b"fine_labels",
+    b"fine_label_names",
+)
 URL = "https://www.cs.toronto.edu/~kriz/"
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -118,8 +140,10 @@ def locate(fmt: CifarFormat, data_dir: str | None, cache_root: Path, download: b
     if data_dir:
         found = _find(Path(data_dir).expanduser(), fmt)
         if found is None:
-            raise DataError(f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) holds neither {fmt.archive} "
-                            f"nor {fmt.folder}/; {how}")
+            raise DataError(
+                f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) holds neither {fmt.archive} "
+                f"nor {fmt.folder}/; {how}"
+            )
         return found
     found = _find(cache_root / "data", fmt)
     if found is None and download:
@@ -129,8 +153,9 @@ def locate(fmt: CifarFormat, data_dir: str | None, cache_root: Path, download: b
     return found
 
 
-def _split(read: Callable[[str], bytes], members: tuple[str, ...], fmt: CifarFormat,
-           source: Path) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    read: Callable[[str], bytes], members: tuple[str, ...], fmt: CifarFormat, source: Path
+) -> tuple[np.ndarray, np.ndarray]:
     """The named batches as images [N, 32, 32, 3] and labels; DataError naming the batch that is malformed."""
     images, labels = [], []
     for member in members:
@@ -157,8 +182,17 @@ def load(fmt: CifarFormat, cfg: DataConfig, cache_root: Path) -> LTData:
     test_x, test_y = _split(read, (fmt.test,), fmt, source)
     if not names or max(train_y.max(), test_y.max()) >= len(names) or min(train_y.min(), test_y.min()) < 0:
         raise DataError(f"{source}: labels do not match the {len(names)} class names of {fmt.meta}")
-    return subset(fmt.name, cfg, train_x, train_y, test_x, test_y, names, native_size=32,
-                  resize=cfg.input_size != 32 if cfg.resize is None else cfg.resize)
+    return subset(
+        fmt.name,
+        cfg,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        names,
+        native_size=32,
+        resize=cfg.input_size != 32 if cfg.resize is None else cfg.resize,
+    )
 
 
 def load_cifar10_lt(cfg: DataConfig, cache_root: Path) -> LTData:

@@ -1,5 +1,6 @@
 """What every dataset shares: the in-memory splits, long-tail profiles, shot groups, and the conversion of raw
 images to the run's input (through the edge bundle's runtime: what is evaluated here is what runs on a device)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,9 +37,17 @@ class InputSpec:
 
     def preprocess(self) -> dict[str, Any]:
         """The spec as the edge runtime reads it (`runtime.pixels`; the bundle's preprocess.json)."""
-        return {"input_size": self.size, "channels": self.channels, "source_mode": self.source_mode,
-                "source_size": self.source_size, "geometry": self.geometry, "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "input_size": self.size,
+            "channels": self.channels,
+            "source_mode": self.source_mode,
+            "source_size": self.source_size,
+            "geometry": self.geometry,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 @dataclass(frozen=True)
@@ -132,11 +141,19 @@ def hold_out(data: LTData, share: float, seed: int) -> LTData:
     keep = np.setdiff1d(np.arange(len(labels)), val_idx)
     h = hashlib.sha256(data.fingerprint.encode())
     h.update(f"held out {share} seed {seed}".encode() + val_idx.tobytes())
-    source = (f"stratified slice of the training set set aside before training: {share:g} of each class "
-              f"(seed {seed}), {len(val_idx)} images")
-    return dataclasses.replace(data, train=take(data.train, keep), val=take(data.train, val_idx),
-                               class_counts=np.bincount(labels[keep], minlength=data.num_classes),
-                               fingerprint=h.hexdigest(), val_source=source, held_out=(share, seed))
+    source = (
+        f"stratified slice of the training set set aside before training: {share:g} of each class "
+        f"(seed {seed}), {len(val_idx)} images"
+    )
+    return dataclasses.replace(
+        data,
+        train=take(data.train, keep),
+        val=take(data.train, val_idx),
+        class_counts=np.bincount(labels[keep], minlength=data.num_classes),
+        fingerprint=h.hexdigest(),
+        val_source=source,
+        held_out=(share, seed),
+    )
 
 
 def counts_text(counts: np.ndarray) -> str:
@@ -165,8 +182,9 @@ def longtail_indices(labels: np.ndarray, counts: list[int], seed: int) -> np.nda
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         if len(idx) < n:
-            raise DataError(f"class {c} has only {len(idx)} training images, the profile asks for {n}: "
-                            f"lower data.n_max")
+            raise DataError(
+                f"class {c} has only {len(idx)} training images, the profile asks for {n}: lower data.n_max"
+            )
         keep.append(idx[:n])
     return np.concatenate(keep)
 
@@ -229,8 +247,7 @@ EXACT_STATS_BYTES = 512 * 2**20  # in-memory splits up to this float64 size get 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 [N, C, H, W] images scaled to [0, 1] (exact; small splits only)."""
     pixels = images.astype(np.float64) / 255.0
-    return (tuple(float(v) for v in pixels.mean(axis=(0, 2, 3))),
-            tuple(float(v) for v in pixels.std(axis=(0, 2, 3))))
+    return (tuple(float(v) for v in pixels.mean(axis=(0, 2, 3))), tuple(float(v) for v in pixels.std(axis=(0, 2, 3))))
 
 
 def streamed_stats(images: Iterable[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -245,7 +262,7 @@ def streamed_stats(images: Iterable[np.ndarray]) -> tuple[tuple[float, ...], tup
     if not count:
         raise DataError("no readable image to compute the normalisation statistics from")
     mean = total / (255.0 * count)
-    var = np.maximum(squares / (255.0 ** 2 * count) - mean ** 2, 0.0)
+    var = np.maximum(squares / (255.0**2 * count) - mean**2, 0.0)
     return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
 
 
@@ -274,8 +291,10 @@ def check_splits(name: str, train: Split, test: Split, class_names: tuple[str, .
         if len(split) == 0:
             raise DataError(f"{name}: the {split_name} split is empty")
         if split.labels.min() < 0 or split.labels.max() >= num_classes:
-            raise DataError(f"{name}: a {split_name} label is out of range 0..{num_classes - 1} "
-                            f"(found {int(split.labels.min())}..{int(split.labels.max())})")
+            raise DataError(
+                f"{name}: a {split_name} label is out of range 0..{num_classes - 1} "
+                f"(found {int(split.labels.min())}..{int(split.labels.max())})"
+            )
     counts = np.bincount(train.labels, minlength=num_classes)
     if (counts == 0).any():
         missing = [class_names[c] for c in np.flatnonzero(counts == 0)]
@@ -283,16 +302,23 @@ def check_splits(name: str, train: Split, test: Split, class_names: tuple[str, .
     return counts
 
 
-def assemble(name: str, cfg: DataConfig, train: Split, test: Split, class_names: tuple[str, ...],
-             mode: str, source_size: int, skipped: list[str] | None = None) -> LTData:
+def assemble(
+    name: str,
+    cfg: DataConfig,
+    train: Split,
+    test: Split,
+    class_names: tuple[str, ...],
+    mode: str,
+    source_size: int,
+    skipped: list[str] | None = None,
+) -> LTData:
     """An in-memory dataset (pad geometry, crop-flip augmentation unless data.augment says timm)."""
     counts = check_splits(name, train, test, class_names)
     mean, std = memory_stats(train.arrays, cfg)
     spec = InputSpec(cfg.input_size, train.arrays.shape[1], mean, std, mode, source_size)
     augment = "crop_flip" if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg)
-    return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped or [],
-                  pipeline)
+    return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped or [], pipeline)
 
 
 def memory_stats(images: np.ndarray, cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -316,20 +342,38 @@ def resolve_workers(cfg: DataConfig) -> int:
     return max(1, min(8, cpus - 1))
 
 
-def subset(name: str, cfg: DataConfig, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-           test_labels: np.ndarray, class_names: tuple[str, ...], native_size: int, resize: bool) -> LTData:
+def subset(
+    name: str,
+    cfg: DataConfig,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    class_names: tuple[str, ...],
+    native_size: int,
+    resize: bool,
+) -> LTData:
     """A balanced source dataset made long-tailed by `cfg`'s profile (the test split stays balanced)."""
     counts = longtail_counts(cfg.n_max, len(class_names), cfg.imbalance, cfg.profile)
     if min(counts) < 1:
-        raise DataError(f"the long-tail profile leaves a class with no image (counts {counts}): raise data.n_max "
-                        f"or lower data.imbalance")
+        raise DataError(
+            f"the long-tail profile leaves a class with no image (counts {counts}): raise data.n_max "
+            f"or lower data.imbalance"
+        )
     train_idx = longtail_indices(train_labels, counts, cfg.seed)
-    test_idx = (np.arange(len(test_labels)) if cfg.test_per_class is None
-                else balanced_indices(test_labels, cfg.test_per_class, cfg.seed))
+    test_idx = (
+        np.arange(len(test_labels))
+        if cfg.test_per_class is None
+        else balanced_indices(test_labels, cfg.test_per_class, cfg.seed)
+    )
     mode = source_mode(1 if train_images.ndim == 3 else 3, cfg.channels)
     source_size = cfg.input_size if resize else native_size
-    train = Split(from_arrays(train_images[train_idx], mode, source_size, cfg.input_size, cfg.channels),
-                  train_labels[train_idx].astype(np.int64))
-    test = Split(from_arrays(test_images[test_idx], mode, source_size, cfg.input_size, cfg.channels),
-                 test_labels[test_idx].astype(np.int64))
+    train = Split(
+        from_arrays(train_images[train_idx], mode, source_size, cfg.input_size, cfg.channels),
+        train_labels[train_idx].astype(np.int64),
+    )
+    test = Split(
+        from_arrays(test_images[test_idx], mode, source_size, cfg.input_size, cfg.channels),
+        test_labels[test_idx].astype(np.int64),
+    )
     return assemble(name, cfg, train, test, class_names, mode, source_size)

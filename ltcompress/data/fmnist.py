@@ -1,4 +1,5 @@
 """`fmnist-lt`: real Fashion-MNIST images (IDX files), a long-tailed training subset, the balanced test split."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,10 +18,22 @@ FMNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-GET_FMNIST = ("sudo apt-get install -y dataset-fashion-mnist (Debian/Ubuntu), or download the four "
-              "*-ubyte.gz files of Fashion-MNIST into a folder and pass --data-dir FOLDER")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+GET_FMNIST = (
+    "sudo apt-get install -y dataset-fashion-mnist (Debian/Ubuntu), or download the four "
+    "*-ubyte.gz files of Fashion-MNIST into a folder and pass --data-dir FOLDER"
+)
 
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
@@ -33,7 +46,7 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
     ndim = {"images": 3, "labels": 1}[kind]
     if magic != 0x0800 + ndim:
         raise DataError(f"{path} is not an IDX {kind} file (magic {magic:#x}); re-download it ({GET_FMNIST})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(raw) != offset + int(np.prod(dims)):
         raise DataError(f"{path} is truncated ({len(raw)} bytes for shape {dims}); re-download it ({GET_FMNIST})")
@@ -71,9 +84,11 @@ def locate_fmnist(data_dir: str | None, cache_root: Path, allow_download: bool =
     if data_dir:
         files = _fmnist_files(Path(data_dir).expanduser())
         if files is None:
-            raise DataError(f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) does not hold the "
-                            f"Fashion-MNIST files ({', '.join(s + '.gz' for s in FMNIST_FILES.values())}); "
-                            f"{GET_FMNIST}")
+            raise DataError(
+                f"data folder {data_dir} (--data-dir or $LTCOMPRESS_DATA) does not hold the "
+                f"Fashion-MNIST files ({', '.join(s + '.gz' for s in FMNIST_FILES.values())}); "
+                f"{GET_FMNIST}"
+            )
         return files
     files = _fmnist_files(DEBIAN_FMNIST)
     if files is None and allow_download:
@@ -86,13 +101,22 @@ def locate_fmnist(data_dir: str | None, cache_root: Path, allow_download: bool =
 def load_fmnist_lt(cfg: DataConfig, cache_root: Path) -> LTData:
     files = locate_fmnist(cfg.data_dir, cache_root, cfg.download)
     arrays = {key: _read_idx(path, key.split("_")[1]) for key, path in files.items()}
-    if len(arrays["train_images"]) != len(arrays["train_labels"]) or \
-            len(arrays["test_images"]) != len(arrays["test_labels"]):
+    if len(arrays["train_images"]) != len(arrays["train_labels"]) or len(arrays["test_images"]) != len(
+        arrays["test_labels"]
+    ):
         raise DataError(f"Fashion-MNIST images and labels differ in length in {files['train_images'].parent}")
     for key in ("train_labels", "test_labels"):
         if arrays[key].max(initial=0) >= len(FMNIST_CLASSES):
             raise DataError(f"{files[key]}: a label is out of range 0..{len(FMNIST_CLASSES) - 1}; re-download it")
     # 28x28 gray images are zero-padded to the input size (32 by default) unless data.resize says otherwise
-    return subset("fmnist-lt", cfg, arrays["train_images"], arrays["train_labels"].astype(np.int64),
-                  arrays["test_images"], arrays["test_labels"].astype(np.int64), FMNIST_CLASSES, native_size=28,
-                  resize=bool(cfg.resize))
+    return subset(
+        "fmnist-lt",
+        cfg,
+        arrays["train_images"],
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"],
+        arrays["test_labels"].astype(np.int64),
+        FMNIST_CLASSES,
+        native_size=28,
+        resize=bool(cfg.resize),
+    )

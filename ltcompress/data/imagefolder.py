@@ -11,6 +11,7 @@ The data is taken as it is (already long-tailed): no subsetting. Evaluation imag
 image at a time in worker processes (``data.in_memory``). Statistics come from a bounded sample, and the
 fingerprint from the list of files, their sizes and modification times: nothing reads all pixels up front.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from ltcompress.config import DataConfig
-from ltcompress.data.core import (InputSpec, LTData, Pipeline, Split, check_splits, fingerprint,
-                                  resolve_workers, sample_indices, source_mode, streamed_stats)
+from ltcompress.data.core import (
+    InputSpec,
+    LTData,
+    Pipeline,
+    Split,
+    check_splits,
+    fingerprint,
+    resolve_workers,
+    sample_indices,
+    source_mode,
+    streamed_stats,
+)
 from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list, setting_path
 from ltcompress.edge.runtime import IMAGE_SUFFIXES
 from ltcompress.errors import DataError
@@ -52,8 +63,9 @@ def _entries(cfg: DataConfig, root: Path, excluded: list[str]) -> tuple[Entries,
             raise DataError("give both data.train_list and data.test_list")
         train_file = setting_path(root, cfg.train_list, "data.train_list", cfg.confine_paths)
         train_entries = read_list(root, train_file, cfg.confine_paths)
-        test_entries = read_list(root, setting_path(root, cfg.test_list, "data.test_list", cfg.confine_paths),
-                                 cfg.confine_paths)
+        test_entries = read_list(
+            root, setting_path(root, cfg.test_list, "data.test_list", cfg.confine_paths), cfg.confine_paths
+        )
         if names is None and cfg.train_list.lower().endswith(".json"):
             names = class_names_from_json(train_file)
         if names is None:  # from the training list only: Places-LT keeps every test image in one folder
@@ -62,13 +74,17 @@ def _entries(cfg: DataConfig, root: Path, excluded: list[str]) -> tuple[Entries,
         for list_name, entries in ((cfg.train_list, train_entries), (cfg.test_list, test_entries)):
             for path, label in entries:
                 if not 0 <= label < len(names):
-                    raise DataError(f"{root / list_name}: label {label} of {path} is out of range "
-                                    f"0..{len(names) - 1} ({len(names)} class names)")
+                    raise DataError(
+                        f"{root / list_name}: label {label} of {path} is out of range "
+                        f"0..{len(names) - 1} ({len(names)} class names)"
+                    )
         return train_entries, test_entries, names
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise DataError(f"{root} has no {split}/ folder (expected train/<class>/ and test/<class>/), and "
-                            f"no list files were given")
+            raise DataError(
+                f"{root} has no {split}/ folder (expected train/<class>/ and test/<class>/), and "
+                f"no list files were given"
+            )
     train_entries, names = _folder_entries(root / "train", names)
     test_entries, _ = _folder_entries(root / "test", names)
     _unknown_test_classes(cfg, root, names, excluded)
@@ -86,12 +102,16 @@ def _unknown_test_classes(cfg: DataConfig, root: Path, names: tuple[str, ...], e
     images = {c: sum(1 for p in (root / "test" / c).rglob("*") if p.suffix.lower() in SUFFIXES) for c in extra}
     shown = ", ".join(f"{c!r} ({images[c]} images)" for c in extra[:5]) + (" ..." if len(extra) > 5 else "")
     if cfg.unknown_test_classes != "exclude":
-        raise DataError(f"{root / 'test'} has {len(extra)} class folder(s) that {root / 'train'} lacks: {shown}; "
-                        f"add their training images, or pass --set data.unknown_test_classes=exclude to leave "
-                        f"them out of the test split (reported)")
-    log.warning("data: %d test class folder(s) with no training images left out of the test split: %s",
-                len(extra), shown)
+        raise DataError(
+            f"{root / 'test'} has {len(extra)} class folder(s) that {root / 'train'} lacks: {shown}; "
+            f"add their training images, or pass --set data.unknown_test_classes=exclude to leave "
+            f"them out of the test split (reported)"
+        )
+    log.warning(
+        "data: %d test class folder(s) with no training images left out of the test split: %s", len(extra), shown
+    )
     excluded.extend(extra)
+
 
 def _val_entries(cfg: DataConfig, root: Path, names: tuple[str, ...]) -> Entries:
     """data.val_list: held-out images with labels in the training classes (the INT8 repair decides on them)."""
@@ -101,8 +121,10 @@ def _val_entries(cfg: DataConfig, root: Path, names: tuple[str, ...]) -> Entries
     entries = read_list(root, path, cfg.confine_paths)
     for image, label in entries:
         if not 0 <= label < len(names):
-            raise DataError(f"{path}: label {label} of {image} is out of range 0..{len(names) - 1} ({len(names)} "
-                            f"training classes); data.val_list must use the training labels")
+            raise DataError(
+                f"{path}: label {label} of {image} is out of range 0..{len(names) - 1} ({len(names)} "
+                f"training classes); data.val_list must use the training labels"
+            )
     return entries
 
 
@@ -134,7 +156,7 @@ def manifest(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
 
 def in_memory(cfg: DataConfig, images: int, channels: int) -> tuple[bool, str]:
     """data.in_memory, with auto deciding by the decoded size against data.memory_budget_gb."""
-    need = images * channels * cfg.input_size ** 2 / 2 ** 30
+    need = images * channels * cfg.input_size**2 / 2**30
     if cfg.in_memory == "auto":
         fits = need <= cfg.memory_budget_gb
         return fits, f"auto: {need:.2f} GiB decoded {'fits' if fits else 'exceeds'} {cfg.memory_budget_gb:g} GiB"
@@ -162,8 +184,10 @@ def _decode_all(split: Split, spec: InputSpec, pipeline: Pipeline, skipped: list
 
 def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
     if not cfg.data_dir:
-        raise DataError("imagefolder needs --data-dir FOLDER (with train/<class>/ and test/<class>/ folders, or "
-                        "list files given by --set data.train_list=... --set data.test_list=...)")
+        raise DataError(
+            "imagefolder needs --data-dir FOLDER (with train/<class>/ and test/<class>/ folders, or "
+            "list files given by --set data.train_list=... --set data.test_list=...)"
+        )
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"--data-dir {root} is not a folder")
@@ -172,31 +196,56 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
     val_entries = _val_entries(cfg, root, names)
     lines = manifest(root, {"train": train_entries, "test": test_entries, "val": val_entries})
     mode = source_mode(3, cfg.channels)
-    spec = InputSpec(cfg.input_size, cfg.channels, (0.0,) * cfg.channels, (1.0,) * cfg.channels, mode,
-                     cfg.input_size, "crop", cfg.crop_pct or 0.875, cfg.interpolation or "bilinear")
+    spec = InputSpec(
+        cfg.input_size,
+        cfg.channels,
+        (0.0,) * cfg.channels,
+        (1.0,) * cfg.channels,
+        mode,
+        cfg.input_size,
+        "crop",
+        cfg.crop_pct or 0.875,
+        cfg.interpolation or "bilinear",
+    )
     keep, reason = in_memory(cfg, len(train_entries) + len(test_entries) + len(val_entries), cfg.channels)
     augment = "timm" if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg, reason)
-    train, test, val = (Split(None, np.asarray([label for _, label in entries], dtype=np.int64),
-                              tuple(str(p) for p, _ in entries)) for entries in (train_entries, test_entries,
-                                                                                 val_entries))
+    train, test, val = (
+        Split(None, np.asarray([label for _, label in entries], dtype=np.int64), tuple(str(p) for p, _ in entries))
+        for entries in (train_entries, test_entries, val_entries)
+    )
     skipped: list[str] = []
     if keep:
-        train, test, val = (_decode_all(split, spec, pipeline, skipped) if len(split) else split
-                            for split in (train, test, val))
+        train, test, val = (
+            _decode_all(split, spec, pipeline, skipped) if len(split) else split for split in (train, test, val)
+        )
     name = f"imagefolder {root}"
     counts = check_splits(name, train, test, names)
     mean, std = _stats(cfg, train, spec, pipeline, skipped)
-    spec = InputSpec(spec.size, spec.channels, mean, std, mode, spec.source_size, spec.geometry, spec.crop_pct,
-                     spec.interpolation)
+    spec = InputSpec(
+        spec.size, spec.channels, mean, std, mode, spec.source_size, spec.geometry, spec.crop_pct, spec.interpolation
+    )
     log.info("data: %s, %s", "in memory" if keep else "decoded lazily in %d worker(s)" % pipeline.workers, reason)
     held = f"data.val_list {cfg.val_list}, {len(val)} images" if len(val) else ""
-    return LTData(train, test, counts, names, spec, fingerprint(name, (), lines), skipped, pipeline, lines,
-                  tuple(excluded), val if len(val) else None, held)
+    return LTData(
+        train,
+        test,
+        counts,
+        names,
+        spec,
+        fingerprint(name, (), lines),
+        skipped,
+        pipeline,
+        lines,
+        tuple(excluded),
+        val if len(val) else None,
+        held,
+    )
 
 
-def _stats(cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline,
-           skipped: list[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats(
+    cfg: DataConfig, train: Split, spec: InputSpec, pipeline: Pipeline, skipped: list[str]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from a bounded, seeded sample of training images (decoded in workers when lazy)."""
     if cfg.normalize == "pretrained":  # data.load puts in the student's own
         return (0.0,) * spec.channels, (1.0,) * spec.channels

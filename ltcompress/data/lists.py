@@ -10,6 +10,7 @@ Paths are relative to the data folder and stay inside it (checked on the normali
 refused; symbolic links inside the folder are followed on purpose: ImageNet setups often link ``train/`` to
 another disk). Every named file must exist; the first few missing ones are reported together.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def read_list(root: Path, list_file: Path, confine: bool = True) -> list[tuple[P
     malformed line, a path outside `root` (unless ``confine=False``) or a missing image is DataError."""
     root, list_file = Path(root), Path(list_file)
     if not list_file.is_file():
-        raise DataError(f"list file {list_file} does not exist (check --data-dir and data.train_list / "
-                        f"data.test_list, which are relative to it)")
+        raise DataError(
+            f"list file {list_file} does not exist (check --data-dir and data.train_list / "
+            f"data.test_list, which are relative to it)"
+        )
     if list_file.suffix.lower() == ".json":
         rows = _json_rows(list_file)
     else:
@@ -49,8 +52,10 @@ def read_list(root: Path, list_file: Path, confine: bool = True) -> list[tuple[P
     if missing:
         shown = ", ".join(missing[:MISSING_SHOWN])
         more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
-        raise DataError(f"{list_file} names {len(missing)} image(s) that do not exist under {root}: {shown}{more}. "
-                        f"Check that --data-dir is the folder the list's paths are relative to")
+        raise DataError(
+            f"{list_file} names {len(missing)} image(s) that do not exist under {root}: {shown}{more}. "
+            f"Check that --data-dir is the folder the list's paths are relative to"
+        )
     return [(Path(path), label) for path, label in joined]
 
 
@@ -115,8 +120,10 @@ def _text_rows(list_file: Path) -> list[Row]:
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{list_file} is not UTF-8 text ({exc.reason} at byte {exc.start}); a list file has one "
-                        f"'relative/path.jpg label' per line, or use a .json file in the COCO layout") from None
+        raise DataError(
+            f"{list_file} is not UTF-8 text ({exc.reason} at byte {exc.start}); a list file has one "
+            f"'relative/path.jpg label' per line, or use a .json file in the COCO layout"
+        ) from None
     rows: list[Row] = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.rsplit(None, 1)
@@ -127,8 +134,10 @@ def _text_rows(list_file: Path) -> list[Row]:
                 raise ValueError
             label = int(fields[1])
         except ValueError:
-            raise DataError(f"{list_file}:{number}: expected 'relative/path.jpg label' (an integer label as the "
-                            f"last field), got {line.strip()!r}") from None
+            raise DataError(
+                f"{list_file}:{number}: expected 'relative/path.jpg label' (an integer label as the "
+                f"last field), got {line.strip()!r}"
+            ) from None
         if label < 0:
             raise DataError(f"{list_file}:{number}: label {label} is negative; labels run from 0 to C-1")
         rows.append((number, fields[0].strip(), label))
@@ -162,12 +171,16 @@ def _category_order(cats: list[dict[str, Any]], list_file: Path) -> list[Any]:
 def _json_rows(list_file: Path) -> list[Row]:
     data = _load_json(list_file)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError(f"{list_file}: expected a COCO-style object with 'images' [{{id, file_name}}] and "
-                        f"'annotations' [{{image_id, category_id}}] (iNaturalist's train2018.json / val2018.json)")
+        raise DataError(
+            f"{list_file}: expected a COCO-style object with 'images' [{{id, file_name}}] and "
+            f"'annotations' [{{image_id, category_id}}] (iNaturalist's train2018.json / val2018.json)"
+        )
     annotations = data.get("annotations")
     if not isinstance(annotations, list) or not annotations:
-        raise DataError(f"{list_file} has no 'annotations' (no labels): the iNaturalist test set is unlabelled, "
-                        f"use val2018.json as data.test_list")
+        raise DataError(
+            f"{list_file} has no 'annotations' (no labels): the iNaturalist test set is unlabelled, "
+            f"use val2018.json as data.test_list"
+        )
     remap = None
     cats = data.get("categories")
     if isinstance(cats, list) and cats and all(isinstance(c, dict) and "id" in c for c in cats):
@@ -182,14 +195,17 @@ def _json_rows(list_file: Path) -> list[Row]:
             raise DataError(f"{list_file}: annotation {i} has no {exc} (need image_id and category_id)") from None
         if remap is not None:
             if category not in remap:
-                raise DataError(f"{list_file}: annotation {i} names category {category!r}, which is not in "
-                                f"'categories'")
+                raise DataError(
+                    f"{list_file}: annotation {i} names category {category!r}, which is not in 'categories'"
+                )
             category = remap[category]
         elif not (isinstance(category, int) and not isinstance(category, bool) and category >= 0):
             raise DataError(f"{list_file}: annotation {i} has category_id {category!r}; expected an integer 0..C-1")
         if labels.setdefault(image_id, category) != category:
-            raise DataError(f"{list_file}: image {image_id!r} has two annotations with different categories "
-                            f"({labels[image_id]} and {category}); one label per image is needed")
+            raise DataError(
+                f"{list_file}: image {image_id!r} has two annotations with different categories "
+                f"({labels[image_id]} and {category}); one label per image is needed"
+            )
     rows: list[Row] = []
     unlabelled = []
     for i, image in enumerate(data["images"]):
@@ -203,8 +219,10 @@ def _json_rows(list_file: Path) -> list[Row]:
         rows.append((f"image {image_id!r}", str(file_name), labels[image_id]))
     if unlabelled:
         shown = ", ".join(repr(u) for u in unlabelled[:MISSING_SHOWN])
-        raise DataError(f"{list_file}: {len(unlabelled)} image(s) have no annotation (first: {shown}); every image "
-                        f"needs a category_id")
+        raise DataError(
+            f"{list_file}: {len(unlabelled)} image(s) have no annotation (first: {shown}); every image "
+            f"needs a category_id"
+        )
     return rows
 
 

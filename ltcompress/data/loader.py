@@ -6,6 +6,7 @@ DataLoader worker processes with pinned memory and prefetch, so decoding overlap
 randomness derives from (seed, epoch, rank, position in the epoch's stream) alone, so a resumed run and a run
 fed by the teacher-logit cache see the identical batches.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,8 +39,14 @@ class SampleSet(torch.utils.data.Dataset):
     """One image at a time: decoded from its file (or taken from memory), transformed, as uint8 [C, H, W].
     `key` makes training transforms reproducible per position; an unreadable file comes back as an error."""
 
-    def __init__(self, split: Split, order: np.ndarray, transform: Callable[[Image.Image], np.ndarray],
-                 key: tuple[int, ...] | None, offset: int = 0) -> None:
+    def __init__(
+        self,
+        split: Split,
+        order: np.ndarray,
+        transform: Callable[[Image.Image], np.ndarray],
+        key: tuple[int, ...] | None,
+        offset: int = 0,
+    ) -> None:
         self.split, self.order, self.transform, self.key, self.offset = split, order, transform, key, offset
 
     def __len__(self) -> int:
@@ -91,15 +98,24 @@ def _worker_init(_: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def decoded(pipeline: Pipeline, skipped: list[str], dataset: SampleSet, batch: int, drop_last: bool,
-            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def decoded(
+    pipeline: Pipeline, skipped: list[str], dataset: SampleSet, batch: int, drop_last: bool, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """uint8 batches from worker processes; an unreadable image stops the run naming the file, or is skipped
     and counted in `skipped` with data.skip_corrupt."""
     workers = pipeline.workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=False, drop_last=drop_last, num_workers=workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=pipeline.prefetch if workers else None, timeout=WORKER_TIMEOUT_S if workers else 0)
+        dataset,
+        batch_size=batch,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=pipeline.prefetch if workers else None,
+        timeout=WORKER_TIMEOUT_S if workers else 0,
+    )
     iterator = iter(loader)
     try:
         while True:
@@ -110,12 +126,16 @@ def decoded(pipeline: Pipeline, skipped: list[str], dataset: SampleSet, batch: i
             except RuntimeError as exc:
                 if "DataLoader" not in str(exc):
                     raise
-                raise DataError(f"a data-loading worker failed ({str(exc).splitlines()[0]}); it may have run out "
-                                f"of memory: lower data.workers or data.prefetch") from None
+                raise DataError(
+                    f"a data-loading worker failed ({str(exc).splitlines()[0]}); it may have run out "
+                    f"of memory: lower data.workers or data.prefetch"
+                ) from None
             for where, reason in errors:
                 if not pipeline.options.skip_corrupt:
-                    raise DataError(f"cannot read image {where}: {reason}. Fix or remove it, or pass --set "
-                                    f"data.skip_corrupt=true to skip (and count) unreadable images")
+                    raise DataError(
+                        f"cannot read image {where}: {reason}. Fix or remove it, or pass --set "
+                        f"data.skip_corrupt=true to skip (and count) unreadable images"
+                    )
                 if where not in skipped:
                     skipped.append(where)
             if len(y):
@@ -124,8 +144,9 @@ def decoded(pipeline: Pipeline, skipped: list[str], dataset: SampleSet, batch: i
         del iterator  # shuts the workers down, on errors and Ctrl-C too
 
 
-def eval_batches(data: LTData, split: Split, batch: int, device: torch.device,
-                 indices: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    data: LTData, split: Split, batch: int, device: torch.device, indices: np.ndarray | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Un-augmented, normalised batches of `split` (all of it, or `indices`) in order."""
     order = np.arange(len(split)) if indices is None else np.asarray(indices)
     if not split.lazy:
@@ -139,13 +160,22 @@ def eval_batches(data: LTData, split: Split, batch: int, device: torch.device,
         yield normalise(x, y, data, device)
 
 
-def train_batches(data: LTData, order: np.ndarray, batch: int, device: torch.device, *, key: tuple[int, ...],
-                  first_step: int, generator: torch.Generator, mixer: Any = None) -> Iterator[TrainBatch]:
+def train_batches(
+    data: LTData,
+    order: np.ndarray,
+    batch: int,
+    device: torch.device,
+    *,
+    key: tuple[int, ...],
+    first_step: int,
+    generator: torch.Generator,
+    mixer: Any = None,
+) -> Iterator[TrainBatch]:
     """The epoch's augmented training batches from step `first_step` on; `order` is this rank's stream
     (a whole number of batches), `key` (seed, epoch, rank) seeds per-image and per-batch randomness."""
     split, pipeline = data.train, data.pipeline
     if not split.lazy and pipeline.augment == "crop_flip":
-        for step, (xb, yb) in enumerate(iterate(split, order[first_step * batch:], batch, True), first_step):
+        for step, (xb, yb) in enumerate(iterate(split, order[first_step * batch :], batch, True), first_step):
             x, y = to_batch(xb, yb, data.spec, device, augment=True, generator=generator)
             yield _mixed(x, y, mixer, (*key, step))
         return
@@ -153,7 +183,7 @@ def train_batches(data: LTData, order: np.ndarray, batch: int, device: torch.dev
 
     timm = pipeline.augment == "timm"
     transform = train_transform(data.spec, pipeline.options) if timm else eval_transform(data.spec)
-    dataset = SampleSet(split, order[first_step * batch:], transform, key if timm else None, first_step * batch)
+    dataset = SampleSet(split, order[first_step * batch :], transform, key if timm else None, first_step * batch)
     for step, (x, y) in enumerate(decoded(pipeline, data.skipped, dataset, batch, True, device), first_step):
         if not timm:
             x = random_crop_flip(x, pad=max(1, data.spec.size // 8), generator=generator)
@@ -168,8 +198,9 @@ def _mixed(x: torch.Tensor, y: torch.Tensor, mixer: Any, key: tuple[int, ...]) -
     return TrainBatch(x, y, y_mix, lam)
 
 
-def normalise(x: torch.Tensor, y: torch.Tensor, data: LTData, device: torch.device) -> tuple[torch.Tensor,
-                                                                                              torch.Tensor]:
+def normalise(
+    x: torch.Tensor, y: torch.Tensor, data: LTData, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N, C, H, W] -> normalised float channels_last on `device` (non-blocking from pinned memory)."""
     x = x.to(device, non_blocking=True).float().div_(255.0)
     mean = torch.tensor(data.spec.mean, device=device).view(1, -1, 1, 1)

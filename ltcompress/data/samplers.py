@@ -5,6 +5,7 @@ An epoch is one global stream of N indices, reproducible from (seed, epoch). Und
 rank takes a disjoint share of that same stream (every world-size-th position), so the union over ranks is the
 single-process stream, for the balanced samplers too (no stock PyTorch sampler does this).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -16,10 +17,16 @@ from ltcompress.registry import Registry
 # class weight given the class counts; None: plain permutation (each image once per epoch)
 SAMPLERS: Registry[Callable[[np.ndarray], np.ndarray] | None] = Registry("sampler")
 SAMPLERS.register("instance", None, summary="each training image once per epoch (the data's own imbalance)")
-SAMPLERS.register("class_balanced", lambda counts: (counts > 0).astype(np.float64),
-                  summary="every class equally often (images drawn with replacement)")
-SAMPLERS.register("sqrt", lambda counts: np.sqrt(counts.astype(np.float64)),
-                  summary="classes in proportion to the square root of their size")
+SAMPLERS.register(
+    "class_balanced",
+    lambda counts: (counts > 0).astype(np.float64),
+    summary="every class equally often (images drawn with replacement)",
+)
+SAMPLERS.register(
+    "sqrt",
+    lambda counts: np.sqrt(counts.astype(np.float64)),
+    summary="classes in proportion to the square root of their size",
+)
 
 
 def class_distribution(kind: str, class_counts: np.ndarray) -> np.ndarray:

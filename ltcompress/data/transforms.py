@@ -6,6 +6,7 @@ Augmentation randomness comes from timm, which draws from python's `random`, num
 generators; `seeded` runs each draw under a key (seed, epoch, rank, position ...), so an augmented sample
 depends only on its key (exact resume) and the caller's own random streams are left as they were.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,11 +48,21 @@ def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image],
     mean = tuple(spec.mean) if rgb else (float(np.mean(spec.mean)),)
     std = tuple(spec.std) if rgb else (float(np.mean(spec.std)),)
     try:
-        tf = create_transform(spec.size, is_training=True, use_prefetcher=True, auto_augment=aa,
-                              color_jitter=cfg.color_jitter, interpolation=spec.interpolation, mean=mean, std=std)
+        tf = create_transform(
+            spec.size,
+            is_training=True,
+            use_prefetcher=True,
+            auto_augment=aa,
+            color_jitter=cfg.color_jitter,
+            interpolation=spec.interpolation,
+            mean=mean,
+            std=std,
+        )
     except (AssertionError, ValueError, KeyError) as exc:
-        raise UsageError(f"data.auto_augment {cfg.auto_augment!r} is not a timm auto-augment string "
-                         f"(e.g. rand-m9-mstd0.5, trivialaugment, augmix-m5-w3, original): {exc}") from None
+        raise UsageError(
+            f"data.auto_augment {cfg.auto_augment!r} is not a timm auto-augment string "
+            f"(e.g. rand-m9-mstd0.5, trivialaugment, augmix-m5-w3, original): {exc}"
+        ) from None
     return _Timm(tf, spec.source_mode, spec.channels)
 
 
@@ -118,18 +129,32 @@ class BatchAugment:
         from timm.data import Mixup
         from timm.data.random_erasing import RandomErasing
 
-        self.erase = (RandomErasing(probability=cfg.re_prob, mode="pixel", device=str(device or "cpu"))
-                      if cfg.re_prob > 0 else None)
+        self.erase = (
+            RandomErasing(probability=cfg.re_prob, mode="pixel", device=str(device or "cpu"))
+            if cfg.re_prob > 0
+            else None
+        )
         mixing = (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mix_prob > 0
-        self.mix = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, mode="batch",
-                          label_smoothing=0.0, num_classes=num_classes) if mixing else None)
+        self.mix = (
+            Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                prob=cfg.mix_prob,
+                mode="batch",
+                label_smoothing=0.0,
+                num_classes=num_classes,
+            )
+            if mixing
+            else None
+        )
 
     @property
     def enabled(self) -> bool:
         return self.erase is not None or self.mix is not None
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor,
-                 key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, key: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         """(x, y) -> (x augmented in place, y_b or None when the batch was not mixed, lam)."""
         if not self.enabled:
             return x, None, 1.0

@@ -1,4 +1,5 @@
 """What every method shares: the Method base class, its context, and the tempered KL every KD term uses."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,8 +119,10 @@ class Method(nn.Module):
         values = {}
         for key, value in args.items():
             if key not in fields:
-                raise UsageError(f"method argument {key!r} does not exist.{did_you_mean(key, list(fields))} "
-                                 f"Valid: {', '.join(fields) or 'none'}.")
+                raise UsageError(
+                    f"method argument {key!r} does not exist.{did_you_mean(key, list(fields))} "
+                    f"Valid: {', '.join(fields) or 'none'}."
+                )
             values[key] = coerce(value, hints[key], f"method.args.{key}")
         params = cls.Params(**values)
         if hasattr(params, "validate"):

@@ -4,6 +4,7 @@ Instance-balanced CE plus a KD term whose teacher distribution is re-weighted pe
 effective-number weights and renormalised per sample: ``q = softmax(zt/T + log w)``. Weighting each row by
 ``w[y]`` instead would cancel in the renormalisation and give plain KD.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,14 @@ import torch.nn.functional as F
 from ltcompress.methods.base import Method, StepInputs, effective_number_weights, tempered_kl
 
 
-def bkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-             class_weights: torch.Tensor, T: float, alpha: float) -> torch.Tensor:
+def bkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_weights: torch.Tensor,
+    T: float,
+    alpha: float,
+) -> torch.Tensor:
     log_q = F.log_softmax(teacher_logits.float() / T + class_weights.float().log()[None, :], dim=1)
     return F.cross_entropy(student_logits.float(), targets) + alpha * tempered_kl(student_logits, log_q, T)
 

@@ -2,6 +2,7 @@
 
 Training adds the log class counts to the logits; prediction uses the raw logits, which removes the label prior.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Plain cross-entropy: the baseline student and the default teacher loss."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ A Balanced Softmax teacher's tempered distribution is flattened by power normali
 which equals a teacher temperature of ``tau / p``; the student learns from it and from Balanced Softmax CE:
 ``(1 - alpha) * CE(zs + log n, y) + alpha * tau**2 * KL(t || softmax(zs / tau))``. Inference uses raw logits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,11 +22,19 @@ def dive_target_log_probs(teacher_logits: torch.Tensor, tau: float, power: float
     return F.log_softmax(power * F.log_softmax(teacher_logits.float() / tau, dim=1), dim=1)
 
 
-def dive_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              class_counts: torch.Tensor, alpha: float, tau: float, power: float) -> torch.Tensor:
+def dive_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor,
+    alpha: float,
+    tau: float,
+    power: float,
+) -> torch.Tensor:
     target = dive_target_log_probs(teacher_logits, tau, power)
-    return ((1 - alpha) * bsce_loss(student_logits, targets, class_counts)
-            + alpha * tempered_kl(student_logits, target, tau))
+    return (1 - alpha) * bsce_loss(student_logits, targets, class_counts) + alpha * tempered_kl(
+        student_logits, target, tau
+    )
 
 
 def virtual_example_distribution(teacher_logits: torch.Tensor, tau: float, power: float) -> torch.Tensor:
@@ -65,12 +74,16 @@ class DiVE(Method):
             v = virtual_example_distribution(train_pass.teacher_logits, tau, self.params.power)
             table[f"tau={tau:g}"] = {g: (float(v[c].mean()) if c else None) for g, c in groups.items()}
         counts = self.ctx.class_counts
-        return {"virtual_example_distribution": {
-            "power": self.params.power, "method_tau": self.params.tau, "uniform_value": n / counts.numel(),
-            "class_counts_mean": {g: (float(counts[c].mean()) if c else None) for g, c in groups.items()},
-            "mean_per_group": table}}
+        return {
+            "virtual_example_distribution": {
+                "power": self.params.power,
+                "method_tau": self.params.tau,
+                "uniform_value": n / counts.numel(),
+                "class_counts_mean": {g: (float(counts[c].mean()) if c else None) for g, c in groups.items()},
+                "mean_per_group": table,
+            }
+        }
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        return dive_loss(step.student_logits, step.teacher, step.targets, self.class_counts, p.alpha, p.tau,
-                         p.power)
+        return dive_loss(step.student_logits, step.teacher, step.targets, self.class_counts, p.alpha, p.tau, p.power)

@@ -3,6 +3,7 @@
 KD splits into a target-class term (TCKD, binary KL on [p_y, 1 - p_y]) and a non-target term (NCKD, KL between
 the distributions over the other classes); DKD weighs them separately: ``CE + warmup * (alpha*TCKD + beta*NCKD)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ def binary_log_probs(logits: torch.Tensor, in_set: torch.Tensor, T: float) -> to
     return torch.stack([inside, outside], dim=1)
 
 
-def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              T: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dkd_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), each already multiplied by T**2."""
     gt = F.one_hot(targets, student_logits.shape[1]).bool()
     tckd = kl_rows(binary_log_probs(teacher_logits, gt, T), binary_log_probs(student_logits, gt, T))
@@ -30,8 +32,15 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return T * T * tckd, T * T * nckd
 
 
-def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, T: float,
-             alpha: float, beta: float, warmup: float) -> torch.Tensor:
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    alpha: float,
+    beta: float,
+    warmup: float,
+) -> torch.Tensor:
     tckd, nckd = dkd_terms(student_logits, teacher_logits, targets, T)
     kd = (alpha * tckd + beta * nckd).mean()
     return F.cross_entropy(student_logits.float(), targets) + warmup * kd

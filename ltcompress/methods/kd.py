@@ -1,4 +1,5 @@
 """Hinton knowledge distillation (exact): ``a_ce * CE + a_kd * T**2 * KL(softmax(zt/T) || softmax(zs/T))``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,11 +10,18 @@ import torch.nn.functional as F
 from ltcompress.methods.base import Method, StepInputs, tempered_kl
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-            T: float, a_ce: float, a_kd: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    a_ce: float,
+    a_kd: float,
+) -> torch.Tensor:
     teacher_log_q = F.log_softmax(teacher_logits.float() / T, dim=1)
-    return (a_ce * F.cross_entropy(student_logits.float(), targets)
-            + a_kd * tempered_kl(student_logits, teacher_log_q, T))
+    return a_ce * F.cross_entropy(student_logits.float(), targets) + a_kd * tempered_kl(
+        student_logits, teacher_log_q, T
+    )
 
 
 @dataclass(frozen=True)

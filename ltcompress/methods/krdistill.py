@@ -14,6 +14,7 @@ The first reading (issue 4: ``prior_after_temper=False, swap="all", T=4, feature
 before tempering, which divided its effect by T, and swapped head samples too; docs/methods.md has both
 readings' measurements.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,13 @@ from ltcompress.methods.base import Method, MethodContext, StepInputs, TrainingP
 SWAPS = ("all", "tail", "none")
 
 
-def rectify_logits(teacher_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor,
-                   tau: float, swap_rows: torch.Tensor | None = None) -> torch.Tensor:
+def rectify_logits(
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor,
+    tau: float,
+    swap_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``zt - tau * log pi``, then swap the arg-max entry with the target's where they differ, in the rows
     ``swap_rows`` marks (bool ``[B]``; None: every row)."""
     prior = class_counts.float() / class_counts.float().sum()
@@ -41,8 +47,15 @@ def rectify_logits(teacher_logits: torch.Tensor, targets: torch.Tensor, class_co
     return z.scatter(1, top, z_y).scatter(1, y, z_top)  # a no-op where top == y
 
 
-def rectified_target(teacher_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor, T: float,
-                     tau: float, prior_after_temper: bool, swap_rows: torch.Tensor | None) -> torch.Tensor:
+def rectified_target(
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor,
+    T: float,
+    tau: float,
+    prior_after_temper: bool,
+    swap_rows: torch.Tensor | None,
+) -> torch.Tensor:
     """Log-probabilities of the rectified teacher target. ``prior_after_temper`` True (the second reading):
     ``softmax(rect(zt / T - tau log pi))``, the full-strength correction of bkd and logit adjustment; False (the
     first reading): ``softmax(rect(zt - tau log pi) / T)``, where tempering divides the prior's effect by T. The swap
@@ -52,8 +65,13 @@ def rectified_target(teacher_logits: torch.Tensor, targets: torch.Tensor, class_
     return F.log_softmax(rectify_logits(teacher_logits, targets, class_counts, tau, swap_rows) / T, 1)
 
 
-def feature_distance(student_projected: torch.Tensor, teacher_features: torch.Tensor, prototypes: torch.Tensor,
-                     targets: torch.Tensor, lam: float) -> torch.Tensor:
+def feature_distance(
+    student_projected: torch.Tensor,
+    teacher_features: torch.Tensor,
+    prototypes: torch.Tensor,
+    targets: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
     """Squared L2 between the normalised projected student feature and the normalised rectified teacher
     feature ``(1 - lam) * ft + lam * mu_y``, summed over dimensions, averaged over the batch (= 2 - 2 cos)."""
     target = (1 - lam) * teacher_features.float() + lam * prototypes[targets]
@@ -130,8 +148,15 @@ class KRDistill(Method):
         p = self.params
         loss = F.cross_entropy(step.student_logits.float(), step.targets)
         if p.logit_term:
-            target = rectified_target(step.teacher, step.targets, self.class_counts, p.T, p.tau,
-                                      p.prior_after_temper, self.swap_rows(step.targets))
+            target = rectified_target(
+                step.teacher,
+                step.targets,
+                self.class_counts,
+                p.T,
+                p.tau,
+                p.prior_after_temper,
+                self.swap_rows(step.targets),
+            )
             loss = loss + p.alpha * tempered_kl(step.student_logits, target, p.T)
         if p.feature_term:
             student_features, teacher_features = step.features
@@ -139,5 +164,6 @@ class KRDistill(Method):
                 raise RuntimeError("krdistill's feature term needs prepare() (the training pass) first")
             projected = self.projector(student_features.float())
             loss = loss + self.feature_weight(step.epoch) * feature_distance(
-                projected, teacher_features, self.prototypes, step.targets, p.lam)
+                projected, teacher_features, self.prototypes, step.targets, p.lam
+            )
         return loss

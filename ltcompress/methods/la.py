@@ -2,6 +2,7 @@
 
 With tau = 1 this equals Balanced Softmax (the two differ by a constant added to every logit).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ import torch.nn.functional as F
 from ltcompress.methods.base import Method, StepInputs
 
 
-def la_loss(student_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor,
-            tau: float) -> torch.Tensor:
+def la_loss(
+    student_logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor, tau: float
+) -> torch.Tensor:
     log_prior = (class_counts.float() / class_counts.float().sum()).log()
     return F.cross_entropy(student_logits.float() + tau * log_prior[None, :], targets)
 

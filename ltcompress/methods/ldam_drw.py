@@ -5,6 +5,7 @@ cosine classifier scaled by s = 30; from the deferral epoch on (deferred re-weig
 effective-number class weights. As in the source, the student's last layer becomes a normalised linear layer,
 which exports to ONNX like any linear layer; predictions are its raw cosine logits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,13 @@ def ldam_margins(class_counts: torch.Tensor, max_m: float) -> torch.Tensor:
     return (m * (max_m / m.max())).float()
 
 
-def ldam_loss(student_logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, s: float,
-              class_weights: torch.Tensor | None) -> torch.Tensor:
+def ldam_loss(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    margins: torch.Tensor,
+    s: float,
+    class_weights: torch.Tensor | None,
+) -> torch.Tensor:
     z = student_logits.float()
     adjusted = z - F.one_hot(targets, z.shape[1]) * margins[targets][:, None]
     return F.cross_entropy(s * adjusted, targets, weight=class_weights)

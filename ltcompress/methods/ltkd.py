@@ -9,6 +9,7 @@ changes, as we read them: (1) rebalance the cross-group term by removing the gro
 masses, ``P~_t(g) ∝ P_t(g) / pi_g`` (``pi_g`` the share of training images in group g); (2) reweight the
 within-group term so that every group counts equally, ``(1 / |G|) sum_g KL(p_t(.|g) || p_s(.|g))``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ def group_log_probs(logits: torch.Tensor, membership: torch.Tensor, T: float) ->
     return log_mass, log_p - log_mass[:, group_of]
 
 
-def ltkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, membership: torch.Tensor,
-               T: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ltkd_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, membership: torch.Tensor, T: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample: the student's and the teacher's log group masses ``[B, G]`` and the within-group KL
     ``KL(p_t(.|g) || p_s(.|g))`` per group ``[B, G]`` (no T**2). Summed with an elementwise mask rather than a
     matmul, which CPU autocast would run in bf16."""
@@ -62,16 +64,23 @@ def ltkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, membe
     return log_mass_s, log_mass_t, within
 
 
-def ltkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              membership: torch.Tensor, group_prior: torch.Tensor, T: float, alpha: float,
-              beta: float, tau: float = 1.0) -> torch.Tensor:
+def ltkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    membership: torch.Tensor,
+    group_prior: torch.Tensor,
+    T: float,
+    alpha: float,
+    beta: float,
+    tau: float = 1.0,
+) -> torch.Tensor:
     """``CE + T**2 * (alpha * KL(P~_t || P_s) + beta * (1/|G|) sum_g KL(p_t(.|g) || p_s(.|g)))``, batch mean,
     with ``P~_t(g) ∝ P_t(g) / pi_g**tau``."""
     log_mass_s, log_mass_t, within = ltkd_terms(student_logits, teacher_logits, membership, T)
     rebalanced = F.log_softmax(log_mass_t - tau * group_prior.to(log_mass_t.dtype).log()[None, :], dim=1)
     cross = kl_rows(rebalanced, log_mass_s).mean()
-    return (F.cross_entropy(student_logits.float(), targets)
-            + T * T * (alpha * cross + beta * within.mean(dim=1).mean()))
+    return F.cross_entropy(student_logits.float(), targets) + T * T * (alpha * cross + beta * within.mean(dim=1).mean())
 
 
 @dataclass(frozen=True)
@@ -105,5 +114,14 @@ class LTKD(Method):
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
-        return ltkd_loss(step.student_logits, step.teacher, step.targets, self.membership,
-                         self.group_prior, p.T, p.alpha, p.beta, p.tau)
+        return ltkd_loss(
+            step.student_logits,
+            step.teacher,
+            step.targets,
+            self.membership,
+            self.group_prior,
+            p.T,
+            p.alpha,
+            p.beta,
+            p.tau,
+        )
