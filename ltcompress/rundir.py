@@ -216,6 +216,25 @@ class RunDir:
             self._lock = None
 
 
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))}
+_NOT_IN_NAMES = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder on every OS (a run directory is copied between machines), or None.
+    Windows is the strictest: separators, reserved characters and device names, a trailing dot or space."""
+    if not name or name in (".", ".."):
+        return "is not a folder name"
+    bad = sorted(set(name) & _NOT_IN_NAMES)
+    if bad:
+        return f"contains {', '.join(repr(c) for c in bad)}, which a folder name cannot hold on every OS"
+    if name.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return "is a device name on Windows"
+    if name[-1] in ". ":
+        return "ends with a dot or a space, which Windows drops"
+    return None
+
+
 def default_name(method: str, student: str) -> str:
     return f"{method}-{student}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -256,8 +275,9 @@ def create(runs_dir: str | Path, name: str | None, default: str) -> RunDir:
         root.mkdir(parents=True, exist_ok=True)
         candidates = [name] if name else [default] + [f"{default}-{i}" for i in range(2, 1000)]
         for candidate in candidates:
-            if not candidate or "/" in candidate or candidate in (".", ".."):
-                raise UsageError(f"run name {candidate!r} is not a plain folder name")
+            problem = name_problem(candidate)
+            if problem:
+                raise UsageError(f"run name {candidate!r} {problem}; choose a plain folder name for --name")
             path = root / candidate
             try:
                 path.mkdir()

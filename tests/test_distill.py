@@ -27,7 +27,7 @@ def test_teacher_is_frozen_batchnorm_included(name):
     teacher.train()  # the loop must put it in eval mode itself
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     _, result = student_after(name, teacher)
-    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var/num_batches_tracked too
     assert len(result.history) == 2 and all(np.isfinite(r["loss"]) for r in result.history)

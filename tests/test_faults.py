@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY_MODELS, cli_exit, tiny_cli_args
 from ltcompress import report as report_mod
 from ltcompress.errors import StorageError
-from ltcompress.rundir import atomic_save_file, atomic_write_bytes, write_json
+from ltcompress.rundir import atomic_save_file, atomic_write_bytes, sha256_file, write_json
 
 pytestmark = pytest.mark.slow
 
@@ -156,15 +157,15 @@ def test_a_damaged_teacher_cache_entry_is_named_and_rebuilt(tmp_path, monkeypatc
     assert cli_exit(_run_args(runs, "first")) == 0
     (weights,) = (tmp_path / "cache" / "teachers").glob("*/teacher.safetensors")
     data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:200] + bytes(len(data) - 200))
+    damaged = data[: len(data) // 2] if damage == "truncated" else data[:200] + bytes(len(data) - 200)
+    weights.write_bytes(damaged)
     capsys.readouterr()
     assert cli_exit(_run_args(runs, "second")) == 0
     err = capsys.readouterr().err
     assert f"teacher cache entry {weights.parent} is damaged" in err and "training the teacher again" in err
-    assert (
-        weights.read_bytes() != b""
-        and json.loads((runs / "second" / "teacher.json").read_text())["source"] == "trained"
-    )
+    second = json.loads((runs / "second" / "teacher.json").read_text())
+    assert second["source"] == "trained" and weights.read_bytes() != damaged
+    assert load_file(weights) and sha256_file(weights) == second["weights_sha256"]  # the entry was rewritten whole
     assert cli_exit(_run_args(runs, "third")) == 0  # the rebuilt entry is used as it is
     assert json.loads((runs / "third" / "teacher.json").read_text())["source"] == "cache"
 

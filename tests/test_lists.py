@@ -84,6 +84,32 @@ def test_paths_are_confined_to_the_data_dir(one_image, line, message):
     assert entries[1][0].resolve() == (root.parent / "outside.jpg").resolve()
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("..\\outside.jpg 0", r"leads outside --data-dir"),
+        ("train\\c\\..\\..\\..\\outside.jpg 0", r"leads outside --data-dir"),
+        ("C:\\outside.jpg 0", r"absolute path"),
+        ("C:..\\outside.jpg 0", r"absolute path"),  # drive-relative: on Windows, join() would drop the root
+        ("\\\\server\\share\\outside.jpg 0", r"absolute path"),
+    ],
+)
+def test_paths_written_on_windows_are_confined_the_same_way_on_every_os(one_image, line, message):
+    (one_image / "l.txt").write_text(f"train/c/0.jpg 0\n{line}\n")
+    with pytest.raises(DataError, match=rf"l\.txt:2: .*{message}.*--set data\.confine_paths=false") as info:
+        read_list(one_image, one_image / "l.txt")
+    assert info.value.exit_code == 3
+
+
+def test_windows_separators_name_the_same_files_on_every_os(one_image):
+    """A list written on Windows reads here: a backslash separates folders (and '.' and '..' inside the data
+    directory are resolved), so the same file is found as with forward slashes."""
+    (one_image / "l.txt").write_text("train\\c\\0.jpg 0\ntrain/c/./0.jpg 1\ntrain\\x\\..\\c/0.jpg 2\n")
+    entries = read_list(one_image, one_image / "l.txt")
+    assert [label for _, label in entries] == [0, 1, 2]
+    assert {path.resolve() for path, _ in entries} == {(one_image / "train" / "c" / "0.jpg").resolve()}
+
+
 def test_json_paths_are_confined_too(one_image):
     doc = {"images": [{"id": 1, "file_name": "../outside.jpg"}], "annotations": [{"image_id": 1, "category_id": 0}]}
     (one_image / "train2018.json").write_text(json.dumps(doc))

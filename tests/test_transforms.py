@@ -140,7 +140,7 @@ def test_runtime_preprocessing_is_timms_evaluation_transform_byte_for_byte(tmp_p
         for j, path in enumerate(paths):
             with Image.open(path) as img:
                 expected, ours = reference(spec, img), tf(img)
-            assert expected.dtype == np.uint8 and expected.shape == (spec.channels, spec.size, spec.size)
+            assert ours.dtype == np.uint8 and ours.shape == (spec.channels, spec.size, spec.size)
             assert np.array_equal(runtime[f"{i}:{j}"], expected), (spec, path.name)
             assert np.array_equal(ours, expected), (spec, path.name)
 

@@ -14,7 +14,9 @@ another disk). Every named file must exist; the first few missing ones are repor
 from __future__ import annotations
 
 import json
+import ntpath
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,7 +46,7 @@ def read_list(root: Path, list_file: Path, confine: bool = True) -> list[tuple[P
     base = os.path.join(os.fspath(root), "")
     joined = []
     for where, rel, label in rows:
-        if confine and rel and rel[0] not in "/\\" and ".." not in rel:
+        if confine and _plain(rel):
             joined.append((base + rel, label))  # the common case, without normpath: nothing to escape with
         else:
             joined.append((_checked_path(base, rel, list_file, where, confine), label))
@@ -236,11 +238,19 @@ def _checked_path(base: str, rel: str, list_file: Path, where: Any, confine: boo
     at = f"{list_file}:{where}" if isinstance(where, int) else f"{list_file} ({where})" if where else str(list_file)
     if not rel:
         raise DataError(f"{at}: empty image path")
-    if confine:
-        if os.path.isabs(rel) or rel.startswith(("/", "\\")):
-            raise DataError(f"{at}: absolute path {rel!r}; paths must be relative to --data-dir ({CONFINE_HINT})")
-        norm = os.path.normpath(rel)
-        if norm == os.pardir or norm.startswith(os.pardir + os.sep) or norm.startswith(os.pardir + "/"):
+    if not confine:
+        return os.path.join(base, os.path.expanduser(rel.replace("\\", "/")))
+    if ntpath.splitdrive(rel)[0] or rel.startswith(("/", "\\")):
+        raise DataError(f"{at}: absolute path {rel!r}; paths must be relative to --data-dir ({CONFINE_HINT})")
+    parts, depth = [p for p in re.split(r"[\\/]", rel) if p not in ("", ".")], 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
             raise DataError(f"{at}: path {rel!r} leads outside --data-dir ({CONFINE_HINT})")
-        return os.path.join(base, norm)
-    return os.path.join(base, os.path.expanduser(rel))
+    return os.path.normpath(os.path.join(base, *parts))
+
+
+def _plain(rel: str) -> bool:
+    """A path that can only name something below the root, on every OS: relative, with no '..', no backslash
+    and no drive (list files are often written on another OS than the one reading them)."""
+    return bool(rel) and rel[0] != "/" and ".." not in rel and "\\" not in rel and ":" not in rel
