@@ -118,7 +118,6 @@ def int8(
     idx = calibration_indices(data.train.labels, cfg.calibration_size, cfg.calibration, seed)
     batches = (x.contiguous().numpy() for x, _ in eval_batches(data, data.train, 32, torch.device("cpu"), idx))
     quantizer = Quantizer(fp32_path, batches, workdir, cfg.calibration_method, cfg.per_channel)
-    _check_excluded(cfg.exclude_nodes, quantizer.graph_nodes)
     quantizer.write(path, exclude=cfg.exclude_nodes)
     weights = "per-channel" if cfg.per_channel else "per-tensor"
     log.info(
@@ -143,25 +142,6 @@ def int8(
         "calibration_per_class": dict(zip(data.class_names, per_class.tolist())),
         "seed": seed,
     }
-
-
-def quantize(
-    fp32_path: Path,
-    calibration: Iterator[np.ndarray],
-    path: Path,
-    method: str = "minmax",
-    per_channel: bool = True,
-    exclude: tuple[str, ...] = (),
-) -> list[str]:
-    """Static INT8 in one call (see Quantizer); returns the names of the nodes whose operator it quantizes. A
-    name in `exclude` that the graph does not have is exit 2 with the names it does have."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as tmp:
-        quantizer = Quantizer(fp32_path, calibration, Path(tmp), method, per_channel)
-        _check_excluded(exclude, quantizer.graph_nodes)
-        quantizer.write(path, exclude=exclude)
-        return quantizer.nodes
 
 
 class Quantizer:
@@ -202,7 +182,9 @@ class Quantizer:
     ) -> Path:
         """The INT8 model at `path` (written under a temporary name and renamed): every quantizable node but
         those in `exclude`, or only the nodes in `only`. Excluded nodes named in `int8_weights` compute in
-        float but keep their weights stored as int8 (see store_weights_int8)."""
+        float but keep their weights stored as int8 (see store_weights_int8). A name in `exclude` that the
+        graph does not have is exit 2 with the names it does have."""
+        _check_excluded(tuple(exclude), self.graph_nodes)
         with staged(path) as tmp:
             self._quantize(tmp, None, tuple(exclude), only)
             if int8_weights:

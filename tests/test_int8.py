@@ -1,5 +1,8 @@
 """INT8 export: class-stratified calibration sampling, and static QDQ quantization of a real tiny timm model."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -8,7 +11,16 @@ import torch
 
 from ltcompress import models
 from ltcompress.data import InputSpec
-from ltcompress.onnx_export import calibration_indices, export, quantize
+from ltcompress.onnx_export import Quantizer, calibration_indices, export
+
+
+def quantize(fp32, calibration, path, method="minmax", per_channel=True, exclude=()):
+    """Static INT8 in one call, as the export stage does it; returns the names of the quantized nodes."""
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as tmp:
+        quantizer = Quantizer(fp32, calibration, Path(tmp), method, per_channel)
+        quantizer.write(path, exclude=exclude)
+        return quantizer.nodes
+
 
 COUNTS = [500, 200, 80, 30, 12, 5]
 LABELS = np.repeat(np.arange(len(COUNTS)), COUNTS)

@@ -94,7 +94,8 @@ def locate_fmnist(data_dir: str | None, cache_root: Path, allow_download: bool =
     if files is None and allow_download:
         files = _download_fmnist(cache_root / "data")
     if files is None:
-        raise DataError(f"Fashion-MNIST not found (looked in {DEBIAN_FMNIST}, download failed). Get it: {GET_FMNIST}")
+        tried = "download failed" if allow_download else "downloads are off: LTCOMPRESS_OFFLINE or data.download"
+        raise DataError(f"Fashion-MNIST not found (looked in {DEBIAN_FMNIST}, {tried}). Get it: {GET_FMNIST}")
     return files
 
 
