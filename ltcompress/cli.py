@@ -352,12 +352,17 @@ def list_methods_cmd(as_json: bool, params: bool, markdown: bool) -> None:
 
 
 @cli.command("list-presets")
-def list_presets_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (name and description).")
+def list_presets_cmd(as_json: bool) -> None:
     """Built-in presets (YAML files installed with the package)."""
     from ltcompress.config import list_presets, load_preset
 
-    for name in list_presets():
-        click.echo(f"{name:<18} {load_preset(name).get('description', '')}")
+    rows = [{"name": name, "description": load_preset(name).get("description", "")} for name in list_presets()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<18} {row['description']}")
 
 
 def main(argv: list[str] | None = None) -> None:

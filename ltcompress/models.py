@@ -7,7 +7,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -346,7 +346,14 @@ class Renormalize(nn.Module):
     scale: torch.Tensor
     shift: torch.Tensor
 
-    def __init__(self, model: nn.Module, data_mean, data_std, model_mean, model_std) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data_mean: Sequence[float],
+        data_std: Sequence[float],
+        model_mean: Sequence[float],
+        model_std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.model = timm_api(model)
         scale = torch.tensor(data_std) / torch.tensor(model_std)

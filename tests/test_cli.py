@@ -33,6 +33,18 @@ def test_list_methods_comes_from_registry(capsys):
     assert all(name in out for name in METHODS.names())
 
 
+def test_list_presets_json_is_every_shipped_yaml_with_its_description(capsys):
+    import yaml
+
+    shipped = sorted((Path(__file__).resolve().parent.parent / "presets").glob("*.yaml"), key=lambda p: p.stem)
+    code, out, _ = run_cli(["list-presets", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == [p.stem for p in shipped]
+    assert [r["description"] for r in rows] == [yaml.safe_load(p.read_text())["description"] for p in shipped]
+    code, out, _ = run_cli(["list-presets"], capsys)
+    assert code == 0 and out.count("\n") == len(shipped)
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ltcompress.methods.base import Method, StepInputs, effective_number_weights, tempered_kl
+from ltcompress.methods.base import Method, MethodContext, StepInputs, effective_number_weights, tempered_kl
 
 
 def bkd_loss(
@@ -47,7 +47,7 @@ class BKD(Method):
     Params = BKDParams
     class_weights: torch.Tensor
 
-    def __init__(self, params: BKDParams, ctx) -> None:
+    def __init__(self, params: BKDParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.register_buffer("class_weights", effective_number_weights(ctx.class_counts, params.beta))
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltcompress.models import classifier
-from ltcompress.methods.base import Method, StepInputs, effective_number_weights
+from ltcompress.methods.base import Method, MethodContext, StepInputs, effective_number_weights
 
 
 class NormedLinear(nn.Module):
@@ -67,7 +67,7 @@ class LDAMDRW(Method):
     margins: torch.Tensor
     class_weights: torch.Tensor
 
-    def __init__(self, params: LDAMDRWParams, ctx) -> None:
+    def __init__(self, params: LDAMDRWParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.register_buffer("margins", ldam_margins(ctx.class_counts, params.max_m))
         self.register_buffer("class_weights", effective_number_weights(ctx.class_counts, params.beta))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ltcompress.errors import UsageError
-from ltcompress.methods.base import Method, StepInputs, kl_rows, masked_log_softmax, warmup_factor
+from ltcompress.methods.base import Method, MethodContext, StepInputs, kl_rows, masked_log_softmax, warmup_factor
 
 
 def topk_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ class ReKDParams:
 class ReKD(Method):
     Params = ReKDParams
 
-    def __init__(self, params: ReKDParams, ctx) -> None:
+    def __init__(self, params: ReKDParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         c = ctx.num_classes
         self.k = min(5, c - 2) if params.k is None else params.k
