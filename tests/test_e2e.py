@@ -257,64 +257,33 @@ def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     (blocker / "torch").mkdir(parents=True)
     (blocker / "torch" / "__init__.py").write_text("raise ImportError('torch is not on this device')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker)}
+
+    def runtime(*args: str) -> subprocess.CompletedProcess:
+        """The bundle's own runtime on the 40 images, with torch blocked."""
+        script = str(run / "bundle" / "export" / "runtime.py")
+        return subprocess.run(
+            [sys.executable, script, str(images), *args], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+
+    expected = np.load(run / "predictions.npz")
     out = tmp_path / "pred.json"
-    proc = subprocess.run(
-        [sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = runtime("--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    got = [r["class_index"] for r in json.loads(out.read_text())]
-    assert got == np.load(run / "predictions.npz")["fp32"][:40].tolist()
-    proc = subprocess.run(
-        [sys.executable, str(run / "bundle" / "export" / "runtime.py"), str(images), "--model", "model.int8.onnx"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    assert [r["class_index"] for r in json.loads(out.read_text())] == expected["fp32"][:40].tolist()
+    proc = runtime("--model", "model.int8.onnx")
     assert proc.returncode == 0, proc.stderr
-    got = [json.loads(line)["class_index"] for line in proc.stdout.splitlines()]
-    assert got == np.load(run / "predictions.npz")["int8"][:40].tolist()
+    assert [json.loads(line)["class_index"] for line in proc.stdout.splitlines()] == expected["int8"][:40].tolist()
     # a bare .onnx file, away from its bundle, describes itself: labels and preprocessing from its metadata
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "student.onnx").write_bytes((run / "student.onnx").read_bytes())
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(run / "bundle" / "export" / "runtime.py"),
-            str(images),
-            "--model",
-            str(bare / "student.onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = runtime("--model", str(bare / "student.onnx"))
     assert proc.returncode == 0, proc.stderr
-    assert [json.loads(line)["class_index"] for line in proc.stdout.splitlines()] == np.load(run / "predictions.npz")[
-        "fp32"
-    ][:40].tolist()
+    assert [json.loads(line)["class_index"] for line in proc.stdout.splitlines()] == expected["fp32"][:40].tolist()
     stripped = onnx.load(str(bare / "student.onnx"))
     del stripped.metadata_props[:]
     onnx.save(stripped, str(bare / "plain.onnx"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(run / "bundle" / "export" / "runtime.py"),
-            str(images),
-            "--model",
-            str(bare / "plain.onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = runtime("--model", str(bare / "plain.onnx"))
     assert proc.returncode == 2 and "carries no ltcompress.class_names metadata" in proc.stderr
 
 

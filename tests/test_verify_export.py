@@ -33,21 +33,8 @@ def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     out = tmp_path / "verify.json"
-    code, stdout, err = run_cli(
-        [
-            "verify",
-            str(run / "bundle"),
-            "--gate",
-            "int8.balanced > 1",
-            "--gate",
-            "few >= 0",
-            "--gate",
-            "flip(fp32, int8).worst < 0",
-            "--output",
-            str(out),
-        ],
-        capsys,
-    )
+    gates = [a for g in ("int8.balanced > 1", "few >= 0", "flip(fp32, int8).worst < 0") for a in ("--gate", g)]
+    code, stdout, err = run_cli(["verify", str(run / "bundle"), *gates, "--output", str(out)], capsys)
     assert code == 5 and "2 gate(s) failed: 'int8.balanced > 1'" in err and "'flip(fp32, int8).worst < 0'" in err
     assert "fp32" in stdout and "int8" in stdout and "flips fp32->int8" in stdout
     saved = json.loads(out.read_text())
@@ -56,20 +43,7 @@ def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(
     code, _, err = run_cli(["verify", str(run / "bundle"), "--output", str(out)], capsys)
     assert code == 2 and "already exists" in err and out.read_bytes() == before
     # --json prints the same document instead of the table, as run --json does
-    code, stdout, _ = run_cli(
-        [
-            "verify",
-            str(run / "bundle"),
-            "--gate",
-            "int8.balanced > 1",
-            "--gate",
-            "few >= 0",
-            "--gate",
-            "flip(fp32, int8).worst < 0",
-            "--json",
-        ],
-        capsys,
-    )
+    code, stdout, _ = run_cli(["verify", str(run / "bundle"), *gates, "--json"], capsys)
     printed = json.loads(stdout)
     assert code == 5 and printed["gates"] == saved["gates"] and printed["stages"] == saved["stages"]
 
