@@ -42,7 +42,8 @@ KEYWORDS = {
 
 @dataclass
 class CompressResult:
-    """What a run produced. `passed` is False when a gate failed; errors raise instead."""
+    """What a run produced. `passed` is False when a gate failed (or the INT8 repair did not meet the int8 gates
+    on its held-out images); errors raise instead."""
 
     run_dir: Path
     passed: bool
@@ -64,6 +65,11 @@ class CompressResult:
     def flips(self) -> dict[str, dict[str, Any]]:
         """Per-class top-1 flip rates between consecutive stages, keyed "a->b" (e.g. "fp32->int8")."""
         return self.report["flips"]
+
+    @property
+    def int8_repair(self) -> dict[str, Any] | None:
+        """What the INT8 repair did (None without it); `passed` is also False when it did not meet its gates."""
+        return self.report.get("int8_repair")
 
     @property
     def bundle_dir(self) -> Path | None:
@@ -259,14 +265,8 @@ def _export(
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=run.path) as tmp:
         quantizer, info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp))
         if cfg.export.int8_repair:
-            held = repair.held_out(
-                data,
-                plan.gates,
-                onnx_path,
-                {"student": student, "teacher": teacher},
-                plan.device,
-                cfg.run.eval_batch_size,
-            )
+            torch_models = {"student": student, "teacher": teacher}
+            held = repair.held_out(data, plan.gates, onnx_path, torch_models, plan.device, cfg.run.eval_batch_size)
             repaired = repair.repair(
                 quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export, Path(tmp), plan.progress
             )

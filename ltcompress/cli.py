@@ -258,7 +258,7 @@ def run(
         console.print_outcome(result.metrics, result.flips, result.gates)
         click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
-    console.exit_on_failed_repair(result.report.get("int8_repair"), result.run_dir / "report.json")
+    console.exit_on_failed_repair(result.int8_repair, result.run_dir / "report.json")
     console.exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
 
 

@@ -207,7 +207,7 @@ def repair(
         needed=True,
         gated_classes=[names[c] for c in classes],
         int8_size_bytes=int8_path.stat().st_size,
-        int8_latency_ms=_latency(int8_path, data),
+        int8_latency_ms=_latency(int8_path, data, cfg.speed_budget_s),
     )
     ranked = _rank(quantizer, held, data, classes, cfg.exclude_nodes, workdir, progress)
     search = _Search(quantizer, held, data, groups, cfg, workdir, int8_path, int8_logits, before)
@@ -239,9 +239,12 @@ def _logits(path: Path, data: LTData) -> np.ndarray:
     return ort_logits(path, data.val, data, 256)
 
 
-def _latency(path: Path, data: LTData) -> float:
+def _latency(path: Path, data: LTData, budget_s: float) -> float | None:
+    """Batch-1 latency within the run's export.speed_budget_s (None when that is 0: not measured)."""
+    if budget_s <= 0:
+        return None
     x = np.zeros((1, data.spec.channels, data.spec.size, data.spec.size), np.float32)
-    return round(latency_ms(path, x, budget_s=0.5), 4)
+    return round(latency_ms(path, x, budget_s=budget_s), 4)
 
 
 def _rank(
@@ -355,7 +358,7 @@ class _Search:
                 "size_bytes": size,
                 "added_bytes": size - previous,
                 "size_ratio": round(size / self.base, 4),
-                "latency_ms": _latency(self.candidate, self.data),
+                "latency_ms": _latency(self.candidate, self.data, self.cfg.speed_budget_s),
                 "kl_after": loss,
                 "pass": "second" if force else "first",
                 "gates": shown(self.after),

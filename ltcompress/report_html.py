@@ -101,6 +101,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _ms(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.3f}"
+
+
 def _gate_table(report: dict[str, Any]) -> str:
     rows = []
     for g in report["gates"]:
@@ -221,14 +225,14 @@ def _repair_section(report: dict[str, Any]) -> str:
         return head + "<p>Every int8 gate passed on the held-out images: no node went back to FP32.</p>"
     rows = [
         f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
-        f"<td></td><td>{r['int8_latency_ms']:.3f}</td><td></td></tr>"
+        f"<td></td><td>{_ms(r['int8_latency_ms'])}</td><td></td></tr>"
     ]
     for i, n in enumerate(r["nodes"], 1):
         verdicts = ", ".join(f"{_held(g)} {'PASS' if g['passed'] else 'FAIL'}" for g in n["gates"])
         rows.append(
             f"<tr><td class='l'>{i}. <code>{_e(n['node'])}</code></td><td class='l'>{_e(n['op_type'])}</td>"
             f"<td>{n['damage']:.3g}</td><td>{n['size_bytes'] / 1e6:.3f}</td><td>{n['added_bytes']:+d}</td>"
-            f"<td>{n['latency_ms']:.3f}</td><td class='l'>{verdicts}</td></tr>"
+            f"<td>{_ms(n['latency_ms'])}</td><td class='l'>{verdicts}</td></tr>"
         )
     table = (
         "<table id='repair'><thead><tr><th class='l'>back to FP32 (in order)</th><th class='l'>op</th>"

@@ -213,6 +213,8 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, 
             "export.repair_budget=64",
             "--set",
             "export.repair_max_size=8",
+            "--set",
+            "export.speed_budget_s=0.05",  # each step's latency is measured within it
         ),
         capsys,
     )
@@ -243,6 +245,8 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair(synth, tmp_path, 
         _synth_args(synth, tmp_path, "short", "--int8-repair", "--set", "export.repair_budget=1"), capsys
     )
     assert code == 5 and "did not meet the int8 gates on the held-out images" in err and "budget of 1" in err
+    short = json.loads((tmp_path / "short" / "report.json").read_text())["int8_repair"]
+    assert short["int8_latency_ms"] is None and all(n["latency_ms"] is None for n in short["nodes"])  # budget 0
     assert not json.loads((tmp_path / "short" / "report.json").read_text())["passed"]
     assert not (tmp_path / "short" / "bundle").exists()
 
