@@ -133,7 +133,7 @@ def compress(
     writes the run and returns the result; the other ranks return None.
     Raises an LTCompressError subclass for errors; a failed gate is not an error.
     """
-    from ltcompress import checkpoint, dist, rundir
+    from ltcompress import dist
     from ltcompress.errors import Interrupted, StorageError
 
     given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
@@ -147,15 +147,7 @@ def compress(
             if owns_group:
                 dist.shutdown()
         return None
-    if resume:
-        run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
-        checkpoint.check_same_config(run, plan.resolved)
-        checkpoint.check_same_data(run, plan.data.manifest)
-    else:
-        run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, plan.student_arch))
-        run.write_config(plan.resolved)
-        if plan.data.manifest:
-            rundir.atomic_write_text(run.file("data-manifest.txt"), "\n".join(plan.data.manifest) + "\n")
+    run = _open_run(plan, resume)
     handler = run.log_to_file(log)
     try:
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
@@ -176,6 +168,24 @@ def compress(
         run.close()
         if owns_group:
             dist.shutdown()
+
+
+def _open_run(plan: Plan, resume: bool) -> Any:
+    """The run directory, locked: the interrupted one with the same settings and data (--resume), or a new one
+    holding the resolved config and the data manifest."""
+    from ltcompress import checkpoint, rundir
+
+    cfg = plan.cfg
+    if resume:
+        run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
+        checkpoint.check_same_config(run, plan.resolved)
+        checkpoint.check_same_data(run, plan.data.manifest)
+        return run
+    run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, plan.student_arch))
+    run.write_config(plan.resolved)
+    if plan.data.manifest:
+        rundir.atomic_write_text(run.file("data-manifest.txt"), "\n".join(plan.data.manifest) + "\n")
+    return run
 
 
 @dataclass
@@ -214,7 +224,7 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
         rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": plan.resolved})
 
     module = teacher_obj.module if teacher_obj else None
-    student, train_pass = _distill(plan, module, teacher_sha, saved, run.log_metrics, save_checkpoint)
+    student, train_pass = distill.distill_student(plan, module, teacher_sha, saved, run.log_metrics, save_checkpoint)
     distill.save_weights(student, run.file("student.safetensors"))
     plan.timings["distill"] = since(t)
     t = time.perf_counter()
@@ -283,13 +293,47 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     training again (the last checkpoint holds the finished student)."""
     from ltcompress import onnx_export, report, verify
     from ltcompress.errors import VerificationError
+
+    data, result = plan.data, out.verification
+    rep = _report(plan, run, out)
+    html = report.render_html(rep)
+    if not result.parity_ok:
+        report.write(run, rep, html)
+        p = result.parity
+        raise VerificationError(
+            f"the ONNX export does not reproduce the torch student: max logit difference "
+            f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
+            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}"
+        )
+    if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
+        preprocess = report.preprocess(data, onnx_export.INPUT_NAME)
+        inputs = verify.test_inputs(data)
+        report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names, preprocess, rep, html, inputs)
+    report.write(run, rep, html)
+    if rep["passed"]:
+        log.info("all gates passed; edge bundle: %s", run.file("bundle"))
+    else:
+        repair_missed = not (out.repair or {}).get("met", True)
+        log.info(
+            "%d gate(s) failed%s; no bundle written; see %s",
+            len(rep["failed_gates"]),
+            ", the INT8 repair did not meet its gates" if repair_missed else "",
+            run.file("report.json"),
+        )
+    return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
+
+
+def _report(plan: Plan, run: Any, out: Outputs) -> dict[str, Any]:
+    """report.json's content. The models are stamped with the results' hash first, since the report records
+    the models' own sha256."""
+    from ltcompress import onnx_export, report
     from ltcompress.methods import method_info
 
     cfg, data, result = plan.cfg, plan.data, out.verification
     stamp = {"ltcompress.report_sha256": report.results_sha256(plan.resolved, result.stages, out.gate_results)}
     for path in filter(None, (out.onnx_path, out.int8_path)):  # before report.artifacts takes their sha256
         onnx_export.embed_metadata(path, stamp)
-    rep = report.build(
+    return report.build(
         run=run,
         config=plan.resolved,
         gates=out.gate_results,
@@ -310,79 +354,11 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export, data.spec),
         int8_repair=out.repair,
     )
-    html = report.render_html(rep)
-    if not result.parity_ok:
-        report.write(run, rep, html)
-        p = result.parity
-        raise VerificationError(
-            f"the ONNX export does not reproduce the torch student: max logit difference "
-            f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
-            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}"
-        )
-    if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
-        report.write_bundle(
-            run,
-            out.onnx_path,
-            out.int8_path,
-            data.class_names,
-            report.preprocess(data, onnx_export.INPUT_NAME),
-            rep,
-            html,
-            verify.test_inputs(data),
-        )
-    report.write(run, rep, html)
-    if rep["passed"]:
-        log.info("all gates passed; edge bundle: %s", run.file("bundle"))
-    else:
-        log.info(
-            "%d gate(s) failed%s; no bundle written; see %s",
-            len(rep["failed_gates"]),
-            "" if (out.repair or {}).get("met", True) else ", the INT8 repair did not meet its gates",
-            run.file("report.json"),
-        )
-    return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
-
-
-def _distill(
-    plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any
-) -> tuple[Any, Any]:
-    """Stage 3 on every rank: the seeded student, what its method needs from the teacher, then training."""
-    import torch
-
-    from ltcompress import dist, distill, logit_cache, models
-
-    cfg, data = plan.cfg, plan.data
-    torch.manual_seed(cfg.run.seed)
-    init = cfg.student.init if plan.student_init[0] == "file" else plan.student_init[0]
-    student, info = models.build(
-        plan.student_arch, data.num_classes, data.spec.channels, init, cfg.student.weights, role="student"
-    )
-    plan.student_init = (info["init"], info["reason"])  # auto may still fall back if a download fails
-    student, train_pass = distill.prepare_method(
-        plan.loss, student, teacher, data, plan.device, cfg.run.eval_batch_size
-    )
-    teacher_sha = dist.broadcast_object(teacher_sha)
-    cache = logit_cache.for_run(cfg, data, plan.device, teacher_sha) if teacher is not None else None
-    options = distill.LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
-    distill.train(
-        student,
-        plan.loss,
-        data,
-        cfg.student.train,
-        plan.device,
-        stage="student",
-        seed=cfg.run.seed,
-        teacher=teacher,
-        on_epoch=on_epoch,
-        checkpoint=checkpoint,
-        resume=dist.broadcast_object(saved),
-        options=options,
-    )
-    return student, train_pass
 
 
 def _follow(plan: Plan, resume: bool) -> None:
     """Ranks other than 0 under torchrun: the same collective steps as rank 0 (teacher, distillation), no files."""
+    from ltcompress import distill
     from ltcompress import teacher as teacher_stage
 
     teacher_obj = (
@@ -390,4 +366,4 @@ def _follow(plan: Plan, resume: bool) -> None:
         if plan.teacher_plan
         else None
     )
-    _distill(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)
+    distill.distill_student(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)

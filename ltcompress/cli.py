@@ -239,27 +239,8 @@ def run(
         int8_repair=int8_repair or None,
         teacher_cache=teacher_cache or None,
     )
-    if result is None:  # a torchrun rank other than 0: rank 0 reports
-        return
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "run_dir": str(result.run_dir),
-                    "passed": result.passed,
-                    "gates": result.gates,
-                    "metrics": result.metrics,
-                    "flips": result.flips,
-                },
-                indent=2,
-            )
-        )
-    else:
-        console.print_outcome(result.metrics, result.flips, result.gates)
-        click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
-        click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
-    console.exit_on_failed_repair(result.int8_repair, result.run_dir / "report.json")
-    console.exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
+    if result is not None:  # None: a torchrun rank other than 0; rank 0 reports
+        console.finish_run(result, as_json)
 
 
 @cli.command()

@@ -3,13 +3,31 @@ and exit code 5 for failed gates."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ltcompress.errors import GATE_FAILED_EXIT
+
+if TYPE_CHECKING:
+    from ltcompress.api import CompressResult
+
+
+def finish_run(result: CompressResult, as_json: bool) -> None:
+    """`run`'s output for a CompressResult (the JSON document, or the table and where the files are), then exit
+    5 when the INT8 repair or a gate failed."""
+    if as_json:
+        keys = ("passed", "gates", "metrics", "flips")
+        click.echo(json.dumps({"run_dir": str(result.run_dir), **{k: getattr(result, k) for k in keys}}, indent=2))
+    else:
+        print_outcome(result.metrics, result.flips, result.gates)
+        click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
+        click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
+    exit_on_failed_repair(result.int8_repair, result.run_dir / "report.json")
+    exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
 
 
 def print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:

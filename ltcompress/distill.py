@@ -34,7 +34,7 @@ from ltcompress.rundir import atomic_save_file
 from ltcompress.train_state import TrainState, amp_dtype, autocast, build_state
 
 if TYPE_CHECKING:
-    pass
+    from ltcompress.plan import Plan
 
 log = logging.getLogger("ltcompress")
 
@@ -304,13 +304,29 @@ def train(
     loop.first_epoch = state.epoch
     loop.checkpointed = resume is not None and checkpoint is not None
     start = time.perf_counter()
+    _run_epochs(loop, state, on_epoch, checkpoint)
+    if state.ema is not None:
+        model.load_state_dict(state.ema.module.state_dict())
+    model.eval()
+    return TrainResult(state.history, time.perf_counter() - start)
+
+
+def _run_epochs(
+    loop: Loop,
+    state: TrainState,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """The remaining epochs, each logged and checkpointed, under one progress bar; Ctrl-C checkpoints the step
+    it stopped at and raises KeyboardInterrupt."""
+    recipe, stage = loop.recipe, loop.stage
     bar = tqdm(
         total=recipe.epochs * loop.steps,
         initial=state.epoch * loop.steps + state.step,
         desc=stage,
         unit="step",
         dynamic_ncols=True,
-        disable=None if options.progress else True,
+        disable=None if loop.options.progress else True,
         leave=False,
     )
     stop = StopRequest()
@@ -335,12 +351,43 @@ def train(
                 loop.checkpointed = checkpoint is not None
     finally:
         bar.close()
-    if state.ema is not None:
-        model.load_state_dict(state.ema.module.state_dict())
-    model.eval()
-    return TrainResult(state.history, time.perf_counter() - start)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Weights as safetensors (loadable without unpickling), written atomically."""
     atomic_save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+def distill_student(
+    plan: Plan, teacher: Any, teacher_sha: str | None, saved: dict[str, Any] | None, on_epoch: Any, checkpoint: Any
+) -> tuple[Any, Any]:
+    """Stage 3 on every rank, as api.compress() runs it: the seeded student, what its method needs from the
+    teacher, then training with the teacher-logit cache when the run has one."""
+    from ltcompress import logit_cache, models
+
+    cfg, data = plan.cfg, plan.data
+    torch.manual_seed(cfg.run.seed)
+    init = cfg.student.init if plan.student_init[0] == "file" else plan.student_init[0]
+    student, info = models.build(
+        plan.student_arch, data.num_classes, data.spec.channels, init, cfg.student.weights, role="student"
+    )
+    plan.student_init = (info["init"], info["reason"])  # auto may still fall back if a download fails
+    student, train_pass = prepare_method(plan.loss, student, teacher, data, plan.device, cfg.run.eval_batch_size)
+    teacher_sha = dist.broadcast_object(teacher_sha)
+    cache = logit_cache.for_run(cfg, data, plan.device, teacher_sha) if teacher is not None else None
+    options = LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
+    train(
+        student,
+        plan.loss,
+        data,
+        cfg.student.train,
+        plan.device,
+        stage="student",
+        seed=cfg.run.seed,
+        teacher=teacher,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        resume=dist.broadcast_object(saved),
+        options=options,
+    )
+    return student, train_pass

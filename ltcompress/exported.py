@@ -160,8 +160,7 @@ def verify_export(
     cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
     data, groups = _data(cfg, recorded, next(iter(headers.values()))[0])  # every model takes the same input
     gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
-    result = _measure(folder, models, data, groups, parsed, cfg.run.eval_batch_size)
-    result.recorded = {k: v for k, v in recorded.get("stages", {}).items() if k in result.metrics}
+    result = _measure(folder, models, data, groups, parsed, cfg.run.eval_batch_size, recorded.get("stages", {}))
     result.document = {
         "path": str(folder.resolve()),
         "layout": layout,
@@ -210,9 +209,16 @@ def _data(cfg: Any, recorded: dict[str, Any], dims: list[int]) -> tuple[Any, dic
 
 
 def _measure(
-    folder: Path, models: dict[str, Path], data: Any, groups: dict[str, list[int]], gates: list[Any], batch: int
+    folder: Path,
+    models: dict[str, Path],
+    data: Any,
+    groups: dict[str, list[int]],
+    gates: list[Any],
+    batch: int,
+    recorded: dict[str, Any],
 ) -> VerifyResult:
-    """Every model under ONNX Runtime on the test split: metrics, flips and the gates' verdicts."""
+    """Every model under ONNX Runtime on the test split: metrics, flips and the gates' verdicts, next to the
+    `recorded` stages of the export's own report."""
     from ltcompress import gates as gate_mod
     from ltcompress import verify as verify_stage
 
@@ -222,7 +228,9 @@ def _measure(
     flips = verify_stage.flips(preds, labels, groups, data.class_names)
     results = [g.to_dict() for g in gate_mod.evaluate(gates, stages, preds, labels, groups, data.class_names)]
     passed = all(r["passed"] for r in results)
-    return VerifyResult(folder, passed, results, [r for r in results if not r["passed"]], stages, flips, {})
+    failed = [r for r in results if not r["passed"]]
+    kept = {k: v for k, v in recorded.items() if k in stages}
+    return VerifyResult(folder, passed, results, failed, stages, flips, kept)
 
 
 def _as_exported(data: Any, recorded: dict[str, Any], dims: list[int]) -> Any:

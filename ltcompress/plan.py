@@ -139,7 +139,6 @@ def _check_device_and_batches(cfg: CompressConfig, device: Any) -> None:
 def _data_and_loss(cfg: CompressConfig, names: _Names, student_init: tuple[str, str]) -> tuple[Any, ...]:
     """The data (minus the repair's held-out images), its shot groups, the teacher's source and the method's
     loss, with the gates checked against the classes and stages the run will have."""
-    import torch
 
     from ltcompress import data as data_stage
     from ltcompress import gates as gate_mod
@@ -158,8 +157,7 @@ def _data_and_loss(cfg: CompressConfig, names: _Names, student_init: tuple[str, 
     stage_keys = ("teacher",) * bool(names.teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
     gate_mod.check_applicable(names.gates, groups, stage_keys, data.class_names)
     teacher_plan = teacher_stage.plan(cfg, data, names.teacher_loss) if names.teacher_loss else None
-    counts = torch.as_tensor(data.class_counts, dtype=torch.float32)
-    ctx = MethodContext(counts, cfg.student.train.epochs, cfg.data.many_threshold, cfg.data.few_threshold)
+    ctx = MethodContext.for_run(data.class_counts, cfg.student.train.epochs, cfg.data)
     loss = names.method_cls(names.params, ctx)  # checks needing the class count (rekd's k) happen here
     if cfg.export.int8 and cfg.export.exclude_nodes:
         from ltcompress import onnx_export

@@ -277,13 +277,7 @@ def _train_here(
     result in the cache; returns the metadata that records which recipe ran."""
     recipe_name, recipe = recipe_for(cfg, info["init"])
     method_cls = METHODS.get(p.loss)
-    ctx = MethodContext(
-        torch.as_tensor(data.class_counts, dtype=torch.float32),
-        recipe.epochs,
-        cfg.data.many_threshold,
-        cfg.data.few_threshold,
-    )
-    method = method_cls(method_cls.make_params({}), ctx)
+    method = method_cls(method_cls.make_params({}), MethodContext.for_run(data.class_counts, recipe.epochs, cfg.data))
     log.info(
         "teacher: training %s here (%s init, loss %s, %s recipe, %d epochs, lr %g, cache key %s)",
         p.arch,
@@ -324,12 +318,18 @@ def _train_here(
         "renormalize": isinstance(model, models.Renormalize),
     }
     if run is not None:
-        entry = _entry(cfg, p.key)
-        with entry_lock(entry):  # one writer at a time; readers wait for a complete entry
-            save_weights(model, entry / "teacher.safetensors")
-            meta["weights_sha256"] = sha256_file(entry / "teacher.safetensors")  # checked on every reuse
-            write_json(entry / "teacher.json", meta)  # written last: marks the cache entry complete
+        meta["weights_sha256"] = _store(_entry(cfg, p.key), model, meta)
     return meta
+
+
+def _store(entry: Path, model: nn.Module, meta: dict[str, Any]) -> str:
+    """The trained teacher into its cache entry, one writer at a time (readers wait for a complete entry);
+    returns the weights' sha256, which every reuse checks."""
+    with entry_lock(entry):
+        save_weights(model, entry / "teacher.safetensors")
+        sha = sha256_file(entry / "teacher.safetensors")
+        write_json(entry / "teacher.json", {**meta, "weights_sha256": sha})  # written last: marks it complete
+    return sha
 
 
 def _wrap_like(model: nn.Module, meta: dict[str, Any], data: LTData) -> nn.Module:

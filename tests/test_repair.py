@@ -85,14 +85,15 @@ def test_head_calibration_samples_only_the_classes_holding_half_the_images():
     assert set(labels[calibration_indices(labels, 1000, "head", 0)].tolist()) == {0, 1}
 
 
-def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_path):
+def _tiny_onnx(tmp_path):
+    """A tiny real timm model (SiLU, so Mul and Sigmoid nodes too) exported as the run exports it."""
     torch.manual_seed(0)
-    fp32 = export(
-        models.create("test_efficientnet", 4, 3).eval(),
-        InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32),
-        tmp_path / "m.onnx",
-        18,
-    )
+    model = models.create("test_efficientnet", 4, 3).eval()
+    return export(model, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32), tmp_path / "m.onnx", 18)
+
+
+def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_path):
+    fp32 = _tiny_onnx(tmp_path)
     rng = np.random.default_rng(0)
     q = Quantizer(fp32, iter([rng.normal(size=(4, 3, 32, 32)).astype(np.float32)]), tmp_path)
     names = q.graph_nodes
@@ -105,13 +106,7 @@ def test_every_node_is_named_and_listed_so_all_of_them_can_go_back_to_float(tmp_
 
 
 def test_a_repaired_node_computes_in_float_with_its_weights_stored_int8(tmp_path):
-    torch.manual_seed(0)
-    fp32 = export(
-        models.create("test_efficientnet", 4, 3).eval(),
-        InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32),
-        tmp_path / "m.onnx",
-        18,
-    )
+    fp32 = _tiny_onnx(tmp_path)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3, 32, 32)).astype(np.float32)
     q = Quantizer(fp32, iter([x]), tmp_path)

@@ -84,9 +84,9 @@ Item = tuple[np.ndarray | None, int, tuple[str, str] | None]
 
 
 def _collate(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
-    good = [(a, label) for a, label, err in items if err is None]
+    good = [(a, label) for a, label, _ in items if a is not None]  # an image is None exactly when it failed
     errors = [err for _, _, err in items if err is not None]
-    x = torch.from_numpy(np.stack([a for a, _ in good if a is not None])) if good else torch.empty(0, dtype=torch.uint8)
+    x = torch.from_numpy(np.stack([a for a, _ in good])) if good else torch.empty(0, dtype=torch.uint8)
     return x, torch.tensor([label for _, label in good], dtype=torch.int64), errors
 
 

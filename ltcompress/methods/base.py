@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from torch import nn
 from ltcompress.values import coerce
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
+
+if TYPE_CHECKING:
+    from ltcompress.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class MethodContext:
     @property
     def num_classes(self) -> int:
         return int(self.class_counts.numel())
+
+    @classmethod
+    def for_run(cls, class_counts: Any, epochs: int, data_cfg: DataConfig) -> MethodContext:
+        """A run's context: its training class counts and its data settings' shot-group thresholds."""
+        counts = torch.as_tensor(class_counts, dtype=torch.float32)
+        return cls(counts, epochs, data_cfg.many_threshold, data_cfg.few_threshold)
 
 
 @dataclass(frozen=True)
