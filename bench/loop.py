@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ltcompress import models
-from ltcompress.config import DataConfig, TrainConfig
+from ltcompress.config import TrainConfig, recipe_data
 from ltcompress.data import LTData, iterate, load, to_batch
 from ltcompress.data.samplers import epoch_stream
 from ltcompress.dist import pick_device
@@ -86,7 +86,7 @@ def toolkit_loop(
         student,
         method,
         data,
-        TrainConfig(epochs=epochs, batch_size=batch),
+        TrainConfig(epochs=epochs, batch_size=batch, lr=0.05),
         device,
         stage="student",
         seed=0,
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
-    data = load(DataConfig(), Path(tempfile.gettempdir()))
+    data = load(recipe_data(), Path(tempfile.gettempdir()))
     n = len(data.train) // args.batch * args.batch
     print(
         f"{TEACHER} -> {STUDENT}, KD, fmnist-lt ({len(data.train)} images, 32 px), batch {args.batch}, "

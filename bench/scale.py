@@ -256,10 +256,10 @@ def main() -> None:
             t0,
             functools.partial(measure_in_process, results[n], tree, teacher, args.work, args),
         )
-    from ltcompress.config import DataConfig
+    from ltcompress.config import recipe_data
     from ltcompress.data.core import resolve_workers
 
-    print(header(args, resolve_workers(DataConfig())))
+    print(header(args, resolve_workers(recipe_data())))
     print_report(results, args)
     wall = time.perf_counter() - t0
     print(

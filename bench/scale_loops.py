@@ -172,7 +172,7 @@ def toolkit_cache(data: Any, teacher: Any, batch: int, steps: int, work: Path) -
                 student,
                 method,
                 sub,
-                TrainConfig(epochs=1, batch_size=batch),
+                TrainConfig(epochs=1, batch_size=batch, lr=0.05),
                 torch.device("cpu"),
                 stage="student",
                 seed=0,

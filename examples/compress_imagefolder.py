@@ -1,6 +1,6 @@
 """Compress a model for your own long-tailed image folder, gate it on the rare classes, and act on the result.
 
-    python examples/compress_imagefolder.py DATA_DIR [--gate "few >= 0.6"] [--int8] [--epochs 40]
+    python examples/compress_imagefolder.py DATA_DIR [--gate "few >= 0.6"] [--epochs 40]
 
 DATA_DIR holds ``train/<class>/*.png`` and ``test/<class>/*.png`` (any image format PIL reads; the classes are
 the folder names). The script distills resnet50 into mobilenetv3_small_100 with BKD, exports FP32 and INT8 ONNX
@@ -33,9 +33,9 @@ def main() -> int:
     parser.add_argument("--teacher", default="resnet50")
     parser.add_argument("--student", default="mobilenetv3_small_100")
     parser.add_argument("--method", default="bkd")
-    parser.add_argument("--epochs", type=int, default=40, help="student epochs")
-    parser.add_argument("--teacher-epochs", type=int, default=20)
-    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, help="student epochs (default: the photos recipe's)")
+    parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the photos recipe's)")
+    parser.add_argument("--input-size", type=int, help="default: fitted to the images by the photos recipe")
     parser.add_argument("--runs-dir", default="runs")
     args = parser.parse_args()
     gates = args.gates or ["int8.few >= 0.6", "drop(fp32, int8).few <= 0.02"]
@@ -50,12 +50,9 @@ def main() -> int:
             gates=gates,
             int8=True,
             runs_dir=args.runs_dir,
-            overrides={
-                "data.input_size": args.input_size,
-                "student.train.epochs": args.epochs,
-                "teacher.train.epochs": args.teacher_epochs,
-                "student.train.grad_clip": 5.0,
-            },
+            epochs=args.epochs,
+            teacher_epochs=args.teacher_epochs,
+            overrides={"data.input_size": args.input_size} if args.input_size else None,
         )
     except LTCompressError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,16 +7,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
 from ltcompress.config import CompressConfig
 from ltcompress.plan import Plan, since, validate
 
+if TYPE_CHECKING:
+    from ltcompress.estimate import Estimate
+    from ltcompress.tracking import Tracker
+
 log = logging.getLogger("ltcompress")
 
 # compress() keywords -> dotted config keys (the CLI's options map onto the same keys)
-KEYWORDS = {
+KEYWORDS: dict[str, str | tuple[str, ...]] = {
     "teacher": "teacher.arch",
     "student": "student.arch",
     "method": "method.name",
@@ -34,9 +38,10 @@ KEYWORDS = {
     "student_init": "student.init",
     "student_weights": "student.weights",
     "int8_repair": "export.int8_repair",
-    "epochs": "student.train.epochs",
-    "teacher_epochs": "teacher.train.epochs",
+    "epochs": ("student.train.epochs", "student.finetune.epochs"),  # the recipe that runs, scratch or fine-tune
+    "teacher_epochs": ("teacher.train.epochs", "teacher.finetune.epochs"),
     "teacher_cache": "run.teacher_cache",
+    "track": "run.track",
 }
 
 
@@ -79,19 +84,36 @@ class CompressResult:
 def build_config(
     preset: str | None = None, overrides: Mapping[str, Any] | None = None, **keywords: Any
 ) -> CompressConfig:
-    """Resolve preset < overrides (dotted keys) < keywords; unknown keys or bad values raise UsageError."""
+    """Resolve recipe < overrides (dotted keys) < keywords; unknown keys or bad values raise UsageError.
+
+    The recipe is `preset` when given, else the one the dataset names (``--dataset imagefolder`` runs the
+    ``photos`` recipe), else the default dataset's."""
+    from ltcompress import data as data_stage
+
     flat = dict(overrides or {})
     for key, value in keywords.items():
         if key not in KEYWORDS:
             raise TypeError(f"compress() got an unexpected keyword argument {key!r}")
         if value is not None:
-            flat[KEYWORDS[key]] = tuple(value) if key == "gates" else value
+            targets = KEYWORDS[key]
+            for target in (targets,) if isinstance(targets, str) else targets:
+                flat[target] = tuple(value) if key in ("gates", "track") else value
     if keywords.get("int8_repair"):  # a repair of an INT8 model that is not built would be a surprise
         flat.setdefault("export.int8", True)
     dataset = flat.get("data.dataset")
-    if preset is None and dataset in config_mod.list_presets():
-        preset = dataset  # --dataset cifar10-lt brings that dataset's preset (n_max, epochs, ...)
-    return config_mod.resolve(preset, flat)
+    base = None
+    if preset is not None:
+        reason = f"from --preset {preset}"
+        if not config_mod.is_builtin(preset):  # a user's file: over its dataset's recipe
+            own = (config_mod.load_preset(preset).get("data") or {}).get("dataset")
+            base = data_stage.recipe_of(str(own or dataset or config_mod.DEFAULT_DATASET))
+            reason += f" over recipe {base}"
+    elif dataset is not None:
+        preset, reason = data_stage.recipe_of(str(dataset)), f"from --dataset {dataset}"
+    else:
+        default = config_mod.DEFAULT_DATASET
+        preset, reason = data_stage.recipe_of(default), f"the default dataset {default} (no --dataset)"
+    return config_mod.resolve(preset, flat, reason, data_stage.dataset_keys(), base)
 
 
 def compress(
@@ -121,7 +143,9 @@ def compress(
     teacher_cache: bool | None = None,
     int8: bool | None = None,
     int8_repair: bool | None = None,
-) -> CompressResult | None:
+    track: Sequence[str] | None = None,
+    dry_run: bool = False,
+) -> CompressResult | DryRun | None:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
@@ -131,15 +155,22 @@ def compress(
     `resume=True` continues the interrupted run named by `name` from
     its last checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone
     writes the run and returns the result; the other ranks return None.
-    Raises an LTCompressError subclass for errors; a failed gate is not an error.
+    Raises an LTCompressError subclass for errors; a failed gate is not an error. `dry_run=True` checks
+    everything a run would (recipe, data, names, gates), times a few steps of each model and returns a DryRun
+    (the resolved recipe, a data summary and the cost estimate) without training or writing anything.
     """
-    from ltcompress import dist
+    from ltcompress import dist, tracking
     from ltcompress.errors import Interrupted, StorageError
 
     given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
     cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
     plan = validate(cfg, progress)
+    cost = _estimate(plan, dry_run)
+    if dry_run and cost is not None:
+        if owns_group:
+            dist.shutdown()
+        return DryRun.of(plan, cost)
     if not dist.is_main():
         try:
             _follow(plan, resume)
@@ -149,9 +180,12 @@ def compress(
         return None
     run = _open_run(plan, resume)
     handler = run.log_to_file(log)
+    tracker = None
     try:
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
-        return _finish(plan, run, _run(plan, run, resume))
+        tracker = tracking.open_tracker(plan.cfg.run.track, run.path, plan.resolved)
+        run.listeners.append(tracker.epoch)
+        return _finish(plan, run, _run(plan, run, resume), cost, tracker)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
@@ -163,11 +197,51 @@ def compress(
             f"--resume (what is trained is kept)"
         ) from exc
     finally:
+        if tracker is not None:
+            tracker.close()
         log.removeHandler(handler)
         handler.close()
         run.close()
         if owns_group:
             dist.shutdown()
+
+
+def _estimate(plan: Plan, dry_run: bool) -> Estimate | None:
+    """Rank 0 times a few steps of each model and logs what the run will cost (run.estimate, or --dry-run)."""
+    from ltcompress import dist, estimate
+
+    if not dist.is_main() or not (dry_run or plan.cfg.run.estimate):
+        return None
+    cost = estimate.estimate(plan)
+    estimate.report(cost)
+    return cost
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would do, decided and measured without training or writing anything."""
+
+    recipe: str  # which recipe and why ("recipe photos (from --dataset imagefolder)")
+    fitted: tuple[str, ...]  # what the recipe fitted to the data, with the measurement behind each choice
+    config: dict[str, Any] = field(repr=False)  # the resolved config a run would write as config.yaml
+    data: dict[str, Any] = field(repr=False)  # classes, counts, shot groups, input, storage
+    estimate: Estimate = field(repr=False)
+
+    @classmethod
+    def of(cls, plan: Plan, cost: Estimate) -> DryRun:
+        from ltcompress import recipe, report
+
+        data = report.data_info(plan.data, plan.groups, plan.cfg)
+        return cls(recipe.describe(plan.cfg), plan.cfg.fitted, plan.resolved, data, cost)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "fitted": list(self.fitted),
+            "config": self.config,
+            "data": self.data,
+            "estimate": self.estimate.to_dict(),
+        }
 
 
 def _open_run(plan: Plan, resume: bool) -> Any:
@@ -241,6 +315,7 @@ def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
         cfg.run.eval_batch_size,
         teacher=module,
         int8_path=int8_path,
+        show=plan.progress,
     )
     gate_results = [
         g.to_dict()
@@ -273,7 +348,9 @@ def _export(
     int8_path, repaired = run.file("student.int8.onnx"), None
     int8_path.with_name(repair.UNREPAIRED).unlink(missing_ok=True)  # from an earlier attempt of this run
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=run.path) as tmp:
-        quantizer, info = onnx_export.int8(onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp))
+        quantizer, info = onnx_export.int8(
+            onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp), plan.progress
+        )
         if cfg.export.int8_repair:
             torch_models = {"student": student, "teacher": teacher}
             held = repair.held_out(data, plan.gates, onnx_path, torch_models, plan.device, cfg.run.eval_batch_size)
@@ -286,7 +363,7 @@ def _export(
     return onnx_path, int8_path, info, repaired
 
 
-def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
+def _finish(plan: Plan, run: Any, out: Outputs, cost: Estimate | None, tracker: Tracker) -> CompressResult:
     """report.json and report.html always; exit 4 for an export that does not reproduce torch; the bundle
     only when every gate passed. Finishing is a transaction: report.json, the mark of a finished run, is
     written last, so a failure anywhere before it (a full disk) leaves a run that --resume completes without
@@ -295,7 +372,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     from ltcompress.errors import VerificationError
 
     data, result = plan.data, out.verification
-    rep = _report(plan, run, out)
+    rep = _report(plan, run, out, cost)
     html = report.render_html(rep)
     if not result.parity_ok:
         report.write(run, rep, html)
@@ -310,6 +387,8 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
         inputs = verify.test_inputs(data)
         report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names, preprocess, rep, html, inputs)
     report.write(run, rep, html)
+    files = [run.file("report.json"), run.file("report.html"), out.onnx_path, *filter(None, [out.int8_path])]
+    tracker.results(rep, files)
     if rep["passed"]:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
@@ -323,7 +402,7 @@ def _finish(plan: Plan, run: Any, out: Outputs) -> CompressResult:
     return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
 
 
-def _report(plan: Plan, run: Any, out: Outputs) -> dict[str, Any]:
+def _report(plan: Plan, run: Any, out: Outputs, cost: Estimate | None) -> dict[str, Any]:
     """report.json's content. The models are stamped with the results' hash first, since the report records
     the models' own sha256."""
     from ltcompress import onnx_export, report
@@ -353,6 +432,7 @@ def _report(plan: Plan, run: Any, out: Outputs) -> dict[str, Any]:
         tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
         artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export, data.spec),
         int8_repair=out.repair,
+        estimate=cost.to_dict() if cost is not None else None,
     )
 
 

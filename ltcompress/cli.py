@@ -177,6 +177,19 @@ def cli(debug: bool, quiet: bool) -> None:
     is_flag=True,
     help="Continue the interrupted run named by --name from its last checkpoint (same options).",
 )
+@click.option(
+    "--track",
+    multiple=True,
+    type=click.Choice(["tensorboard", "mlflow"]),
+    help="Also log epochs, results, gates and artifacts to TensorBoard (event files in the run) or MLflow "
+    "(MLFLOW_TRACKING_URI, else a file store beside the runs); repeatable; needs the extra of that name.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check everything, time a few steps of each model, print the resolved recipe, a data summary and the "
+    "cost estimate, and exit 0 without training or writing anything.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(
@@ -201,6 +214,8 @@ def run(
     settings: tuple[str, ...],
     teacher_cache: bool,
     resume: bool,
+    track: tuple[str, ...],
+    dry_run: bool,
     as_json: bool,
     no_progress: bool,
     int8: bool,
@@ -210,7 +225,7 @@ def run(
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
     """
-    from ltcompress.api import compress
+    from ltcompress.api import CompressResult, DryRun, compress
 
     result = compress(
         teacher=teacher,
@@ -238,8 +253,12 @@ def run(
         int8=int8 or None,
         int8_repair=int8_repair or None,
         teacher_cache=teacher_cache or None,
+        track=track or None,
+        dry_run=dry_run,
     )
-    if result is not None:  # None: a torchrun rank other than 0; rank 0 reports
+    if isinstance(result, DryRun):
+        console.print_dry_run(result, as_json)
+    elif isinstance(result, CompressResult):  # None: a torchrun rank other than 0; rank 0 reports
         console.finish_run(result, as_json)
 
 
@@ -333,17 +352,33 @@ def list_methods_cmd(as_json: bool, params: bool, markdown: bool) -> None:
 
 
 @cli.command("list-presets")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (name and description).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (name, dataset, recipe of, description)."
+)
 def list_presets_cmd(as_json: bool) -> None:
-    """Built-in presets (YAML files installed with the package)."""
+    """Built-in presets (recipes): the dataset each runs on, and which datasets use it as their recipe
+    (--dataset X without --preset runs X's recipe)."""
     from ltcompress.config import list_presets, load_preset
+    from ltcompress.data import DATASETS
 
-    rows = [{"name": name, "description": load_preset(name).get("description", "")} for name in list_presets()]
+    recipes: dict[str, list[str]] = {}
+    for name in DATASETS.names():
+        recipes.setdefault(str(DATASETS.entry(name).meta.get("recipe")), []).append(name)
+    rows = []
+    for name in list_presets():
+        preset = load_preset(name)
+        on = (preset.get("data") or {}).get("dataset")
+        rows.append({"name": name, "dataset": on, "recipe_of": recipes.get(name, []), **_description(preset)})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        click.echo(f"{row['name']:<18} {row['description']}")
+        used = f"recipe of --dataset {', '.join(row['recipe_of'])}" if row["recipe_of"] else f"on {row['dataset']}"
+        click.echo(f"{row['name']:<16} {used:<34} {row['description']}")
+
+
+def _description(preset: dict[str, Any]) -> dict[str, str]:
+    return {"description": str(preset.get("description", ""))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,10 @@
-"""Frozen per-stage configuration, resolved as: dataclass defaults < preset YAML < user values.
+"""Frozen per-stage configuration, resolved as: the recipe (preset) of the dataset in use < user values.
 
-Unknown keys and values of the wrong type are UsageError (exit 2) before any work starts.
+Every setting has its default in one place. What each dataset's recipe sets (architectures, inits, training
+recipes, input size) has no dataclass default: a recipe must state it. A dataclass default is a default every
+dataset shares (ONNX opset, tolerances, ...) and no built-in recipe repeats it (tests/test_recipes.py checks).
+Unknown keys, keys the dataset does not read, and values of the wrong type are UsageError (exit 2) before any
+work starts.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import yaml
 
@@ -18,18 +22,22 @@ from ltcompress.values import bundled_dir, coerce
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
-DEFAULT_PRESET = "fmnist-lt"
+DEFAULT_PRESET = "fmnist-lt"  # the recipe of the default dataset (no --dataset, no --preset)
+DEFAULT_DATASET = "fmnist-lt"
+INITS = ("auto", "pretrained", "scratch")  # where a model's training starts (or a weights file's path)
+AUTO = "auto"  # a recipe value the data decides (ltcompress.recipe.fit): data.input_size
 CALIBRATIONS = ("stratified", "random", "head")  # how INT8 calibration images are drawn from the training set
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # how ONNX Runtime turns activations into ranges
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """One supervised or distillation training recipe (SGD + one-cycle)."""
+    """One supervised or distillation training recipe (SGD with a one-cycle schedule: linear warm-up, then
+    cosine decay). Epochs, batch size and learning rate belong to the recipe: every recipe states them."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
+    epochs: int
+    batch_size: int
+    lr: float
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -38,19 +46,24 @@ class TrainConfig:
     warmup: float = 0.3  # share of the steps spent warming up (one-cycle pct_start)
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3); the exported model is the EMA one
     ema_decay: float = 0.9998
+    # on a GPU: this batch instead, the learning rate scaled linearly with it (Goyal et al. 2017); None: the same
+    gpu_batch_size: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: str = "fmnist-lt"
+    dataset: str
     data_dir: str | None = None  # None: $LTCOMPRESS_DATA when set (filled in when resolved)
     download: bool = True  # fetch a missing built-in dataset into the cache ($LTCOMPRESS_OFFLINE=1: false)
-    n_max: int = 1000
-    imbalance: float = 100.0
+    n_max: int | None = None  # subset datasets (fmnist-lt, cifar*-lt): training images of the largest class
+    imbalance: float | None = None  # subset datasets: largest / smallest class (their recipes set both)
     profile: str = "exp"
     seed: int = 0
-    input_size: int = 32
+    input_size: int | None  # None ("auto" in a recipe): fitted to the images (imagefolder; ltcompress.recipe)
     resize: bool | None = None  # None: the dataset's way (fmnist-lt pads 28 px to input_size, cifar resizes)
+    geometry: str = "auto"  # imagefolder evaluation: auto (fitted) | crop (timm's centre crop) | pad (small images)
+    source_size: int | None = None  # pad geometry: images are resized to this before padding; None: input_size
+    crop_scale: float | None = None  # timm RandomResizedCrop's smallest area share; None: fitted to the size
     many_threshold: int = 100
     few_threshold: int = 20
     test_per_class: int | None = None  # None: the full balanced test split
@@ -79,30 +92,39 @@ class DataConfig:
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
     mix_prob: float = 1.0  # chance a batch is mixed at all when mixup or cutmix is on
 
+    @property
+    def size(self) -> int:
+        """The input size, once the recipe is fitted to the data (the plan step does it before any loading)."""
+        if self.input_size is None:
+            raise UsageError(
+                f"data.input_size auto is fitted to image folders only; dataset {self.dataset} needs a number"
+            )
+        return self.input_size
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherConfig:
-    arch: str = "resnet50"
+    arch: str
     weights: str | None = None
-    init: str = "auto"  # auto | pretrained | scratch
+    init: str  # auto | pretrained | scratch | a weights file
     loss: str = "auto"  # auto: the method's own choice (dive: bsce, others: ce); or a teacher-free method's name
     seed: int | None = None  # None: run.seed. Fix it to share one teacher across student seeds
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # the recipe a teacher that starts from pretrained weights is fine-tuned with (lower rate, short warm-up)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01, warmup=0.1))
+    train: TrainConfig  # from scratch
+    finetune: TrainConfig  # from pretrained weights or a weights file (lower rate, short warm-up)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudentConfig:
-    arch: str = "mobilenetv3_small_100"
-    init: str = "auto"  # auto | pretrained | scratch: where distillation starts
+    arch: str
+    init: str  # auto | pretrained | scratch | a weights file: where distillation starts
     weights: str | None = None  # a local file to start from (its head is replaced when the class count differs)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig  # from scratch
+    finetune: TrainConfig  # from pretrained weights or a weights file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MethodConfig:
-    name: str = "bkd"
+    name: str
     args: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -138,19 +160,23 @@ class RunConfig:
     cache_dir: str | None = None  # None: $LTCOMPRESS_CACHE, else ~/.cache/ltcompress (filled in when resolved)
     eval_batch_size: int = 256
     teacher_cache: bool = False  # reuse the teacher's logits from an earlier run with the same stream (exact)
+    estimate: bool = True  # time a few steps of each model first and log the run's expected duration
+    track: tuple[str, ...] = ()  # tracking sinks: tensorboard (event files in the run) | mlflow (extras)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompressConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    method: MethodConfig
     export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfig = field(default_factory=RunConfig)
     gates: tuple[str, ...] = ()
     preset: str | None = None
     description: str = ""
+    recipe_reason: str = ""  # why this recipe ran ("from --dataset imagefolder"), as the log and report say
+    fitted: tuple[str, ...] = ()  # what the recipe fitted to the data, each with the measurement behind it
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -171,6 +197,11 @@ def plain(obj: Any) -> Any:
 # ---------------------------------------------------------------- presets
 def _preset_dir() -> Path:
     return bundled_dir("presets", "presets")
+
+
+def is_builtin(preset: str) -> bool:
+    """A built-in recipe's name (not a path to a user's file)."""
+    return preset in list_presets()
 
 
 def list_presets() -> list[str]:
@@ -194,7 +225,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"preset {path} must be a YAML mapping of sections (data:, teacher:, ...)")
     if isinstance(data.get("resolved"), dict):  # a run's own config.yaml: its settings, not what it derived
-        data = {k: v for k, v in data.items() if k not in ("resolved", "preset")}
+        data = {k: v for k, v in data.items() if k not in ("resolved", "preset", "recipe_reason", "fitted")}
         data["run"] = {**(data.get("run") or {}), "name": None}  # a new run directory; the old one stays as it is
     return data
 
@@ -226,39 +257,95 @@ def dotted_to_nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+FITTED_KEYS = ("data.input_size",)  # keys a recipe may leave to the data ("auto")
+
+
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     if not isinstance(values, Mapping):
         raise UsageError(f"config section {where or 'top level'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{where}.{key}" if where else key
-        if key not in names:
+        if key not in fields:
             raise UsageError(
-                f"unknown config key {full!r}.{did_you_mean(key, names)} "
-                f"Valid keys{' in ' + where if where else ''}: {', '.join(names)}."
+                f"unknown config key {full!r}.{did_you_mean(key, list(fields))} "
+                f"Valid keys{' in ' + where if where else ''}: {', '.join(fields)}."
             )
         hint = hints[key]
-        # a section builds over the field's own default: teacher.finetune keeps its lr
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            default = next(f for f in dataclasses.fields(cls) if f.name == key)
-            base = default.default_factory() if default.default_factory is not dataclasses.MISSING else hint()
-            merged = _deep_merge(dataclasses.asdict(base), value) if isinstance(value, Mapping) else value
+            # a section builds over the field's own default, when it has one (export, run)
+            factory = fields[key].default_factory
+            base = dataclasses.asdict(factory()) if factory is not dataclasses.MISSING else {}
+            merged = _deep_merge(base, value) if isinstance(value, Mapping) else value
             kwargs[key] = _build(hint, merged, full)
+        elif value == AUTO and full in FITTED_KEYS:
+            kwargs[key] = None  # fitted to the data when the plan is made
         else:
             kwargs[key] = coerce(value, hint, full)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        keys = ", ".join(f"{where}.{n}" if where else n for n in missing)
+        raise UsageError(
+            f"the recipe leaves {keys} unset; every recipe (preset) states it: add it to the preset file or "
+            f"pass --set KEY=VALUE"
+        )
     return cls(**kwargs)
 
 
-def resolve(preset: str | None, overrides: Mapping[str, Any]) -> CompressConfig:
-    """Merge the preset (default ``fmnist-lt``) under dotted-key user overrides and validate the result."""
+def resolve(
+    preset: str | None,
+    overrides: Mapping[str, Any],
+    reason: str = "",
+    dataset_keys: Mapping[str, Collection[str]] | None = None,
+    base: str | None = None,
+) -> CompressConfig:
+    """The recipe `preset` (default ``fmnist-lt``) under dotted-key user overrides, validated. `reason` says why
+    this recipe ran; `dataset_keys` maps each dataset-specific data key to the datasets that read it, so a key
+    the dataset in use does not read is an error rather than silently ignored; `base` is the recipe a user's
+    preset file is read over (its dataset's)."""
     name = preset or DEFAULT_PRESET
-    merged = _deep_merge(load_preset(name), dotted_to_nested(overrides))
+    merged = load_preset(name)
+    if base:  # a user's preset file states what differs from its dataset's recipe
+        merged = _deep_merge(load_preset(base), merged)
+    merged = _deep_merge(merged, dotted_to_nested(overrides))
     merged["preset"] = name
+    merged["recipe_reason"] = reason or merged.get("recipe_reason") or f"from --preset {name}"
+    _check_dataset_keys(merged.get("data"), dataset_keys or {})
     cfg = environment.apply(_build(CompressConfig, merged, ""))  # the one place the environment is read
     _check_values(cfg)
     return cfg
+
+
+def _check_dataset_keys(data: Any, dataset_keys: Mapping[str, Collection[str]]) -> None:
+    if not isinstance(data, Mapping):
+        return
+    dataset = data.get("dataset")
+    for key in data:
+        readers = dataset_keys.get(key)
+        if readers is not None and dataset not in readers:
+            raise UsageError(
+                f"config key data.{key} does not apply to dataset {dataset!r} (only {', '.join(sorted(readers))} "
+                f"read it); remove it from the preset or the command line"
+            )
+
+
+def recipe_data(preset: str = DEFAULT_PRESET, **values: Any) -> DataConfig:
+    """A recipe's data settings with `values` over them: what loading one dataset by itself takes (examples,
+    benchmarks), with the recipe's defaults rather than a second copy of them."""
+    cfg = resolve(preset, {f"data.{k}": v for k, v in values.items()})
+    return cfg.data
+
+
+def training_recipe(model: TeacherConfig | StudentConfig, init: str) -> tuple[str, TrainConfig]:
+    """A model that starts from other weights (pretrained, a file) is fine-tuned with its section's `finetune`
+    recipe; from scratch it trains with `train`. Returns (recipe name, recipe)."""
+    return ("scratch", model.train) if init == "scratch" else ("finetune", model.finetune)
 
 
 def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
@@ -267,12 +354,13 @@ def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
         ("teacher.train", cfg.teacher.train),
         ("teacher.finetune", cfg.teacher.finetune),
         ("student.train", cfg.student.train),
+        ("student.finetune", cfg.student.finetune),
     )
 
 
 def _check_values(cfg: CompressConfig) -> None:
     def init_ok(init: str) -> bool:  # a named start, or a weights file to start from
-        return init in ("auto", "pretrained", "scratch") or Path(init).expanduser().is_file()
+        return init in INITS or Path(init).expanduser().is_file()
 
     checks = [
         (
@@ -288,11 +376,20 @@ def _check_values(cfg: CompressConfig) -> None:
             f"student.weights (--student-weights) {cfg.student.weights} does not exist",
         ),
         (cfg.data.profile in ("exp", "step"), "data.profile must be exp or step"),
-        (cfg.data.n_max >= 1, "data.n_max must be at least 1"),
-        (cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),
+        (cfg.data.n_max is None or cfg.data.n_max >= 1, "data.n_max must be at least 1"),
+        (cfg.data.imbalance is None or cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),
         (cfg.data.few_threshold <= cfg.data.many_threshold, "data.few_threshold must not exceed many_threshold"),
         (cfg.data.test_per_class is None or cfg.data.test_per_class >= 1, "data.test_per_class must be >= 1"),
-        (cfg.data.input_size >= 16, "data.input_size must be at least 16"),
+        (cfg.data.input_size is None or cfg.data.input_size >= 16, "data.input_size must be auto or at least 16"),
+        (cfg.data.geometry in ("auto", "crop", "pad"), "data.geometry must be auto, crop or pad"),
+        (
+            cfg.data.source_size is None or cfg.data.source_size >= 1,
+            "data.source_size must be at least 1 (or null: input_size)",
+        ),
+        (
+            cfg.data.crop_scale is None or 0 < cfg.data.crop_scale <= 1,
+            "data.crop_scale must be in (0, 1] (or null: fitted to the input size)",
+        ),
         (cfg.export.calibration in CALIBRATIONS, f"export.calibration must be one of {', '.join(CALIBRATIONS)}"),
         (cfg.export.calibration_size >= 1, "export.calibration_size must be at least 1"),
         (
@@ -307,6 +404,10 @@ def _check_values(cfg: CompressConfig) -> None:
             (section.batch_size >= 2, f"{where}.batch_size must be at least 2"),
             (section.lr > 0, f"{where}.lr must be positive"),
             (section.grad_clip is None or section.grad_clip > 0, f"{where}.grad_clip must be positive (or null)"),
+            (
+                section.gpu_batch_size is None or section.gpu_batch_size >= 2,
+                f"{where}.gpu_batch_size must be at least 2 (or null: the same batch on a GPU)",
+            ),
         ]
     for ok, message in checks + _data_checks(cfg):
         if not ok:

@@ -13,7 +13,39 @@ import click
 from ltcompress.errors import GATE_FAILED_EXIT
 
 if TYPE_CHECKING:
-    from ltcompress.api import CompressResult
+    from ltcompress.api import CompressResult, DryRun
+
+
+def print_dry_run(dry: DryRun, as_json: bool) -> None:
+    """`run --dry-run`: the recipe and what it fitted, the data, and the cost estimate."""
+    if as_json:
+        click.echo(json.dumps(dry.to_dict(), indent=2))
+        return
+    d = dry.data
+    click.echo(dry.recipe)
+    for line in dry.fitted:
+        click.echo(f"  fitted {line}")
+    click.echo(
+        f"data: {d['dataset']}, {d['num_classes']} classes, {d['train_size']} train / {d['test_size']} test images"
+    )
+    pairs = list(zip(d["class_names"], d["class_counts"]))
+    shown = ", ".join(f"{name} {n}" for name, n in pairs[:20]) + (
+        f" ... ({len(pairs)} classes)" if len(pairs) > 20 else ""
+    )
+    click.echo(f"  class counts: {shown}")
+    for group, names in d["shot_groups"].items():
+        click.echo(f"  {group}: {len(names)} classes{': ' + ', '.join(names[:8]) if names else ''}")
+    spec = d["input"]
+    click.echo(
+        f"  input: {spec['size']} px {spec['geometry']} ({spec['source_mode']}, source {spec['source_size']} px), "
+        f"{'in memory' if d['pipeline']['in_memory'] else 'decoded from disk'}, augment {d['pipeline']['augment']}"
+    )
+    click.echo("estimate:")
+    for line in dry.estimate.lines():
+        click.echo(f"  {line}")
+    advice = dry.estimate.advice()
+    if advice:
+        click.echo(f"ltcompress: {advice}")
 
 
 def finish_run(result: CompressResult, as_json: bool) -> None:

@@ -374,13 +374,17 @@ def distill_student(
     plan.student_init = (info["init"], info["reason"])  # auto may still fall back if a download fails
     student, train_pass = prepare_method(plan.loss, student, teacher, data, plan.device, cfg.run.eval_batch_size)
     teacher_sha = dist.broadcast_object(teacher_sha)
-    cache = logit_cache.for_run(cfg, data, plan.device, teacher_sha) if teacher is not None else None
+    recipe_name, recipe = plan.student_recipe()
+    cache = logit_cache.for_run(cfg, recipe, data, plan.device, teacher_sha) if teacher is not None else None
     options = LoopOptions(cfg.run.precision, cfg.run.compile, cache, plan.progress)
+    log.info(
+        "student recipe: %s (%d epochs, lr %g, batch %d)", recipe_name, recipe.epochs, recipe.lr, recipe.batch_size
+    )
     train(
         student,
         plan.loss,
         data,
-        cfg.student.train,
+        recipe,
         plan.device,
         stage="student",
         seed=cfg.run.seed,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ltcompress.config import CompressConfig
+from ltcompress.config import CompressConfig, TrainConfig
 from ltcompress.rundir import atomic_save_file, entry_lock
 
 log = logging.getLogger("ltcompress")
@@ -75,14 +75,13 @@ def _checksum(logits: torch.Tensor) -> str:
     return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def for_run(cfg: CompressConfig, data: Any, device: Any, teacher_sha: str) -> LogitCache | None:
-    """The teacher-logit cache for this run's exact sample stream, or None when not asked for."""
+def for_run(cfg: CompressConfig, recipe: TrainConfig, data: Any, device: Any, teacher_sha: str) -> LogitCache | None:
+    """The teacher-logit cache for the exact sample stream of the student's `recipe`, or None when not asked for."""
     if not cfg.run.teacher_cache:
         return None
     from ltcompress import dist
     from ltcompress.rundir import cache_root
 
-    recipe = cfg.student.train
     spec = {
         "teacher_sha256": teacher_sha,
         "data": data.fingerprint,

@@ -24,7 +24,6 @@ ALIASES.register("mobilenetv3", "mobilenetv3_small_100", summary="MobileNetV3-Sm
 ALIASES.register("mobilenetv3_large", "mobilenetv3_large_100", summary="MobileNetV3-Large, width 1.0")
 ALIASES.register("resnet", "resnet50", summary="ResNet-50")
 
-INITS = ("auto", "pretrained", "scratch")
 # the files timm's hub loader reads for a repo without hf_hub_filename, in its order (safetensors first)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -107,10 +106,57 @@ def cached_weights(arch: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _offline() -> bool:
+PROBE_TIMEOUT_S = 3.0  # one short request decides whether the hub is there (DNS included), not 90 s of retries
+_probed: dict[str, str | None] = {}  # endpoint -> why it is unreachable (None: it answered), once per process
+
+
+def _offline_reason(probe: bool = True) -> str | None:
+    """Why this run works offline: HF_HUB_OFFLINE, or (with `probe`) a hub that did not answer the one short
+    request of this process, which then switches huggingface_hub to offline mode for the rest of the run
+    (cached weights load without the network). None when online."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE)
+    endpoint = _endpoint()
+    if constants.HF_HUB_OFFLINE:
+        return "the hub did not answer" if _probed.get(endpoint) else "HF_HUB_OFFLINE is set"
+    if not probe:
+        return None
+    if endpoint not in _probed:
+        _probed[endpoint] = _probe(endpoint)
+        if _probed[endpoint] is not None:
+            constants.HF_HUB_OFFLINE = True
+            log.warning(
+                "the Hugging Face hub %s did not answer within %g s (%s): working offline for this run, with "
+                "the weights in the Hugging Face cache only (set HF_HUB_OFFLINE=1 to skip this check)",
+                endpoint,
+                PROBE_TIMEOUT_S,
+                _probed[endpoint],
+            )
+    return "the hub did not answer" if _probed[endpoint] else None
+
+
+def _probe(endpoint: str) -> str | None:
+    """Why `endpoint` cannot be reached, or None when it answers anything at all (an HTTP error is an answer).
+    The request runs in a thread bounded by PROBE_TIMEOUT_S, since name resolution ignores socket timeouts."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - URLError, OSError, ValueError: all mean "not reachable"
+            outcome.append(f"{type(exc).__name__}: {str(exc).strip() or 'no answer'}"[:200])
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 0.5)
+    return outcome[0] if outcome else f"no answer in {PROBE_TIMEOUT_S:g} s"
 
 
 def _endpoint() -> str:
@@ -136,6 +182,12 @@ def pretrained_preprocessing(arch: str) -> dict[str, Any] | None:
     }
 
 
+def pretrained_input_size(arch: str) -> int | None:
+    """The square input size timm's default pretrained configuration of the arch was trained at, if any."""
+    size = _default_cfg(resolve_name(arch)).get("input_size")
+    return int(size[-1]) if size else None
+
+
 def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str, str]:
     """(scratch | pretrained | file, why), decided without touching the network (milliseconds): offline
     (HF_HUB_OFFLINE) only cached weights count; online, auto tries the hub (HF_ENDPOINT) and `build` falls back."""
@@ -156,20 +208,21 @@ def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str,
                 f"--{role}-weights FILE, or --{role}-init scratch"
             )
         return "scratch", f"timm has no pretrained weights for {arch}"
+    offline = _offline_reason(probe=bool(cfg.hf_hub_id))  # before the cache: no network check of cached files
     cached = cached_weights(arch)
     if cached:
         return "pretrained", f"cached: {cached}"
     where = cfg.hf_hub_id or cfg.url
-    if _offline():
+    if offline:
         if requested == "pretrained":
             from huggingface_hub import constants
 
             raise UsageError(
-                f"--{role}-init pretrained: HF_HUB_OFFLINE is set and {where} is not in the Hugging "
+                f"--{role}-init pretrained: {offline} and {where} is not in the Hugging "
                 f"Face cache ({constants.HF_HUB_CACHE}); pass --{role}-weights FILE, or "
                 f"--{role}-init scratch"
             )
-        return "scratch", f"HF_HUB_OFFLINE is set and {where} is not in the Hugging Face cache"
+        return "scratch", f"{offline} and {where} is not in the Hugging Face cache"
     return "pretrained", f"{where} from {_endpoint() if cfg.hf_hub_id else 'its URL'}"
 
 

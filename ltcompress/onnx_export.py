@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ltcompress import progress
 from ltcompress.config import CALIBRATIONS, ExportConfig
 from ltcompress.data import InputSpec, LTData, eval_batches
 from ltcompress.errors import UsageError, VerificationError
@@ -110,13 +111,19 @@ def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> n
 
 
 def int8(
-    fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path, workdir: Path
+    fp32_path: Path, data: LTData, cfg: ExportConfig, seed: int, path: Path, workdir: Path, show: bool = False
 ) -> tuple[Quantizer, dict[str, Any]]:
     """The run's INT8 model: calibrate on `cfg.calibration_size` un-augmented training images chosen the
     `cfg.calibration` way. Returns the calibrated Quantizer (what the INT8 repair re-quantizes with; its files
     live in `workdir`) and what the report records about the calibration."""
     idx = calibration_indices(data.train.labels, cfg.calibration_size, cfg.calibration, seed)
-    batches = (x.contiguous().numpy() for x, _ in eval_batches(data, data.train, 32, torch.device("cpu"), idx))
+    shown = progress.bar(
+        eval_batches(data, data.train, 32, torch.device("cpu"), idx),
+        "int8 calibration",
+        show,
+        progress.batches(len(idx), 32),
+    )
+    batches = (x.contiguous().numpy() for x, _ in shown)
     quantizer = Quantizer(fp32_path, batches, workdir, cfg.calibration_method, cfg.per_channel)
     quantizer.write(path, exclude=cfg.exclude_nodes)
     weights = "per-channel" if cfg.per_channel else "per-tensor"

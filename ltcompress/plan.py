@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ltcompress import config as config_mod
-from ltcompress.config import CompressConfig
+from ltcompress.config import CompressConfig, TrainConfig
 from ltcompress.errors import UsageError
 
 log = logging.getLogger("ltcompress")
@@ -34,15 +34,20 @@ class Plan:
     resolved: dict[str, Any]
     timings: dict[str, float]
 
+    def student_recipe(self) -> tuple[str, TrainConfig]:
+        """(scratch | finetune, recipe): the one the student's start calls for."""
+        return config_mod.training_recipe(self.cfg.student, self.student_init[0])
+
     def student_info(self) -> dict[str, Any]:
         """report.json's `student`: where it started and how it trained."""
         from ltcompress.distill import used_batch
 
-        recipe = self.cfg.student.train
+        recipe_name, recipe = self.student_recipe()
         return {
             "arch": self.student_arch,
             "init": self.student_init[0],
             "init_reason": self.student_init[1],
+            "recipe": recipe_name,
             "batch_size_used": used_batch(recipe.batch_size, len(self.data.train)),
             "ema": recipe.ema,
             "ema_decay": recipe.ema_decay if recipe.ema else None,
@@ -66,8 +71,14 @@ def validate(cfg: CompressConfig, progress: bool) -> Plan:
     """Names, gates, devices, batch sizes and the data itself, checked before anything is written."""
     from ltcompress import dist
 
+    from ltcompress import recipe, tracking
+
     names = _names(cfg)
+    tracking.check(cfg.run.track)
+    log.info("%s", recipe.describe(cfg))
+    cfg = recipe.fit(cfg, names.student_arch)  # data.input_size auto etc., from the images' headers
     device = dist.init_from_env(dist.pick_device(cfg.run.device))  # torchrun: join the process group
+    cfg = recipe.fit_device(cfg, device)  # batch sizes by device
     _check_device_and_batches(cfg, device)
     if not dist.is_main():  # only rank 0 writes files and shows progress
         log.setLevel(logging.WARNING)
@@ -157,7 +168,8 @@ def _data_and_loss(cfg: CompressConfig, names: _Names, student_init: tuple[str, 
     stage_keys = ("teacher",) * bool(names.teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
     gate_mod.check_applicable(names.gates, groups, stage_keys, data.class_names)
     teacher_plan = teacher_stage.plan(cfg, data, names.teacher_loss) if names.teacher_loss else None
-    ctx = MethodContext.for_run(data.class_counts, cfg.student.train.epochs, cfg.data)
+    epochs = config_mod.training_recipe(cfg.student, student_init[0])[1].epochs
+    ctx = MethodContext.for_run(data.class_counts, epochs, cfg.data)
     loss = names.method_cls(names.params, ctx)  # checks needing the class count (rekd's k) happen here
     if cfg.export.int8 and cfg.export.exclude_nodes:
         from ltcompress import onnx_export
@@ -177,7 +189,7 @@ def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
     """Where the student starts: a weights file, pretrained weights timm can provide here, or scratch."""
     from ltcompress import models
 
-    if cfg.student.weights or cfg.student.init not in ("auto", "pretrained", "scratch"):
+    if cfg.student.weights or cfg.student.init not in config_mod.INITS:
         return "file", cfg.student.weights or cfg.student.init
     init, reason = models.resolve_init(cfg.student.init, arch, "student")
     log.info("student init: %s (%s, student.init %s)", init, reason, cfg.student.init)

@@ -78,6 +78,7 @@ def build(
     device: str,
     tail_losses: dict[str, Any] | None = None,
     int8_repair: dict[str, Any] | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's top-level keys are a stable contract: add keys, never rename or remove them."""
     return {
@@ -103,6 +104,12 @@ def build(
         "student": student,
         "method": method,
         "artifacts": artifacts,
+        "recipe": {
+            "name": config.get("preset"),
+            "why": config.get("recipe_reason"),
+            "fitted": config.get("fitted", []),
+        },
+        "estimate": estimate,  # what the run was expected to cost before it started (compare run.timings_s)
         "config": config,
         "environment": environment(device),
         "command": sys.argv if Path(sys.argv[0]).name in ("ltcompress", "__main__.py") else None,

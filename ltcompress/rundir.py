@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -194,9 +194,14 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list, repr=False)
+
     def log_metrics(self, record: dict[str, Any]) -> None:
+        """metrics.jsonl, then every listener (the run's tracking sinks)."""
         with io_errors(self.file("metrics.jsonl")), open(self.file("metrics.jsonl"), "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def log_to_file(self, logger: logging.Logger) -> logging.Handler:
         """`logger` also writes to the run's run.log (INFO and up); remove the handler when the run ends."""

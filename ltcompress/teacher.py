@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ltcompress import checkpoint, dist, models
-from ltcompress.config import CompressConfig, TrainConfig
+from ltcompress.config import CompressConfig, TrainConfig, training_recipe
 from ltcompress.data import LTData
 from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_batch
 from ltcompress.errors import UsageError
@@ -68,7 +68,7 @@ def load_weights_file(arch: str, path: Path, num_classes: int, in_chans: int = 3
 # ---------------------------------------------------------------- trained here, cached
 def recipe_for(cfg: CompressConfig, init: str) -> tuple[str, TrainConfig]:
     """A teacher starting from pretrained weights (or a weights file) is fine-tuned with its own recipe."""
-    return ("scratch", cfg.teacher.train) if init == "scratch" else ("finetune", cfg.teacher.finetune)
+    return training_recipe(cfg.teacher, init)
 
 
 def resolve_loss(requested: str, method_cls: type[Method]) -> str:
@@ -100,7 +100,7 @@ def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData
         "init": init,
         "loss": loss,
         "recipe": recipe,
-        "input_size": cfg.data.input_size,
+        "input_size": cfg.data.size,
         "sampler": recipe.pop("sampler"),
         "seed": cfg.teacher_seed,
         "data": data.fingerprint,
@@ -211,6 +211,12 @@ def obtain(
 
 def _entry(cfg: CompressConfig, key: str) -> Path:
     return cache_root(cfg.run.cache_dir) / "teachers" / key[:24]
+
+
+def cached(cfg: CompressConfig, key: str) -> bool:
+    """Whether a trained teacher with this key is in the cache (the cost estimate skips its training)."""
+    entry = _entry(cfg, key)
+    return (entry / "teacher.json").is_file() and (entry / "teacher.safetensors").is_file()
 
 
 def _from_cache(

@@ -8,18 +8,20 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from ltcompress import progress
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData, Split, eval_batches
 from ltcompress.rundir import read_errors
 from ltcompress.metrics import STAGES, agreement, confusion, flip_rates, summarize
 
 log = logging.getLogger("ltcompress")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,12 +51,19 @@ def full_fp32() -> Iterator[None]:
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, split: Split, data: LTData, device: torch.device, batch: int) -> np.ndarray:
-    """fp32 logits (no autocast, no TF32), so they are comparable with ONNX Runtime's."""
+def torch_logits(
+    model: nn.Module, split: Split, data: LTData, device: torch.device, batch: int, desc: str = ""
+) -> np.ndarray:
+    """fp32 logits (no autocast, no TF32), so they are comparable with ONNX Runtime's; `desc`: under a progress
+    bar of that name."""
     model.eval().to(device)
     with full_fp32():
-        out = [model(x).float().cpu() for x, _ in eval_batches(data, split, batch, device)]
+        out = [model(x).float().cpu() for x, _ in _shown(eval_batches(data, split, batch, device), desc, split, batch)]
     return torch.cat(out).numpy()
+
+
+def _shown(batches: Iterator[T], desc: str, split: Split, batch: int) -> Iterator[T]:
+    return progress.bar(batches, desc, bool(desc), progress.batches(len(split), batch))
 
 
 def open_session(onnx_path: Path) -> Any:
@@ -128,12 +137,12 @@ def onnx_header(onnx_path: Path) -> tuple[list[int], dict[str, str]]:
         return dims, {p.key: p.value for p in model.metadata_props}
 
 
-def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int) -> np.ndarray:
+def ort_logits(onnx_path: Path, split: Split, data: LTData, batch: int, desc: str = "") -> np.ndarray:
     session = open_session(onnx_path)
     name = session.get_inputs()[0].name
     out = [
         session.run(None, {name: x.contiguous().numpy()})[0]
-        for x, _ in eval_batches(data, split, batch, torch.device("cpu"))
+        for x, _ in _shown(eval_batches(data, split, batch, torch.device("cpu")), desc, split, batch)
     ]
     return np.concatenate(out)
 
@@ -176,17 +185,22 @@ def run(
     batch: int,
     teacher: nn.Module | None = None,
     int8_path: Path | None = None,
+    show: bool = False,
 ) -> Verification:
-    """Every stage on the test set. The FP32 export's parity with torch is judged here (exit 4 when off); the
-    INT8 model's agreement is only reported, for gates to judge."""
+    """Every stage on the test set (`show`: under progress bars). The FP32 export's parity with torch is judged
+    here (exit 4 when off); the INT8 model's agreement is only reported, for gates to judge."""
     test = data.test
     logits: dict[str, np.ndarray] = {}
+
+    def named(stage: str) -> str:
+        return f"verify {stage}" if show else ""
+
     if teacher is not None:
-        logits["teacher"] = torch_logits(teacher, test, data, device, batch)
-    logits["student"] = torch_logits(student, test, data, device, batch)
-    logits["fp32"] = ort_logits(onnx_path, test, data, batch)
+        logits["teacher"] = torch_logits(teacher, test, data, device, batch, named("teacher"))
+    logits["student"] = torch_logits(student, test, data, device, batch, named("student"))
+    logits["fp32"] = ort_logits(onnx_path, test, data, batch, named("fp32 (parity)"))
     if int8_path is not None:
-        logits["int8"] = ort_logits(int8_path, test, data, batch)
+        logits["int8"] = ort_logits(int8_path, test, data, batch, named("int8"))
     preds = {k: v.argmax(1) for k, v in logits.items()}
     labels = split_labels(data, test)
     stages = measure(preds, labels, groups, data.class_names)

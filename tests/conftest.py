@@ -128,7 +128,7 @@ def tiny_distill(
         student,
         method,
         data,
-        TrainConfig(epochs=epochs, batch_size=batch_size, **(recipe or {})),
+        TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, **(recipe or {})),
         cpu,
         stage="student",
         seed=seed,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltcompress.config import DataConfig
+from ltcompress.config import recipe_data
 from ltcompress.data import longtail_counts, longtail_indices, random_crop_flip, shot_groups, to_batch
 from ltcompress.data.fmnist import load_fmnist_lt, locate_fmnist
 from ltcompress.errors import DataError
@@ -37,7 +37,7 @@ def test_shot_groups_report_absent_group_as_empty():
 
 
 def test_fmnist_lt_real_data(fmnist):
-    data = load_fmnist_lt(DataConfig(), cache_root=None)
+    data = load_fmnist_lt(recipe_data(), cache_root=None)
     assert data.class_counts.tolist() == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]
     assert len(data.test) == 10000 and np.bincount(data.test.labels).tolist() == [1000] * 10
     assert data.train.images.shape[1:] == (3, 32, 32) and data.train.images.dtype == np.uint8
@@ -45,13 +45,13 @@ def test_fmnist_lt_real_data(fmnist):
     assert np.array_equal(data.train.images[:, 0], data.train.images[:, 2])  # gray repeated
     groups = shot_groups(data.class_counts)
     assert all(groups[g] for g in ("many", "medium", "few"))
-    again = load_fmnist_lt(DataConfig(), cache_root=None)
+    again = load_fmnist_lt(recipe_data(), cache_root=None)
     assert again.fingerprint == data.fingerprint
-    assert load_fmnist_lt(DataConfig(seed=1), cache_root=None).fingerprint != data.fingerprint
+    assert load_fmnist_lt(recipe_data(seed=1), cache_root=None).fingerprint != data.fingerprint
 
 
 def test_fmnist_resize_upsamples_instead_of_padding(fmnist):
-    cfg = DataConfig(n_max=50, imbalance=5, test_per_class=5, input_size=64)
+    cfg = recipe_data(n_max=50, imbalance=5, test_per_class=5, input_size=64)
     padded, resized = load_fmnist_lt(cfg, None), load_fmnist_lt(dataclasses.replace(cfg, resize=True), None)
     assert padded.spec.source_size == 28 and resized.spec.source_size == 64  # what the bundle runtime does
     assert (padded.train.images[:, :, :18, :] == 0).all()  # 28 px centred in 64 px
@@ -90,7 +90,7 @@ def test_corrupt_files_are_exit_3_naming_the_file(tmp_path, payload, reason):
     ):
         (tmp_path / f"{stem}.gz").write_bytes(payload)
     with pytest.raises(DataError, match=reason) as info:
-        load_fmnist_lt(DataConfig(data_dir=str(tmp_path)), tmp_path)
+        load_fmnist_lt(recipe_data(data_dir=str(tmp_path)), tmp_path)
     assert "ubyte.gz" in str(info.value)
 
 
@@ -105,7 +105,7 @@ def test_random_crop_flip_is_reproducible_and_content_preserving():
 
 
 def test_to_batch_normalises_with_the_spec(fmnist):
-    data = load_fmnist_lt(DataConfig(n_max=50, imbalance=5), cache_root=None)
+    data = load_fmnist_lt(recipe_data(n_max=50, imbalance=5), cache_root=None)
     x, y = to_batch(data.train.images, data.train.labels, data.spec, torch.device("cpu"))
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert abs(float(x[:, 0].mean())) < 1e-3 and abs(float(x[:, 0].std()) - 1) < 1e-2

@@ -52,7 +52,9 @@ def write_cifar(root: Path, fmt, num_classes: int, seed: int = 0, as_tar: bool =
 
 
 def cifar_cfg(path, dataset="cifar10-lt", **kw):
-    return DataConfig(**{"dataset": dataset, "data_dir": str(path), "n_max": PER_CLASS, "imbalance": 10, **kw})
+    return DataConfig(
+        **{"dataset": dataset, "data_dir": str(path), "n_max": PER_CLASS, "imbalance": 10, "input_size": 32, **kw}
+    )
 
 
 @pytest.mark.parametrize("fmt, classes, dataset", [(CIFAR10, 10, "cifar10-lt"), (CIFAR100, 100, "cifar100-lt")])
@@ -248,11 +250,11 @@ def test_a_test_class_unknown_to_training_is_exit_3_or_excluded_and_reported(tmp
     data = load(folder_cfg(root, unknown_test_classes="exclude"), tmp_path)
     assert data.class_names == ("cat", "dog", "eel") and len(data.test) == 9
     assert data.excluded_test_classes == ("fox",)
-    from ltcompress.config import CompressConfig
+    from ltcompress.api import build_config
     from ltcompress.report import data_info
     from ltcompress.data import shot_groups
 
-    info_dict = data_info(data, shot_groups(data.class_counts, 100, 20), CompressConfig())
+    info_dict = data_info(data, shot_groups(data.class_counts, 100, 20), build_config())
     assert info_dict["excluded_test_classes"] == ["fox"]
 
 

@@ -90,7 +90,7 @@ def test_compiled_student_trains_and_keeps_plain_weight_names():
         student,
         method,
         data,
-        TrainConfig(epochs=1, batch_size=16),
+        TrainConfig(epochs=1, batch_size=16, lr=0.05),
         torch.device("cpu"),
         stage="student",
         seed=0,

@@ -95,11 +95,11 @@ def env(workdir):
 @pytest.fixture(scope="module")
 def list_folder(tmp_path_factory):
     """A long-tailed dataset in the list-file layout (train.txt, test.txt, names.txt) of real images."""
-    from ltcompress.config import DataConfig
+    from ltcompress.config import recipe_data
     from ltcompress.data.fmnist import load_fmnist_lt
 
     root = tmp_path_factory.mktemp("birds")
-    test = load_fmnist_lt(DataConfig(n_max=10, imbalance=1, test_per_class=60), root / "cache").test
+    test = load_fmnist_lt(recipe_data(n_max=10, imbalance=1, test_per_class=60), root / "cache").test
     names = ["Trouser", "Bag", "Sneaker"]
     rows = {"train": [], "test": []}
     for label, (fmnist_class, n_train) in enumerate(zip((1, 8, 7), (40, 15, 6))):

@@ -242,10 +242,10 @@ def test_config_and_metrics_log(passed_run):
 
 def test_bundle_runs_without_torch_and_matches_verify(passed_run, tmp_path):
     run, _ = passed_run
-    from ltcompress.config import DataConfig
+    from ltcompress.config import recipe_data
     from ltcompress.data.fmnist import load_fmnist_lt
 
-    cfg = DataConfig(
+    cfg = recipe_data(
         n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"], test_per_class=TINY["data.test_per_class"]
     )
     test = load_fmnist_lt(cfg, tmp_path).test

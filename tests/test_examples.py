@@ -39,11 +39,11 @@ def _example_module(name, monkeypatch):
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """A long-tailed ImageFolder of real Fashion-MNIST images: 4 classes with 80/40/20/8 training images."""
-    from ltcompress.config import DataConfig
+    from ltcompress.config import recipe_data
     from ltcompress.data.fmnist import load_fmnist_lt
 
     root = tmp_path_factory.mktemp("folder")
-    test = load_fmnist_lt(DataConfig(n_max=10, imbalance=1, test_per_class=120), root / "cache").test
+    test = load_fmnist_lt(recipe_data(n_max=10, imbalance=1, test_per_class=120), root / "cache").test
     names = ("Trouser", "Bag", "Sneaker", "Ankle boot")
     classes = (1, 8, 7, 9)
     for split, counts in (("train", (80, 40, 20, 8)), ("test", (30, 30, 30, 30))):
@@ -120,11 +120,11 @@ def test_custom_method_loss_at_power_0_is_plain_kd(monkeypatch):
 @pytest.mark.slow
 def test_edge_inference_runs_without_torch_or_ltcompress(passed_run, tmp_path):
     run, _ = passed_run
-    from ltcompress.config import DataConfig
+    from ltcompress.config import recipe_data
     from ltcompress.data.fmnist import load_fmnist_lt
 
     test = load_fmnist_lt(
-        DataConfig(
+        recipe_data(
             n_max=TINY["data.n_max"], imbalance=TINY["data.imbalance"], test_per_class=TINY["data.test_per_class"]
         ),
         tmp_path,

@@ -251,7 +251,9 @@ def test_val_list_is_the_held_out_split_and_its_labels_are_checked(synth, tmp_pa
     from ltcompress.config import DataConfig
 
     (synth / "val.txt").write_text("".join(f"test/{n}/0.png {i}\n" for i, n in enumerate(SYNTH)))
-    data = load_imagefolder(DataConfig(dataset="imagefolder", data_dir=str(synth), val_list="val.txt"), tmp_path)
+    data = load_imagefolder(
+        DataConfig(dataset="imagefolder", data_dir=str(synth), input_size=32, val_list="val.txt"), tmp_path
+    )
     assert data.val is not None and data.val.labels.tolist() == [0, 1, 2, 3]
     assert data.val_source == "data.val_list val.txt, 4 images"
     (synth / "bad.txt").write_text("test/a_head/0.png 9\n")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ltcompress.report import preprocess
-from ltcompress.config import DataConfig
+from ltcompress.config import recipe_data
 from ltcompress.data.core import InputSpec
 from ltcompress.data.transforms import BatchAugment, eval_transform, seeded, train_transform
 from ltcompress.errors import UsageError
@@ -175,7 +175,7 @@ def test_crop_geometry_is_timm_eval_and_pad_keeps_the_legacy_path(tmp_path):
 def test_train_transform_shape_and_determinism_under_seeded(tmp_path, mode, channels, aa):
     path = write_photos(tmp_path)[0]
     spec = InputSpec(48, channels, (0.5,) * channels, (0.25,) * channels, mode, 48, "crop", 0.875, "bicubic")
-    tf = train_transform(spec, DataConfig(augment="timm", auto_augment=aa))
+    tf = train_transform(spec, recipe_data(augment="timm", auto_augment=aa))
     with Image.open(path) as img:
         img.load()
     outs = {}
@@ -193,7 +193,7 @@ def test_train_transform_shape_and_determinism_under_seeded(tmp_path, mode, chan
 def test_unknown_auto_augment_is_a_usage_error():
     spec = InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 32, "crop")
     with pytest.raises(UsageError, match="auto_augment"):
-        train_transform(spec, DataConfig(auto_augment="randaugment-please"))
+        train_transform(spec, recipe_data(auto_augment="randaugment-please"))
 
 
 def test_seeded_restores_the_global_generators():
@@ -215,11 +215,11 @@ def test_seeded_restores_the_global_generators():
 def test_batch_augment_mixup_cutmix_erasing_and_off():
     x = torch.randn(6, 3, 16, 16)
     y = torch.arange(6)
-    off = BatchAugment(DataConfig(), 10, "cpu")
+    off = BatchAugment(recipe_data(), 10, "cpu")
     out, y_b, lam = off(x.clone(), y, (0, 0))
     assert not off.enabled and torch.equal(out, x) and y_b is None and lam == 1.0
 
-    mix = BatchAugment(DataConfig(mixup=0.8), 10, "cpu")
+    mix = BatchAugment(recipe_data(mixup=0.8), 10, "cpu")
     out, y_b, lam = mix(x.clone(), y, (0, 1, 2))
     assert mix.enabled and 0.0 <= lam < 1.0 and torch.equal(y_b, y.flip(0))
     torch.testing.assert_close(out, lam * x + (1 - lam) * x.flip(0))
@@ -227,7 +227,7 @@ def test_batch_augment_mixup_cutmix_erasing_and_off():
     assert torch.equal(again, out) and lam2 == lam
     assert mix(x.clone(), y, (0, 1, 3))[2] != lam
 
-    cut = BatchAugment(DataConfig(cutmix=1.0), 10, "cpu")
+    cut = BatchAugment(recipe_data(cutmix=1.0), 10, "cpu")
     out, y_b, lam = cut(x.clone(), y, (7,))
     pasted = (out != x).any(dim=1)[0]  # the box taken from the paired sample
     assert torch.equal(y_b, y.flip(0)) and lam == pytest.approx(1 - pasted.float().mean().item())
@@ -236,7 +236,7 @@ def test_batch_augment_mixup_cutmix_erasing_and_off():
     out, y_b, lam = mix(odd.clone(), y[:5], (1,))
     assert torch.equal(y_b, y[:5].flip(0)) and torch.allclose(out[2], odd[2])  # the middle pairs with itself
 
-    erase = BatchAugment(DataConfig(re_prob=1.0), 10, "cpu")
+    erase = BatchAugment(recipe_data(re_prob=1.0), 10, "cpu")
     out, y_b, lam = erase(x.clone(), y, (0,))
     assert y_b is None and lam == 1.0 and not torch.equal(out, x)
     assert torch.equal(erase(x.clone(), y, (0,))[0], out)
@@ -250,7 +250,7 @@ def test_transforms_pickle_for_spawned_workers(tmp_path):
     for tf in (
         eval_transform(spec),
         eval_transform(InputSpec(128, 3, (0.5,) * 3, (0.25,) * 3, "RGB", 97)),
-        train_transform(spec, DataConfig(auto_augment="rand-m9-mstd0.5")),
+        train_transform(spec, recipe_data(auto_augment="rand-m9-mstd0.5")),
     ):
         copy = pickle.loads(pickle.dumps(tf))
         with Image.open(path) as img, seeded(4):

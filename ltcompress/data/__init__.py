@@ -28,30 +28,71 @@ from ltcompress.errors import UsageError
 from ltcompress.registry import Registry
 
 DATASETS: Registry[Callable[[DataConfig, Path], LTData]] = Registry("dataset", plugins="ltcompress.datasets")
+# Each dataset names its recipe (presets/<recipe>.yaml, every setting's default) and the dataset-specific data
+# keys it reads; a key another dataset reads is an error with this one rather than silently ignored.
+SUBSET_KEYS = ("n_max", "imbalance", "profile", "test_per_class", "resize")
+FOLDER_KEYS = (
+    "train_list",
+    "test_list",
+    "class_names_file",
+    "val_list",
+    "confine_paths",
+    "unknown_test_classes",
+    "geometry",
+    "source_size",
+)
 DATASETS.register(
     "fmnist-lt",
     "ltcompress.data.fmnist:load_fmnist_lt",
     lazy=True,
     summary="Fashion-MNIST, long-tailed training subset, balanced official test split",
+    recipe="fmnist-lt",
+    reads=SUBSET_KEYS,
 )
 DATASETS.register(
     "cifar10-lt",
     "ltcompress.data.cifar:load_cifar10_lt",
     lazy=True,
     summary="CIFAR-10 python archive, long-tailed training subset, balanced test split",
+    recipe="cifar10-lt",
+    reads=SUBSET_KEYS,
 )
 DATASETS.register(
     "cifar100-lt",
     "ltcompress.data.cifar:load_cifar100_lt",
     lazy=True,
     summary="CIFAR-100 python archive, long-tailed training subset, balanced test split",
+    recipe="cifar100-lt",
+    reads=SUBSET_KEYS,
 )
 DATASETS.register(
     "imagefolder",
     "ltcompress.data.imagefolder:load_imagefolder",
     lazy=True,
     summary="your images: a folder per class, or ImageNet-LT-style list files",
+    recipe="photos",
+    reads=FOLDER_KEYS,
 )
+
+
+def recipe_of(dataset: str) -> str:
+    """The recipe (preset name) a dataset runs with when no --preset is given; a dataset without one (a plugin
+    that names none) is exit 2 asking for --preset, never another dataset's recipe."""
+    recipe = DATASETS.entry(dataset).meta.get("recipe")
+    if not recipe:
+        raise UsageError(
+            f"dataset {dataset!r} names no recipe; pass --preset FILE.yaml with its settings (see list-presets)"
+        )
+    return str(recipe)
+
+
+def dataset_keys() -> dict[str, tuple[str, ...]]:
+    """Each dataset-specific data key -> the datasets that read it (datasets that declare what they read)."""
+    readers: dict[str, list[str]] = {}
+    for name in DATASETS.names():
+        for key in DATASETS.entry(name).meta.get("reads", ()):
+            readers.setdefault(key, []).append(name)
+    return {k: tuple(v) for k, v in readers.items()}
 
 
 def load(cfg: DataConfig, cache_root: Path, pretrained: Mapping[str, Any] | None = None) -> LTData:
@@ -85,6 +126,8 @@ __all__ = [
     "LTData",
     "Split",
     "counts_text",
+    "dataset_keys",
+    "recipe_of",
     "eval_batches",
     "hold_out",
     "iterate",

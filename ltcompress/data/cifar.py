@@ -191,7 +191,7 @@ def load(fmt: CifarFormat, cfg: DataConfig, cache_root: Path) -> LTData:
         test_y,
         names,
         native_size=32,
-        resize=cfg.input_size != 32 if cfg.resize is None else cfg.resize,
+        resize=cfg.size != 32 if cfg.resize is None else cfg.resize,
     )
 
 

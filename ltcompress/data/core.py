@@ -14,7 +14,7 @@ from PIL import Image
 
 from ltcompress.config import DataConfig
 from ltcompress.edge import runtime
-from ltcompress.errors import DataError
+from ltcompress.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class Pipeline:
     augment: str = "crop_flip"
     workers: int = 0
     prefetch: int = 2
-    options: DataConfig = field(default_factory=DataConfig)
+    # arrays handed to LTData directly (no dataset read them): the augmentation options' own defaults
+    options: DataConfig = field(default_factory=lambda: DataConfig(dataset="arrays", input_size=None))
     in_memory_reason: str = "array-backed dataset"
 
 
@@ -315,7 +316,7 @@ def assemble(
     """An in-memory dataset (pad geometry, crop-flip augmentation unless data.augment says timm)."""
     counts = check_splits(name, train, test, class_names)
     mean, std = memory_stats(train.arrays, cfg)
-    spec = InputSpec(cfg.input_size, train.arrays.shape[1], mean, std, mode, source_size)
+    spec = InputSpec(cfg.size, train.arrays.shape[1], mean, std, mode, source_size)
     augment = "crop_flip" if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg)
     return LTData(train, test, counts, class_names, spec, fingerprint(name, (train, test)), skipped or [], pipeline)
@@ -354,6 +355,11 @@ def subset(
     resize: bool,
 ) -> LTData:
     """A balanced source dataset made long-tailed by `cfg`'s profile (the test split stays balanced)."""
+    if cfg.n_max is None or cfg.imbalance is None:
+        raise UsageError(
+            f"dataset {name} makes a long-tailed subset: its recipe must set data.n_max and data.imbalance "
+            f"(see presets/{name}.yaml)"
+        )
     counts = longtail_counts(cfg.n_max, len(class_names), cfg.imbalance, cfg.profile)
     if min(counts) < 1:
         raise DataError(
@@ -367,13 +373,13 @@ def subset(
         else balanced_indices(test_labels, cfg.test_per_class, cfg.seed)
     )
     mode = source_mode(1 if train_images.ndim == 3 else 3, cfg.channels)
-    source_size = cfg.input_size if resize else native_size
+    source_size = cfg.size if resize else native_size
     train = Split(
-        from_arrays(train_images[train_idx], mode, source_size, cfg.input_size, cfg.channels),
+        from_arrays(train_images[train_idx], mode, source_size, cfg.size, cfg.channels),
         train_labels[train_idx].astype(np.int64),
     )
     test = Split(
-        from_arrays(test_images[test_idx], mode, source_size, cfg.input_size, cfg.channels),
+        from_arrays(test_images[test_idx], mode, source_size, cfg.size, cfg.channels),
         test_labels[test_idx].astype(np.int64),
     )
     return assemble(name, cfg, train, test, class_names, mode, source_size)

@@ -156,7 +156,7 @@ def manifest(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
 
 def in_memory(cfg: DataConfig, images: int, channels: int) -> tuple[bool, str]:
     """data.in_memory, with auto deciding by the decoded size against data.memory_budget_gb."""
-    need = images * channels * cfg.input_size**2 / 2**30
+    need = images * channels * cfg.size**2 / 2**30
     if cfg.in_memory == "auto":
         fits = need <= cfg.memory_budget_gb
         return fits, f"auto: {need:.2f} GiB decoded {'fits' if fits else 'exceeds'} {cfg.memory_budget_gb:g} GiB"
@@ -182,7 +182,7 @@ def _decode_all(split: Split, spec: InputSpec, pipeline: Pipeline, skipped: list
     return Split(images, np.concatenate(labels) if labels else np.zeros(0, np.int64), tuple(keep))
 
 
-def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
+def _root(cfg: DataConfig) -> Path:
     if not cfg.data_dir:
         raise DataError(
             "imagefolder needs --data-dir FOLDER (with train/<class>/ and test/<class>/ folders, or "
@@ -191,24 +191,39 @@ def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"--data-dir {root} is not a folder")
+    return root
+
+
+def training_files(cfg: DataConfig) -> list[Path]:
+    """The training images' paths, with every check loading does on the layout (the recipe measures them)."""
+    root = _root(cfg)
+    return [path for path, _ in _entries(cfg, root, [])[0]]
+
+
+def load_imagefolder(cfg: DataConfig, cache_root: Path) -> LTData:
+    root = _root(cfg)
     excluded: list[str] = []
     train_entries, test_entries, names = _entries(cfg, root, excluded)
     val_entries = _val_entries(cfg, root, names)
     lines = manifest(root, {"train": train_entries, "test": test_entries, "val": val_entries})
     mode = source_mode(3, cfg.channels)
+    # crop: timm's evaluation transform (photos); pad: small images resized to source_size and zero-padded
+    geometry = "crop" if cfg.geometry == "auto" else cfg.geometry
+    source = min(cfg.source_size or cfg.size, cfg.size) if geometry == "pad" else cfg.size
     spec = InputSpec(
-        cfg.input_size,
+        cfg.size,
         cfg.channels,
         (0.0,) * cfg.channels,
         (1.0,) * cfg.channels,
         mode,
-        cfg.input_size,
-        "crop",
+        source,
+        geometry,
         cfg.crop_pct or 0.875,
         cfg.interpolation or "bilinear",
     )
     keep, reason = in_memory(cfg, len(train_entries) + len(test_entries) + len(val_entries), cfg.channels)
-    augment = "timm" if cfg.augment == "auto" else cfg.augment
+    # small padded images: pad-crop + flip on whole uint8 batches (vectorised); photos: timm's per-image recipe
+    augment = ("crop_flip" if geometry == "pad" else "timm") if cfg.augment == "auto" else cfg.augment
     pipeline = Pipeline(augment, resolve_workers(cfg), cfg.prefetch, cfg, reason)
     train, test, val = (
         Split(None, np.asarray([label for _, label in entries], dtype=np.int64), tuple(str(p) for p, _ in entries))

@@ -37,7 +37,8 @@ def eval_transform(spec: InputSpec) -> Callable[[Image.Image], np.ndarray]:
 
 def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]:
     """PIL image (any mode) -> uint8 [channels, size, size], randomly augmented by timm's ImageNet recipe:
-    RandomResizedCrop + flip, then cfg.auto_augment (RandAugment, AugMix, AutoAugment, TrivialAugment) or
+    RandomResizedCrop (smallest area share cfg.crop_scale, else 0.08) + flip, then cfg.auto_augment (RandAugment,
+    AugMix, AutoAugment, TrivialAugment) or
     colour jitter. Random erasing and Mixup/CutMix act on the normalised batch instead (`BatchAugment`).
     Not seeded here: run each call inside `seeded(...)`."""
     from timm.data import create_transform
@@ -57,6 +58,7 @@ def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image],
             interpolation=spec.interpolation,
             mean=mean,
             std=std,
+            scale=(cfg.crop_scale, 1.0) if cfg.crop_scale else None,
         )
     except (AssertionError, ValueError, KeyError) as exc:
         raise UsageError(
