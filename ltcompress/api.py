@@ -167,10 +167,10 @@ def compress(
     owns_group = not dist.active()
     plan = validate(cfg, progress)
     cost = _estimate(plan, dry_run)
-    if dry_run and cost is not None:
+    if dry_run:  # nothing trains, on any rank
         if owns_group:
             dist.shutdown()
-        return DryRun.of(plan, cost)
+        return DryRun.of(plan, cost) if cost is not None else None
     if not dist.is_main():
         try:
             _follow(plan, resume)

@@ -84,7 +84,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option(
     "--preset",
     shell_complete=_completes(_preset_names, files=True),
-    help="Built-in preset name or a .yaml file, such as a run's config.yaml (default: fmnist-lt). See list-presets.",
+    help="Built-in preset (recipe) or a .yaml file read over its dataset's recipe, such as a run's config.yaml "
+    "(default: the dataset's recipe). See list-presets.",
 )
 @click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
 @click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
@@ -98,8 +99,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option(
     "--dataset",
     shell_complete=_completes(_dataset_names),
-    help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); "
-    "a dataset with a preset of its name brings that preset.",
+    help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); each runs its own "
+    "recipe (imagefolder: photos, fitted to the images) unless --preset names another.",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option(
@@ -137,8 +138,8 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option(
     "--student-init",
     metavar="auto|pretrained|scratch|FILE",
-    help="Where the student starts (as --teacher-init; default: the preset's, scratch in the "
-    "embedded ones, else auto).",
+    help="Where the student starts (as --teacher-init; default: the recipe's, scratch for fmnist-lt and "
+    "cifar, auto for image folders).",
 )
 @click.option(
     "--student-weights",
@@ -153,8 +154,8 @@ def cli(debug: bool, quiet: bool) -> None:
     metavar="KEY=VALUE",
     help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).",
 )
-@click.option("--epochs", type=int, help="Student (distillation) epochs.")
-@click.option("--teacher-epochs", type=int, help="Teacher training epochs.")
+@click.option("--epochs", type=int, help="Student (distillation) epochs, of the recipe it runs (train or finetune).")
+@click.option("--teacher-epochs", type=int, help="Teacher training epochs, of the recipe it runs (train or finetune).")
 @click.option("--seed", type=int, help="Training seed.")
 @click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
 @click.option("--name", help="Run name (folder under --runs-dir); must not exist yet.")

@@ -326,9 +326,11 @@ def _check_dataset_keys(data: Any, dataset_keys: Mapping[str, Collection[str]]) 
     if not isinstance(data, Mapping):
         return
     dataset = data.get("dataset")
-    for key in data:
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    for key, value in data.items():
         readers = dataset_keys.get(key)
-        if readers is not None and dataset not in readers:
+        # a default (a run's config.yaml records every key) changes nothing; another value would be ignored
+        if readers is not None and dataset not in readers and value != defaults.get(key):
             raise UsageError(
                 f"config key data.{key} does not apply to dataset {dataset!r} (only {', '.join(sorted(readers))} "
                 f"read it); remove it from the preset or the command line"
@@ -446,12 +448,6 @@ def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
             (d.normalize in ("auto", "sample", "pretrained"), "data.normalize must be auto, sample or pretrained"),
             (d.stats_sample >= 1, "data.stats_sample must be at least 1"),
             (d.augment in ("auto", "crop_flip", "timm"), "data.augment must be auto, crop_flip or timm"),
-            (
-                d.val_list is None or d.dataset == "imagefolder",
-                "data.val_list is read by the imagefolder dataset; "
-                "other datasets set held-out images aside with "
-                "export.repair_holdout",
-            ),
             (d.unknown_test_classes in ("error", "exclude"), "data.unknown_test_classes must be error or exclude"),
             (d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
             (d.interpolation in (None, "bilinear", "bicubic"), "data.interpolation must be bilinear or bicubic"),

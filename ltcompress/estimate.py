@@ -93,7 +93,8 @@ def _teacher_model(plan: Plan) -> nn.Module | None:
     if plan.teacher_plan is None:
         return None
     data = plan.data
-    return models.create(plan.teacher_plan.arch, data.num_classes, data.spec.channels).to(plan.device)
+    model = models.create(plan.teacher_plan.arch, data.num_classes, data.spec.channels).to(plan.device)
+    return model.to(memory_format=torch.channels_last)
 
 
 def _teacher_cost(plan: Plan, teacher: nn.Module | None) -> StageCost | None:

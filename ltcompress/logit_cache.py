@@ -105,7 +105,7 @@ def augmentation(data: Any) -> str:
     opts = data.pipeline.options
     if data.pipeline.augment == "crop_flip" and not (opts.re_prob or opts.mixup or opts.cutmix):
         return AUGMENTATION
-    keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob")
+    keys = ("auto_augment", "color_jitter", "re_prob", "mixup", "cutmix", "mix_prob", "crop_scale")
     return f"{data.pipeline.augment}, per image seeded by (seed, epoch, rank, position); " + ", ".join(
         f"{k}={getattr(opts, k)}" for k in keys
     )

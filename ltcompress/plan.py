@@ -70,22 +70,25 @@ class _Names:
 def validate(cfg: CompressConfig, progress: bool) -> Plan:
     """Names, gates, devices, batch sizes and the data itself, checked before anything is written."""
     from ltcompress import dist
-
+    from ltcompress import progress as progress_mod
     from ltcompress import recipe, tracking
 
     names = _names(cfg)
     tracking.check(cfg.run.track)
-    log.info("%s", recipe.describe(cfg))
-    cfg = recipe.fit(cfg, names.student_arch)  # data.input_size auto etc., from the images' headers
     device = dist.init_from_env(dist.pick_device(cfg.run.device))  # torchrun: join the process group
+    cfg = recipe.fit(cfg, names.student_arch)  # data.input_size auto etc., from the images' headers
     cfg = recipe.fit_device(cfg, device)  # batch sizes by device
     _check_device_and_batches(cfg, device)
     if not dist.is_main():  # only rank 0 writes files and shows progress
         log.setLevel(logging.WARNING)
         progress = False
+    progress_mod.configure(progress)
     student_init = _student_init(cfg, names.student_arch)
     t = time.perf_counter()
     data, groups, teacher_plan, loss = _data_and_loss(cfg, names, student_init)
+    log.info("%s", recipe.describe(cfg))
+    for line in cfg.fitted:
+        log.info("recipe %s fitted %s", cfg.preset, line)
     resolved = {
         **cfg.to_dict(),
         "resolved": {

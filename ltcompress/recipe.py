@@ -6,7 +6,6 @@ recorded with the measurement behind it (config.yaml's ``fitted``, report.json, 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 from ltcompress.config import CompressConfig
 from ltcompress.errors import DataError
 
-log = logging.getLogger("ltcompress")
 HEADER_SAMPLE = 512  # image headers read to measure a folder (seconds even on a network disk)
 STRIDE = 32  # the students' total downsampling: input sizes are multiples of it
 SMALLEST_INPUT = 32
@@ -86,6 +84,11 @@ def fit_size(sizes: ImageSizes, cap: int, cap_why: str) -> tuple[int, str]:
     )
 
 
+def crop_scale_for(size: int) -> float:
+    """RandomResizedCrop's smallest area share for an input of `size` px (CROP_SCALES)."""
+    return next(scale for floor, scale in CROP_SCALES if size >= floor)
+
+
 def fit(cfg: CompressConfig, student_arch: str) -> CompressConfig:
     """`cfg` with its `auto` data settings decided and each decision in `cfg.fitted`; unchanged when the recipe
     leaves nothing to the data."""
@@ -114,14 +117,12 @@ def fit(cfg: CompressConfig, student_arch: str) -> CompressConfig:
     scale = d.crop_scale
     timm_augment = d.augment == "timm" or (d.augment == "auto" and geometry == "crop")
     if scale is None and timm_augment:
-        scale = next(s for floor, s in CROP_SCALES if size >= floor)
+        scale = crop_scale_for(size)
         choices.append(f"data.crop_scale={scale}: RandomResizedCrop's smallest area share at {size} px")
     if d.augment == "auto":
         aug = "crop_flip: pad-crop + flip on uint8 batches" if geometry == "pad" else "timm: RandomResizedCrop + flip"
         choices.append(f"data.augment={aug} (by geometry)")
     data = dataclasses.replace(d, input_size=size, geometry=geometry, source_size=source, crop_scale=scale)
-    for line in choices:
-        log.info("recipe %s fitted %s", cfg.preset, line)
     return dataclasses.replace(cfg, data=data, fitted=cfg.fitted + tuple(choices))
 
 
@@ -145,8 +146,6 @@ def fit_device(cfg: CompressConfig, device: torch.device) -> CompressConfig:
                     section, **{name: dataclasses.replace(t, batch_size=t.gpu_batch_size, lr=lr)}
                 )
         sections[model] = section
-    for line in choices:
-        log.info("recipe %s fitted %s", cfg.preset, line)
     return dataclasses.replace(cfg, **sections, fitted=cfg.fitted + tuple(choices))
 
 

@@ -293,6 +293,8 @@ def _provenance(report: dict[str, Any]) -> str:
     items = [
         ("run directory", report["run"]["dir"]),
         ("finished", report["run"]["finished"]),
+        ("recipe", f"{report['recipe']['name']} ({report['recipe']['why']})" if report.get("recipe") else "n/a"),
+        *[("fitted", line) for line in (report.get("recipe") or {}).get("fitted", [])],
         ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}"),
         ("teacher sha256", teacher.get("weights_sha256", "n/a")),
         ("student ONNX sha256", report["artifacts"].get("onnx_sha256", "n/a")),
@@ -307,7 +309,8 @@ def _provenance(report: dict[str, Any]) -> str:
     return (
         f"<table>{rows}</table><details><summary>resolved configuration</summary><pre>{_e(config)}</pre>"
         f"</details><details><summary>timings (s)</summary><pre>{_e(json.dumps(report['run']['timings_s']))}"
-        "</pre></details>"
+        f"</pre></details><details><summary>estimate before training (s)</summary>"
+        f"<pre>{_e(json.dumps(report.get('estimate')))}</pre></details>"
     )
 
 

@@ -25,6 +25,7 @@ from ltcompress.config import CompressConfig, TrainConfig, training_recipe
 from ltcompress.data import LTData
 from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_batch
 from ltcompress.errors import UsageError
+from ltcompress.logit_cache import augmentation
 from ltcompress.methods import METHODS
 from ltcompress.methods.base import Method, MethodContext
 from ltcompress.rundir import RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
@@ -101,6 +102,8 @@ def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData
         "loss": loss,
         "recipe": recipe,
         "input_size": cfg.data.size,
+        "input": dataclasses.asdict(data.spec),  # geometry, crop and normalisation: what the teacher sees
+        "augmentation": augmentation(data),
         "sampler": recipe.pop("sampler"),
         "seed": cfg.teacher_seed,
         "data": data.fingerprint,

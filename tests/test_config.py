@@ -42,8 +42,11 @@ def test_exponent_without_dot_is_a_float():
 def test_method_args_merge_over_preset(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("method: {name: kd, args: {T: 3}}\n")
-    cfg = resolve(str(preset), {"method.args": {"a_kd": 0.5}})
+    cfg = build_config(str(preset), {"method.args": {"a_kd": 0.5}})
     assert dict(cfg.method.args) == {"T": 3, "a_kd": 0.5}
+    # a user's file states what differs: the rest is its dataset's recipe, and the log says so
+    assert cfg.student.train.epochs == resolve("fmnist-lt", {}).student.train.epochs
+    assert cfg.recipe_reason == f"from --preset {preset} over recipe fmnist-lt"
 
 
 @pytest.mark.parametrize(

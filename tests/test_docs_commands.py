@@ -122,6 +122,16 @@ def test_the_docs_show_commands_and_each_has_a_handler():
     assert not unhandled, f"commands in the docs that no test runs: {unhandled}"
 
 
+def tiny_args_for(args: list[str]) -> list[str]:
+    """TINY_ARGS, without the subset keys an image folder does not read (setting one is exit 2)."""
+    if "imagefolder" not in args:
+        return TINY_ARGS
+    from ltcompress.data import SUBSET_KEYS
+
+    keep = {k: v for k, v in TINY.items() if k.removeprefix("data.") not in SUBSET_KEYS}
+    return [*TINY_ARGS[:5], *[a for k, v in keep.items() for a in ("--set", f"{k}={v}")]]
+
+
 def run_ltcompress(argv, ctx):
     args = argv[1:]
     if args[0] == "run":
@@ -130,9 +140,8 @@ def run_ltcompress(argv, ctx):
         resume = "--resume" in args
         if "--name" in args:
             name = args[args.index("--name") + 1]
-        code = cli_exit(
-            [*args, *TINY_ARGS, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else ["--name", name])]
-        )
+        tiny = tiny_args_for(args)
+        code = cli_exit([*args, *tiny, "--runs-dir", str(ctx["runs"]), *([] if "--name" in args else ["--name", name])])
         if resume:  # the run it continues has finished here, so the resume is refused, as documented
             assert code == 2
         else:  # tiny models may miss a documented gate: the exit code is the report's own verdict

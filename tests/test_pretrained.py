@@ -366,7 +366,7 @@ def test_the_cli_says_once_that_the_hub_is_unreachable_and_goes_on(silent_hub, t
 
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     args = [sys.executable, "-m", "ltcompress", "run", "--teacher", ARCH, "--student", "test_efficientnet"]
-    args += ["--method", "kd", "--runs-dir", str(tmp_path), "--no-progress", "--dry-run"]
+    args += ["--method", "kd", "--student-init", "auto", "--runs-dir", str(tmp_path), "--no-progress", "--dry-run"]
     proc = subprocess.run(args, capture_output=True, text=True, env={**env, "HF_ENDPOINT": silent_hub}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("did not answer within 3 s") == 1

@@ -155,7 +155,7 @@ def test_photos_get_the_students_pretrained_size_and_gentler_crops_when_small(tm
     big = _dry(_folder(tmp_path / "big", [300, 420, 500]))
     size = pretrained_input_size("test_resnet")  # 160: test_resnet's pretrained configuration
     assert (big.config["data"]["input_size"], big.config["data"]["geometry"]) == (size, "crop")
-    assert big.config["data"]["crop_scale"] == 0.08 and big.data["pipeline"]["augment"] == "timm"
+    assert big.config["data"]["crop_scale"] == 0.25 and big.data["pipeline"]["augment"] == "timm"  # 160 px
     mid = _dry(_folder(tmp_path / "mid", [100, 110, 120]))
     assert mid.config["data"]["input_size"] == 96 and mid.config["data"]["crop_scale"] == 0.25
 
@@ -166,6 +166,20 @@ def test_a_folder_from_10_to_4000_px_still_gets_one_size_with_the_reason(tmp_pat
     dry = _dry(root)
     line = next(f for f in dry.fitted if f.startswith("data.input_size="))
     assert dry.config["data"]["input_size"] == 64 and "10-4000 px" in line
+    assert dry.config["data"]["crop_scale"] == 0.5  # gentler crops for a small input
+
+
+def test_the_size_rule_caps_at_the_pretrained_size_and_never_exceeds_the_images():
+    from ltcompress.recipe import ImageSizes, crop_scale_for, fit_size
+
+    def sizes(median: int) -> ImageSizes:
+        return ImageSizes(median, 10, 4000, 512, 9000, 0)
+
+    assert fit_size(sizes(420), 224, "x")[0] == 224  # photos: the pretrained size
+    assert fit_size(sizes(224), 224, "x")[0] == 224
+    assert fit_size(sizes(223), 224, "x")[0] == 192  # never upsampled past what the images carry
+    assert fit_size(sizes(28), 224, "x")[0] == 32 and fit_size(sizes(10), 224, "x")[0] == 32  # padded up
+    assert [crop_scale_for(s) for s in (224, 192, 160, 96, 64, 32)] == [0.08, 0.08, 0.25, 0.25, 0.5, 0.5]
 
 
 def test_an_explicit_size_wins_over_the_fit(tmp_path):
@@ -225,7 +239,7 @@ def test_advice_when_a_cpu_run_would_take_more_than_an_hour():
 
     long = Estimate((StageCost("teacher", 3000.0, "x"), StageCost("student", 1200.0, "y")), "cpu")
     advice = long.advice()
-    assert advice and "1.2 h" in advice and "--teacher-weights" in advice and "--teacher-cache" in advice
+    assert advice and "70.0 min" in advice and "--teacher-weights" in advice and "--teacher-cache" in advice
     assert "data.input_size" in advice and "--device cuda" in advice
     assert Estimate(long.stages, "cuda:0").advice() is None
     assert Estimate((StageCost("student", 600.0, "y"),), "cpu").advice() is None

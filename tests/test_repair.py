@@ -282,7 +282,7 @@ def test_val_list_belongs_to_imagefolder(tmp_path, capsys):
     code, _, err = run_cli(
         ["run", "--no-progress", "--set", "data.val_list=v.txt", "--runs-dir", str(tmp_path)], capsys
     )
-    assert code == 2 and "data.val_list is read by the imagefolder dataset" in err
+    assert code == 2 and "data.val_list does not apply to dataset 'fmnist-lt' (only imagefolder read it)" in err
 
 
 def test_compress_int8_repair_keyword_builds_the_int8_model_it_repairs():

@@ -87,12 +87,13 @@ def test_renormalize_maps_run_normalisation_to_model_normalisation():
 
 
 def test_cache_key_shares_teachers_across_student_seeds_and_methods_with_the_same_teacher_loss():
-    from types import SimpleNamespace
+    import dataclasses
 
+    from conftest import tiny_data
     from ltcompress.config import resolve
     from ltcompress.teacher import cache_key
 
-    data = SimpleNamespace(fingerprint="f" * 64)
+    data = tiny_data()
 
     def key(loss="ce", **overrides):
         return cache_key(resolve(None, overrides), "resnet50", "scratch", loss, data)
@@ -103,7 +104,13 @@ def test_cache_key_shares_teachers_across_student_seeds_and_methods_with_the_sam
     assert key("bsce") != key("ce")  # dive's Balanced Softmax teacher is another
     assert key(**{"teacher.train.epochs": 3}) != key()
     assert key(**{"teacher.train.grad_clip": 5.0}) != key()
-    assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", SimpleNamespace(fingerprint="g" * 64)) != key()
+    other = dataclasses.replace(data, fingerprint="g" * 64)
+    assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", other) != key()
+    # what the teacher sees: padded or cropped inputs, another augmentation, are other teachers
+    cropped = dataclasses.replace(data, spec=dataclasses.replace(data.spec, geometry="crop"))
+    assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", cropped) != key()
+    timm = dataclasses.replace(data, pipeline=dataclasses.replace(data.pipeline, augment="timm"))
+    assert cache_key(resolve(None, {}), "resnet50", "scratch", "ce", timm) != key()
 
 
 def test_teacher_loss_is_the_methods_choice_unless_the_user_names_a_teacher_free_method():

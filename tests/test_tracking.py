@@ -20,6 +20,7 @@ def tracked(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "ltcompress-tests")
+        mp.setenv("LTCOMPRESS_CACHE", str(runs / "cache"))  # the teacher trains here: its epochs are tracked
         result = compress(
             teacher=TINY_MODELS["teacher"],
             student=TINY_MODELS["student"],

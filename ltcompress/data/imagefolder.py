@@ -170,9 +170,12 @@ def _decode_all(split: Split, spec: InputSpec, pipeline: Pipeline, skipped: list
     from ltcompress.data.loader import SampleSet, decoded
     from ltcompress.data.transforms import eval_transform
 
+    from ltcompress import progress
+
     dataset = SampleSet(split, np.arange(len(split)), eval_transform(spec), None)
     parts, labels = [], []
-    for x, y in decoded(pipeline, skipped, dataset, 256, False, torch.device("cpu")):
+    batches = decoded(pipeline, skipped, dataset, 256, False, torch.device("cpu"))
+    for x, y in progress.bar(batches, "decoding images", total=progress.batches(len(split), 256)):
         parts.append(x.numpy())
         labels.append(y.numpy())
     gone = set(skipped)
