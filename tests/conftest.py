@@ -248,3 +248,14 @@ def lazy_cli_args(root: Path, runs: Path, name: str, *extra: str) -> list[str]:
         "student.train.batch_size=8",
         *extra,
     ]
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as dotted keys (method args stay one value)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "args":
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,6 +1,8 @@
 import dataclasses
 import pytest
 
+from conftest import flat_keys
+
 from ltcompress.api import build_config
 from ltcompress.config import list_presets, load_preset, resolve
 from ltcompress.errors import UsageError
@@ -86,17 +88,7 @@ def test_config_round_trips_through_its_dict():
     cfg = resolve(None, {"gates": ["few >= 0.1"]})
     d = cfg.to_dict()
     d.pop("preset")
-    assert resolve(None, _flatten(d)) == cfg
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "args":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    assert resolve(None, flat_keys(d)) == cfg
 
 
 def test_registry_names_closest_valid_names():

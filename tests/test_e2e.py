@@ -23,6 +23,8 @@ from ltcompress.rundir import sha256_file
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {
     "schema",
+    "recipe",
+    "estimate",
     "run",
     "passed",
     "gates",
@@ -117,6 +119,8 @@ def test_report_keys_and_values(passed_run):
     run, _ = passed_run
     rep = json.loads((run / "report.json").read_text())
     assert set(rep) == REPORT_KEYS and rep["schema"] == 1 and rep["passed"] is True
+    assert rep["recipe"] == {"name": "fmnist-lt", "why": "the default dataset fmnist-lt (no --dataset)", "fitted": []}
+    assert [s["stage"] for s in rep["estimate"]["stages"]] == ["teacher", "student", "export", "verify"]
     assert rep["data"]["class_counts"] == COUNTS and rep["data"]["test_size"] == 300
     names = rep["data"]["class_names"]
     groups = shot_groups(np.array(COUNTS), TINY["data.many_threshold"], TINY["data.few_threshold"])

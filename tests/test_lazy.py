@@ -224,13 +224,14 @@ def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tr
         cache_weights(hub, arch)
     overrides = {
         "data.input_size": 224,
+        "data.geometry": "crop",  # the tree's 40-90 px images would be padded to 224 px otherwise
         "data.in_memory": False,
         "data.workers": 2,
         "teacher.finetune.epochs": 1,
-        "student.train.epochs": 1,
+        "student.finetune.epochs": 1,  # a pretrained student runs its fine-tune recipe
         "teacher.finetune.batch_size": 8,
-        "student.train.batch_size": 8,
-        "student.train.ema": True,
+        "student.finetune.batch_size": 8,
+        "student.finetune.ema": True,
     }
     result = compress(
         teacher=TINY_MODELS["teacher"],
@@ -247,6 +248,7 @@ def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tr
     assert result.passed
     rep = result.report
     assert rep["student"]["init"] == "pretrained" and rep["student"]["exported_weights"] == "ema"
+    assert rep["student"]["recipe"] == "finetune"
     assert rep["teacher"]["init"] == "pretrained" and rep["teacher"]["recipe_name"] == "finetune"
     data = rep["data"]
     assert data["pipeline"]["in_memory"] is False and data["pipeline"]["augment"] == "timm"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY_MODELS, run_cli
+from conftest import TINY_MODELS, flat_keys, run_cli
 from ltcompress import config as config_mod
 from ltcompress.api import build_config, compress
 from ltcompress.errors import UsageError
@@ -31,16 +31,6 @@ def _leaves(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
     return out
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "args":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 SECTIONS = ("data.", "teacher.", "student.", "method.", "export.", "run.")
 
 
@@ -51,7 +41,7 @@ def test_every_setting_has_its_default_in_one_place():
 
     leaves = _leaves(config_mod.CompressConfig)
     readers = dataset_keys()
-    presets = {name: _flat(config_mod.load_preset(name)) for name in config_mod.list_presets()}
+    presets = {name: flat_keys(config_mod.load_preset(name)) for name in config_mod.list_presets()}
     for name, values in presets.items():
         for key, value in values.items():
             f = leaves.get(key)
