@@ -76,15 +76,35 @@ def run(arm: str, seed: int, folder: Path, method: str, out: Path, cache: Path) 
     return json.loads((out / name / "report.json").read_text()), wall
 
 
+def choices(folder: Path, method: str) -> None:
+    """The speed side of the small-image choice: the cost estimate's timed steps (--dry-run) with the recipe's
+    pad geometry and vectorised pad-crop, against timm's crop geometry and per-image RandomResizedCrop."""
+    print("| geometry (augmentation) | teacher s/step | student s/step | teacher epoch s | student epoch s |")
+    print("|---|---|---|---|---|")
+    for label, extra in (("pad (crop_flip), the recipe's", []), ("crop (timm)", ["--set", "data.geometry=crop"])):
+        cmd = [sys.executable, "-m", "ltcompress", "run", "--dataset", "imagefolder", "--data-dir", str(folder)]
+        cmd += ["--teacher", "resnet50", "--student", "mobilenetv3", "--method", method, "--dry-run", "--json"]
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd + extra)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        stages = {s["stage"]: s for s in json.loads(proc.stdout)["estimate"]["stages"]}
+        steps = [float(stages[m]["how"].split(" s/step")[0].rsplit(" ", 1)[-1]) for m in ("teacher", "student")]
+        epochs = [stages[m]["epoch_s"] for m in ("teacher", "student")]
+        print(f"| {label} | {steps[0]:.3f} | {steps[1]:.3f} | {epochs[0]:.1f} | {epochs[1]:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--method", default="krdistill")
     parser.add_argument("--out", type=Path, default=Path("bench-runs/recipe-folder"))
+    parser.add_argument("--choices", action="store_true", help="only time the small-image choice (dry runs)")
     args = parser.parse_args()
     folder = args.out / "fmnist-lt-png"
     start = time.perf_counter()
     print(f"wrote {write_folder(folder)} PNG files in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if args.choices:
+        return choices(folder, args.method)
     results: dict[str, list[tuple[dict, float]]] = {"fmnist-lt": [], "imagefolder": []}
     with tempfile.TemporaryDirectory(prefix="ltcompress-bench-cache-") as cache:
         for seed in args.seeds:
