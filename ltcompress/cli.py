@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from ltcompress import console
-from ltcompress.errors import INTERRUPTED_EXIT, LTCompressError, UsageError
+from ltcompress.errors import INTERRUPTED_EXIT, LTCompressError
 from ltcompress.methods import METHODS, list_methods
+from ltcompress.values import key_values
 
 log = logging.getLogger("ltcompress")
 
@@ -42,20 +42,6 @@ def _preset_names() -> list[str]:
     from ltcompress.config import list_presets
 
     return list_presets()
-
-
-def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are parsed as YAML scalars (numbers, true/false, null, lists)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -235,7 +221,7 @@ def run(
         dataset=dataset,
         preset=preset,
         gates=gates or None,
-        overrides=_key_values(settings, "--set"),
+        overrides=key_values(settings, "--set"),
         progress=not no_progress,
         name=name,
         runs_dir=runs_dir,
@@ -244,7 +230,7 @@ def run(
         student_init=student_init,
         student_weights=student_weights,
         data_dir=data_dir,
-        method_args=_key_values(method_args, "--method-arg") or None,
+        method_args=key_values(method_args, "--method-arg") or None,
         seed=seed,
         device=device,
         epochs=epochs,
@@ -303,7 +289,7 @@ def verify(
     from ltcompress.exported import verify_export
 
     result = verify_export(
-        path, dataset, gates=gates, data_dir=data_dir, overrides=_key_values(settings, "--set"), json_out=output
+        path, dataset, gates=gates, data_dir=data_dir, overrides=key_values(settings, "--set"), json_out=output
     )
     if as_json:
         click.echo(json.dumps(result.document, indent=2))
@@ -359,27 +345,15 @@ def list_methods_cmd(as_json: bool, params: bool, markdown: bool) -> None:
 def list_presets_cmd(as_json: bool) -> None:
     """Built-in presets (recipes): the dataset each runs on, and which datasets use it as their recipe
     (--dataset X without --preset runs X's recipe)."""
-    from ltcompress.config import list_presets, load_preset
-    from ltcompress.data import DATASETS
+    from ltcompress.data import recipe_table
 
-    recipes: dict[str, list[str]] = {}
-    for name in DATASETS.names():
-        recipes.setdefault(str(DATASETS.entry(name).meta.get("recipe")), []).append(name)
-    rows = []
-    for name in list_presets():
-        preset = load_preset(name)
-        on = (preset.get("data") or {}).get("dataset")
-        rows.append({"name": name, "dataset": on, "recipe_of": recipes.get(name, []), **_description(preset)})
+    rows = recipe_table()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         used = f"recipe of --dataset {', '.join(row['recipe_of'])}" if row["recipe_of"] else f"on {row['dataset']}"
         click.echo(f"{row['name']:<16} {used:<34} {row['description']}")
-
-
-def _description(preset: dict[str, Any]) -> dict[str, str]:
-    return {"description": str(preset.get("description", ""))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ltcompress import hub
 from ltcompress.errors import UsageError
 from ltcompress.registry import Registry, closest
 
@@ -106,65 +107,6 @@ def cached_weights(arch: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-PROBE_TIMEOUT_S = 3.0  # one short request decides whether the hub is there (DNS included), not 90 s of retries
-_probed: dict[str, str | None] = {}  # endpoint -> why it is unreachable (None: it answered), once per process
-
-
-def _offline_reason(probe: bool = True) -> str | None:
-    """Why this run works offline: HF_HUB_OFFLINE, or (with `probe`) a hub that did not answer the one short
-    request of this process, which then switches huggingface_hub to offline mode for the rest of the run
-    (cached weights load without the network). None when online."""
-    from huggingface_hub import constants
-
-    endpoint = _endpoint()
-    if constants.HF_HUB_OFFLINE:
-        return "the hub did not answer" if _probed.get(endpoint) else "HF_HUB_OFFLINE is set"
-    if not probe:
-        return None
-    if endpoint not in _probed:
-        _probed[endpoint] = _probe(endpoint)
-        if _probed[endpoint] is not None:
-            constants.HF_HUB_OFFLINE = True
-            log.warning(
-                "the Hugging Face hub %s did not answer within %g s (%s): working offline for this run, with "
-                "the weights in the Hugging Face cache only (set HF_HUB_OFFLINE=1 to skip this check)",
-                endpoint,
-                PROBE_TIMEOUT_S,
-                _probed[endpoint],
-            )
-    return "the hub did not answer" if _probed[endpoint] else None
-
-
-def _probe(endpoint: str) -> str | None:
-    """Why `endpoint` cannot be reached, or None when it answers anything at all (an HTTP error is an answer).
-    The request runs in a thread bounded by PROBE_TIMEOUT_S, since name resolution ignores socket timeouts."""
-    import threading
-    import urllib.error
-    import urllib.request
-
-    outcome: list[str | None] = []
-
-    def ask() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
-            outcome.append(None)
-        except urllib.error.HTTPError:
-            outcome.append(None)
-        except Exception as exc:  # noqa: BLE001 - URLError, OSError, ValueError: all mean "not reachable"
-            outcome.append(f"{type(exc).__name__}: {str(exc).strip() or 'no answer'}"[:200])
-
-    thread = threading.Thread(target=ask, daemon=True)
-    thread.start()
-    thread.join(PROBE_TIMEOUT_S + 0.5)
-    return outcome[0] if outcome else f"no answer in {PROBE_TIMEOUT_S:g} s"
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
 def pretrained_preprocessing(arch: str) -> dict[str, Any] | None:
     """Mean, std, crop_pct and interpolation the arch's default pretrained weights were trained with (no weights
     are created or fetched), or None when timm knows no pretrained weights for it."""
@@ -208,7 +150,7 @@ def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str,
                 f"--{role}-weights FILE, or --{role}-init scratch"
             )
         return "scratch", f"timm has no pretrained weights for {arch}"
-    offline = _offline_reason(probe=bool(cfg.hf_hub_id))  # before the cache: no network check of cached files
+    offline = hub.offline_reason(probe=bool(cfg.hf_hub_id))  # before the cache: no network check of cached files
     cached = cached_weights(arch)
     if cached:
         return "pretrained", f"cached: {cached}"
@@ -223,7 +165,7 @@ def resolve_init(requested: str, arch: str, role: str = "teacher") -> tuple[str,
                 f"--{role}-init scratch"
             )
         return "scratch", f"{offline} and {where} is not in the Hugging Face cache"
-    return "pretrained", f"{where} from {_endpoint() if cfg.hf_hub_id else 'its URL'}"
+    return "pretrained", f"{where} from {hub.endpoint() if cfg.hf_hub_id else 'its URL'}"
 
 
 # ---------------------------------------------------------------- weights files
@@ -352,7 +294,7 @@ def _from_pretrained(
                 f"probably truncated or corrupt; delete it to fetch it again, or pass --{role}-weights "
                 f"FILE, or --{role}-init scratch"
             ) from None
-        where = f"{cfg.hf_hub_id} from {_endpoint()}" if cfg.hf_hub_id else cfg.url
+        where = f"{cfg.hf_hub_id} from {hub.endpoint()}" if cfg.hf_hub_id else cfg.url
         if requested != "auto":
             raise UsageError(
                 f"--{role}-init pretrained: the weights for {arch} could not be fetched ({where}: "

@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from ltcompress.errors import UsageError
 
 
@@ -59,6 +61,20 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     want = getattr(hint, "__name__", str(hint))
     raise UsageError(f"config value {where}={value!r} should be of type {want}")
+
+
+def key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are parsed as YAML scalars (numbers, true/false, null, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 def bundled_dir(subpackage: str, repo_folder: str) -> Path:

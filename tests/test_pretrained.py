@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ltcompress import hub as hub_mod
 from ltcompress import models
 from ltcompress.errors import UsageError
 
@@ -334,7 +335,7 @@ def silent_hub(hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(models, "_probed", {})
+    monkeypatch.setattr(hub_mod, "_probed", {})
     yield url
     sock.close()
 

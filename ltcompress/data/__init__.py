@@ -86,6 +86,29 @@ def recipe_of(dataset: str) -> str:
     return str(recipe)
 
 
+def recipe_table() -> list[dict[str, Any]]:
+    """Every built-in recipe: its name, the dataset it runs on, the datasets that run it by default
+    (``recipe_of``) and its description (``ltcompress list-presets``)."""
+    from ltcompress.config import list_presets, load_preset
+
+    users: dict[str, list[str]] = {}
+    for name in DATASETS.names():
+        users.setdefault(str(DATASETS.entry(name).meta.get("recipe")), []).append(name)
+    rows = []
+    for name in list_presets():
+        preset = load_preset(name)
+        on = (preset.get("data") or {}).get("dataset")
+        rows.append(
+            {
+                "name": name,
+                "dataset": on,
+                "recipe_of": users.get(name, []),
+                "description": str(preset.get("description", "")),
+            }
+        )
+    return rows
+
+
 def dataset_keys() -> dict[str, tuple[str, ...]]:
     """Each dataset-specific data key -> the datasets that read it (datasets that declare what they read)."""
     readers: dict[str, list[str]] = {}
@@ -128,6 +151,7 @@ __all__ = [
     "counts_text",
     "dataset_keys",
     "recipe_of",
+    "recipe_table",
     "eval_batches",
     "hold_out",
     "iterate",
