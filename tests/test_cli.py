@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ltcompress import api, cli
+from ltcompress import api
 from ltcompress.methods import METHODS
 
 
@@ -159,11 +159,12 @@ def test_method_args_are_typed_and_checked_before_any_work(tmp_path, capsys, fmn
 
 def test_method_arg_values_parse_to_their_types():
     from ltcompress.methods import METHODS
+    from ltcompress.values import key_values
 
-    args = cli._key_values(("topk_from=teacher", "T=2", "k=3"), "--method-arg")
+    args = key_values(("topk_from=teacher", "T=2", "k=3"), "--method-arg")
     params = METHODS.get("rekd").make_params(args)
     assert (params.topk_from, params.T, params.k) == ("teacher", 2.0, 3)
-    params = METHODS.get("krdistill").make_params(cli._key_values(("feature_term=false", "lam=1e-1"), "x"))
+    params = METHODS.get("krdistill").make_params(key_values(("feature_term=false", "lam=1e-1"), "x"))
     assert params.feature_term is False and params.lam == 0.1
 
 
