@@ -99,25 +99,31 @@ def compress(
     everything a run would (recipe, data, names, gates), times a few steps of each model and returns a DryRun
     (the resolved recipe, a data summary and the cost estimate) without training or writing anything.
     """
-    from ltcompress import dist, tracking
-    from ltcompress.errors import Interrupted, StorageError
+    from ltcompress import dist
 
     given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
     cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
-    plan = validate(cfg, progress)
-    cost = _estimate(plan, dry_run)
-    if dry_run:  # nothing trains, on any rank
+    try:
+        plan = validate(cfg, progress)
+        cost = _estimate(plan, dry_run)
+        if dry_run:  # nothing trains, on any rank
+            return DryRun.of(plan, cost) if cost is not None else None
+        if not dist.is_main():
+            _follow(plan, resume)
+            return None
+        return _lead(plan, resume, cost)
+    finally:
         if owns_group:
             dist.shutdown()
-        return DryRun.of(plan, cost) if cost is not None else None
-    if not dist.is_main():
-        try:
-            _follow(plan, resume)
-        finally:
-            if owns_group:
-                dist.shutdown()
-        return None
+
+
+def _lead(plan: Plan, resume: bool, cost: Estimate | None) -> CompressResult:
+    """Rank 0 (or the only process): the run directory, locked and logged to, the stages, and the result;
+    Ctrl-C and a full disk end with the command that resumes the run."""
+    from ltcompress import tracking
+    from ltcompress.errors import Interrupted, StorageError
+
     run = _open_run(plan, resume)
     handler = run.log_to_file(log)
     tracker = None
@@ -142,8 +148,6 @@ def compress(
         log.removeHandler(handler)
         handler.close()
         run.close()
-        if owns_group:
-            dist.shutdown()
 
 
 def _estimate(plan: Plan, dry_run: bool) -> Estimate | None:

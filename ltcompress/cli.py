@@ -18,6 +18,7 @@ from ltcompress.methods import METHODS, list_methods
 from ltcompress.values import key_values
 
 log = logging.getLogger("ltcompress")
+KEEP_RECIPE = ("int8", "int8_repair", "teacher_cache")  # flags that, left off, keep the recipe's value
 
 
 def _completes(names: Any, files: bool = False) -> Any:
@@ -179,70 +180,22 @@ def cli(debug: bool, quiet: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(
-    preset: str | None,
-    teacher: str | None,
-    student: str | None,
-    method: str | None,
-    dataset: str | None,
-    data_dir: str | None,
-    gates: tuple[str, ...],
-    teacher_weights: str | None,
-    teacher_init: str | None,
-    student_init: str | None,
-    student_weights: str | None,
-    method_args: tuple[str, ...],
-    epochs: int | None,
-    teacher_epochs: int | None,
-    seed: int | None,
-    device: str | None,
-    name: str | None,
-    runs_dir: str | None,
-    settings: tuple[str, ...],
-    teacher_cache: bool,
-    resume: bool,
-    track: tuple[str, ...],
-    dry_run: bool,
-    as_json: bool,
-    no_progress: bool,
-    int8: bool,
-    int8_repair: bool,
-) -> None:
+def run(**options: Any) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
     """
     from ltcompress.api import CompressResult, DryRun, compress
 
-    result = compress(
-        teacher=teacher,
-        student=student,
-        method=method,
-        dataset=dataset,
-        preset=preset,
-        gates=gates or None,
-        overrides=key_values(settings, "--set"),
-        progress=not no_progress,
-        name=name,
-        runs_dir=runs_dir,
-        teacher_weights=teacher_weights,
-        teacher_init=teacher_init,
-        student_init=student_init,
-        student_weights=student_weights,
-        data_dir=data_dir,
-        method_args=key_values(method_args, "--method-arg") or None,
-        seed=seed,
-        device=device,
-        epochs=epochs,
-        teacher_epochs=teacher_epochs,
-        resume=resume,
-        # a flag left off keeps the preset's value
-        int8=int8 or None,
-        int8_repair=int8_repair or None,
-        teacher_cache=teacher_cache or None,
-        track=track or None,
-        dry_run=dry_run,
-    )
+    as_json = options.pop("as_json")
+    overrides = key_values(options.pop("settings"), "--set")
+    method_args = key_values(options.pop("method_args"), "--method-arg") or None
+    progress = not options.pop("no_progress")
+    # the rest are compress() keywords; an empty repeatable option or a flag left off keeps the recipe's value
+    given: dict[str, Any] = {
+        k: (v or None) if isinstance(v, tuple) or k in KEEP_RECIPE else v for k, v in options.items()
+    }
+    result = compress(overrides=overrides, method_args=method_args, progress=progress, **given)
     if isinstance(result, DryRun):
         console.print_dry_run(result, as_json)
     elif isinstance(result, CompressResult):  # None: a torchrun rank other than 0; rank 0 reports

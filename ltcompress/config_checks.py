@@ -4,19 +4,19 @@ line naming the key and what it accepts: exit 2 before any work starts."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ltcompress.errors import UsageError
 
-if TYPE_CHECKING:  # the classes it checks; config imports this module, never the other way round
-    from ltcompress.config import CompressConfig, ExportConfig, TrainConfig
+# config imports this module and never the other way round, so the configs arrive untyped here (Any): a
+# resolved CompressConfig, its ExportConfig, its TrainConfigs
 
 INITS = ("auto", "pretrained", "scratch")  # where a model's training starts (or a weights file's path)
 CALIBRATIONS = ("stratified", "random", "head")  # how INT8 calibration images are drawn from the training set
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # how ONNX Runtime turns activations into ranges
 
 
-def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
+def recipes(cfg: Any) -> tuple[tuple[str, Any], ...]:
     """Every training recipe with its dotted key, for checks that apply to all of them."""
     return (
         ("teacher.train", cfg.teacher.train),
@@ -26,7 +26,7 @@ def recipes(cfg: CompressConfig) -> tuple[tuple[str, TrainConfig], ...]:
     )
 
 
-def check_values(cfg: CompressConfig) -> None:
+def check_values(cfg: Any) -> None:
     """UsageError (exit 2) for the first value out of its range or choices."""
 
     def init_ok(init: str) -> bool:  # a named start, or a weights file to start from
@@ -84,7 +84,7 @@ def check_values(cfg: CompressConfig) -> None:
             raise UsageError(message)
 
 
-def _repair_checks(e: ExportConfig) -> list[tuple[bool, str]]:
+def _repair_checks(e: Any) -> list[tuple[bool, str]]:
     return [
         (
             e.int8 or not e.int8_repair,
@@ -105,7 +105,7 @@ def _repair_checks(e: ExportConfig) -> list[tuple[bool, str]]:
     ]
 
 
-def _data_checks(cfg: CompressConfig) -> list[tuple[bool, str]]:
+def _data_checks(cfg: Any) -> list[tuple[bool, str]]:
     d = cfg.data
     return (
         [

@@ -73,11 +73,15 @@ def duration(seconds: float) -> str:
 def estimate(plan: Plan) -> Estimate:
     """Time a few steps of each model that will train here, then scale; the run's random streams (torch, CUDA,
     numpy, python) are as they were afterwards."""
+    from ltcompress import models
+
     with torch.random.fork_rng(devices=_cuda_devices(plan.device)):
         teacher = _teacher_model(plan)
+        data = plan.data
+        student = models.create(plan.student_arch, data.num_classes, data.spec.channels).to(plan.device)
         stages = [_teacher_cost(plan, teacher)] if plan.teacher_plan is not None else []
-        stages.append(_student_cost(plan, teacher))
-        per_image = _inference_s(plan, teacher)
+        stages.append(_student_cost(plan, student, teacher))
+        per_image = _inference_s(plan, student, teacher)
     stages += [_export_cost(plan, per_image), _verify_cost(plan, per_image)]
     return Estimate(tuple(s for s in stages if s is not None), str(plan.device))
 
@@ -112,11 +116,7 @@ def _teacher_cost(plan: Plan, teacher: nn.Module | None) -> StageCost | None:
     return _training_cost("teacher", plan, recipe, step, f"{name} recipe")
 
 
-def _student_cost(plan: Plan, teacher: nn.Module | None) -> StageCost:
-    from ltcompress import models
-
-    data = plan.data
-    student = models.create(plan.student_arch, data.num_classes, data.spec.channels).to(plan.device)
+def _student_cost(plan: Plan, student: nn.Module, teacher: nn.Module | None) -> StageCost:
     name, recipe = plan.student_recipe()
     step = _step_s(plan, student, recipe, teacher)
     how = f"{name} recipe" + (", teacher forward on every batch" if teacher is not None else "")
@@ -177,14 +177,11 @@ def _batches(plan: Plan, batch: int, count: int) -> Iterator[tuple[torch.Tensor,
         yield b.x, b.y
 
 
-def _inference_s(plan: Plan, teacher: nn.Module | None) -> dict[str, float]:
+def _inference_s(plan: Plan, student: nn.Module, teacher: nn.Module | None) -> dict[str, float]:
     """Seconds per image of an un-augmented forward pass: the student's and the teacher's, in torch."""
-    from ltcompress import models
-
-    data = plan.data
-    x = torch.zeros(PROBE_BATCH, data.spec.channels, data.spec.size, data.spec.size, device=plan.device)
+    spec = plan.data.spec
+    x = torch.zeros(PROBE_BATCH, spec.channels, spec.size, spec.size, device=plan.device)
     x = x.to(memory_format=torch.channels_last)
-    student = models.create(plan.student_arch, data.num_classes, data.spec.channels).to(plan.device)
     out = {"student": _forward_s(student, x)}
     if teacher is not None:
         out["teacher"] = _forward_s(teacher, x)

@@ -89,12 +89,19 @@ def crop_scale_for(size: int) -> float:
     return next(scale for floor, scale in CROP_SCALES if size >= floor)
 
 
+def fits_folders(dataset: str) -> bool:
+    """Whether the dataset reads image files whose headers a recipe can be fitted to (it reads data.geometry)."""
+    from ltcompress.data import DATASETS
+
+    return "geometry" in DATASETS.entry(dataset).meta.get("reads", ())
+
+
 def fit(cfg: CompressConfig, student_arch: str) -> CompressConfig:
     """`cfg` with its `auto` data settings decided and each decision in `cfg.fitted`; unchanged when the recipe
     leaves nothing to the data."""
     d = cfg.data
     needs = d.input_size is None or d.geometry == "auto" or (d.crop_scale is None and d.augment in ("auto", "timm"))
-    if d.dataset != "imagefolder" or not needs:
+    if not (needs and fits_folders(d.dataset)):
         _ = d.size  # a dataset whose images are not files needs a number: exit 2 here, before any work
         return cfg
     from ltcompress.data.imagefolder import training_files
