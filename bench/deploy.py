@@ -37,7 +37,7 @@ from ltcompress.metrics import summarize
 from ltcompress.onnx_export import export, int8
 from ltcompress.rundir import cache_root
 from ltcompress.teacher import load_weights_file
-from ltcompress.verify import latency_ms, ort_logits
+from ltcompress.inference import latency_ms, ort_logits
 
 COLUMNS = ("overall", "balanced", "few", "worst")
 

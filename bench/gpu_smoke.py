@@ -1,5 +1,5 @@
 """GPU smoke benchmark: resnet50 -> mobilenetv3_small_100 distillation (KD) at 224 px on synthetic data, images/s of
-ltcompress's loop (distill.train) and of a bare PyTorch loop doing the same work: same batches from the same
+ltcompress's loop (loop.train) and of a bare PyTorch loop doing the same work: same batches from the same
 pipeline (to_batch: crop/flip, pinned copy, normalise, channels_last), bf16 autocast, teacher under no_grad,
 fp32 loss, SGD nesterov + one-cycle, one loss.item() per step (loop.bare_loop). Also the pipeline alone, to show
 the ceiling.
@@ -67,7 +67,7 @@ def main() -> None:
     toolkit = [n / t for t in toolkit_loop(data, args.batch, device, args.epochs)]
     bare = [n / t for t in bare_loop(*fresh(CLASSES), data, args.batch, device, args.epochs)]
     pipe = pipeline_only(data, args.batch, device, args.epochs)
-    rows = {"ltcompress loop (distill.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
+    rows = {"ltcompress loop (loop.train)": toolkit, "bare PyTorch loop": bare, "data pipeline alone": pipe}
     for label, rates in rows.items():
         print(
             f"{label:34s} {statistics.median(rates[1:]):8.0f} img/s   (epochs: {' '.join(f'{r:.0f}' for r in rates)})"

@@ -5,7 +5,7 @@ optimisation levels and thread counts, at the run's input size and at 224 px.
     python bench/int8_speed.py [--arch mobilenetv3_small_100] [--sizes 32 224] [--threads 0 1] [--budget 3]
 
 Weights are random (speed does not depend on their values) and calibration uses random images, so no run is
-needed. Every latency is the median of repeated runs in one process (see ltcompress.verify.latency_ms); the
+needed. Every latency is the median of repeated runs in one process (see ltcompress.inference.latency_ms); the
 speed-up column divides FP32's latency by the variant's at the same input size, batch, threads and level.
 """
 
@@ -27,7 +27,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from ltcompress import models
 from ltcompress.data import InputSpec
 from ltcompress.onnx_export import export, prepare
-from ltcompress.verify import latency_ms
+from ltcompress.inference import latency_ms
 
 LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

@@ -1,7 +1,7 @@
 """Loop overhead and the teacher-logit cache: resnet50 -> mobilenetv3_small_100 distillation (KD) on the real
 fmnist-lt training set, in one run:
 
-- ltcompress's loop (distill.train) against a bare PyTorch loop doing the same work (same batches from the same
+- ltcompress's loop (loop.train) against a bare PyTorch loop doing the same work (same batches from the same
   sampler stream and pipeline, same models, batch, channels_last, fp32 loss, SGD + one-cycle, one host sync);
 - epoch time without the cache, while filling it, and reading it (`--teacher-cache`).
 
@@ -26,7 +26,7 @@ from ltcompress.config import TrainConfig, recipe_data
 from ltcompress.data import LTData, iterate, load, to_batch
 from ltcompress.data.samplers import epoch_stream
 from ltcompress.dist import pick_device
-from ltcompress.distill import LoopOptions, freeze, train
+from ltcompress.loop import LoopOptions, freeze, train
 from ltcompress.train_state import amp_dtype, autocast
 from ltcompress.logit_cache import LogitCache
 from ltcompress.methods import METHODS

@@ -6,7 +6,7 @@ augmentation, 224 px) at two dataset sizes, resnet50 -> mobilenetv3_small_100 (K
 3. images/s of the data pipeline alone (ltcompress.data.train_batches, no model);
 4. images/s of a bounded KD loop fed by the lazy pipeline against the same loop fed by the very same batches
    preloaded as normalised tensors, with the teacher's forward pass and with precomputed teacher logits; plus
-   ltcompress's own loop (distill.train) on a subset, filling and then reading its teacher-logit cache.
+   ltcompress's own loop (loop.train) on a subset, filling and then reading its teacher-logit cache.
 
 The dataset is synthetic but shaped like ImageNet-LT: `--classes` classes with an exponential profile (class i
 gets n_max * IF^(-i/(C-1)) training images, n_max solved for the size), JPEGs (quality 90) of 300-500 px with
@@ -70,7 +70,7 @@ def measure_in_process(result: SizeResult, tree: Path, teacher_path: Path, work:
     """Items 3 and 4 for one size, in this process (the child has exited: nothing else of ours competes)."""
     import torch
 
-    from ltcompress.distill import freeze
+    from ltcompress.loop import freeze
     from ltcompress.teacher import load_weights_file
 
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def table_rows(results: dict[int, SizeResult], args: Any) -> list[tuple[str, lis
     for i, label in enumerate(("filling the cache", "from the cache")):
         rows.append(
             (
-                f"distill.train, {args.steps * args.batch}-image epoch, {label} (images/s)",
+                f"loop.train, {args.steps * args.batch}-image epoch, {label} (images/s)",
                 [f"{x.toolkit[i]['images_per_s']:.1f} ({x.toolkit[i].get('teacher_logits')})" for x in r],
             )
         )

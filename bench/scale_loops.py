@@ -64,7 +64,7 @@ def pipeline_rate(data: Any, batch: int, batches: int) -> tuple[float, float]:
 def kd_steps(
     feed: Iterator[tuple[Any, Any]], teacher: Any, student: Any, logits: list[Any] | None, steps: int
 ) -> tuple[list[float], list[Any]]:
-    """Seconds per step of a bare KD loop (fp32 on the CPU, SGD, one host sync a step, as distill.Loop) for steps
+    """Seconds per step of a bare KD loop (fp32 on the CPU, SGD, one host sync a step, as loop.Loop) for steps
     2..steps+1, each including the wait for its batch (what the feed costs the loop); step 1 is warm-up (worker
     start, first allocations). Teacher logits come from `logits` (precomputed) or a no-grad forward (returned)."""
     import torch
@@ -134,7 +134,7 @@ def measure_loops(
 
 
 def toolkit_cache(data: Any, teacher: Any, batch: int, steps: int, work: Path) -> list[dict[str, Any]]:
-    """distill.train (ltcompress's loop, lazy pipeline) for one epoch over a subset of steps*batch training
+    """loop.train (ltcompress's loop, lazy pipeline) for one epoch over a subset of steps*batch training
     images, twice with one LogitCache: the first epoch runs the teacher and fills the cache, the second reads
     it. (The cache holds whole epochs: a full 25k-image epoch with a resnet50 at 224 px on 2 CPU cores would
     take half an hour.) Each record's images/s covers the whole epoch, worker start-up and first step included."""
@@ -146,7 +146,7 @@ def toolkit_cache(data: Any, teacher: Any, batch: int, steps: int, work: Path) -
 
     from ltcompress.config import TrainConfig
     from ltcompress.data.core import Split
-    from ltcompress.distill import LoopOptions, train
+    from ltcompress.loop import LoopOptions, train
     from ltcompress.logit_cache import LogitCache
     from ltcompress.methods import METHODS
     from ltcompress.methods.base import MethodContext

@@ -61,17 +61,17 @@ def main() -> int:
 
     int8 = result.metrics["int8"]
     print(
-        f"INT8 model: balanced {int8['balanced']:.3f}, Few {int8['few']}, worst class {int8['worst_class']} "
-        f"({int8['worst']:.3f}); report: {result.run_dir / 'report.html'}"
+        f"INT8 model: balanced {int8.balanced:.3f}, Few {int8.few}, worst class {int8.worst_class} "
+        f"({int8.worst:.3f}); report: {result.run_dir / 'report.html'}"
     )
     if result.passed:
         print(f"all {len(result.gates)} gates passed; copy {result.bundle_dir} to the device")
         return 0
 
     for gate in result.failed_gates:
-        print(f"FAILED {gate['gate']}: {gate['subject']} = {gate['value']}")
-    counts = dict(zip(result.report["data"]["class_names"], result.report["data"]["class_counts"]))
-    measured = [(name, acc) for name, acc in int8["per_class"].items() if acc is not None]
+        print(f"FAILED {gate.gate.expr}: {gate.gate.subject} = {gate.value}")
+    counts = dict(zip(result.report.data["class_names"], result.report.data["class_counts"]))
+    measured = [(name, acc) for name, acc in int8.per_class.items() if acc is not None]
     weakest = sorted(measured, key=lambda kv: kv[1])[:3]
     print("classes to look at first (INT8 accuracy, training images):")
     for name, acc in weakest:

@@ -106,8 +106,8 @@ def main() -> int:
     assert result is not None
     fp32 = result.metrics["fp32"]
     print(
-        f"tailkd: balanced {fp32['balanced']:.4f}, Few {fp32['few']}, method recorded as "
-        f"{result.report['method']['name']!r} ({result.report['method']['source']}); {result.run_dir}"
+        f"tailkd: balanced {fp32.balanced:.4f}, Few {fp32.few}, method recorded as "
+        f"{result.report.method['name']!r} ({result.report.method['source']}); {result.run_dir}"
     )
     return 0 if result.passed else 5
 

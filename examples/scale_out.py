@@ -55,7 +55,7 @@ def main() -> int:
         return 0
     world = os.environ.get("WORLD_SIZE", "1")
     fp32 = result.metrics["fp32"]
-    print(f"{world} processes: balanced {fp32['balanced']:.4f}, Few {fp32['few']}; run: {result.run_dir}")
+    print(f"{world} processes: balanced {fp32.balanced:.4f}, Few {fp32.few}; run: {result.run_dir}")
     return 0 if result.passed else 5
 
 

@@ -1,4 +1,9 @@
-"""compress(): resolve the config, then call the stages in pipeline order. Nothing else lives here."""
+"""compress(): resolve the config, then call the stages in pipeline order. Nothing else lives here.
+
+config -> prepare (names, process group, recipe, data, teacher plan, loss) -> Plan
+Plan -> teacher -> Teacher -> distill -> Distilled -> export -> Exported -> verify -> Verification
+-> verdict -> Report -> report.json / report.html (always), bundle/ (only when passed) -> CompressResult
+"""
 
 from __future__ import annotations
 
@@ -11,26 +16,49 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ltcompress.config import CompressConfig
 from ltcompress.options import KEYWORDS, build_config
-from ltcompress.plan import Plan, since, validate
 
 if TYPE_CHECKING:
+    from ltcompress.distill import Distilled
     from ltcompress.estimate import Estimate
+    from ltcompress.export_stage import Exported
+    from ltcompress.gates import GateResult
+    from ltcompress.methods.base import Method
+    from ltcompress.metrics import Flips, StageMetrics
+    from ltcompress.plan import Plan
+    from ltcompress.report import Report
+    from ltcompress.results import RepairRecord, Verdict
+    from ltcompress.role import Leader, Role
+    from ltcompress.rundir import RunDir
+    from ltcompress.teacher import Teacher
     from ltcompress.tracking import Tracker
+    from ltcompress.verify import Verification
 
 log = logging.getLogger("ltcompress")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompressResult:
     """What a run produced. `passed` is False when a gate failed (or the INT8 repair did not meet the int8 gates
     on its held-out images); errors raise instead."""
 
     run_dir: Path
-    passed: bool
-    gates: list[dict[str, Any]]
-    failed_gates: list[dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]  # stage key (teacher, student, fp32, int8) -> metrics
-    report: dict[str, Any] = field(repr=False)
+    verdict: Verdict
+    metrics: Mapping[str, StageMetrics]  # stage key (teacher, student, fp32, int8) -> metrics
+    flips: Mapping[str, Flips]  # per-class top-1 flip rates between consecutive stages, keyed "a->b"
+    int8_repair: RepairRecord | None  # what the INT8 repair did (None without it)
+    report: Report = field(repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.gates
+
+    @property
+    def failed_gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.failed_gates
 
     @property
     def onnx_path(self) -> Path:
@@ -42,18 +70,18 @@ class CompressResult:
         return path if path.is_file() else None
 
     @property
-    def flips(self) -> dict[str, dict[str, Any]]:
-        """Per-class top-1 flip rates between consecutive stages, keyed "a->b" (e.g. "fp32->int8")."""
-        return self.report["flips"]
-
-    @property
-    def int8_repair(self) -> dict[str, Any] | None:
-        """What the INT8 repair did (None without it); `passed` is also False when it did not meet its gates."""
-        return self.report.get("int8_repair")
-
-    @property
     def bundle_dir(self) -> Path | None:
         return self.run_dir / "bundle" if self.passed else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as `ltcompress run --json` prints it."""
+        return {
+            "run_dir": str(self.run_dir),
+            "passed": self.passed,
+            "gates": [g.to_dict() for g in self.gates],
+            "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
+            "flips": {k: f.to_dict() for k, f in self.flips.items()},
+        }
 
 
 def compress(
@@ -100,38 +128,44 @@ def compress(
     (the resolved recipe, a data summary and the cost estimate) without training or writing anything.
     """
     from ltcompress import dist
+    from ltcompress.prepare import prepare
 
     given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
     cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
     try:
-        plan = validate(cfg, progress)
+        plan, loss = prepare(cfg, progress)
         cost = _estimate(plan, dry_run)
         if dry_run:  # nothing trains, on any rank
             return DryRun.of(plan, cost) if cost is not None else None
         if not dist.is_main():
-            _follow(plan, resume)
+            from ltcompress.role import Follower
+
+            _train(plan, loss, Follower(resume))
             return None
-        return _lead(plan, resume, cost)
+        return _lead(plan, loss, resume, cost)
     finally:
         if owns_group:
             dist.shutdown()
 
 
-def _lead(plan: Plan, resume: bool, cost: Estimate | None) -> CompressResult:
+def _lead(plan: Plan, loss: Method, resume: bool, cost: Estimate | None) -> CompressResult:
     """Rank 0 (or the only process): the run directory, locked and logged to, the stages, and the result;
     Ctrl-C and a full disk end with the command that resumes the run."""
     from ltcompress import tracking
     from ltcompress.errors import Interrupted, StorageError
+    from ltcompress.role import Leader
 
     run = _open_run(plan, resume)
     handler = run.log_to_file(log)
     tracker = None
     try:
         log.info("run directory: %s%s", run.path, " (resuming)" if resume else "")
-        tracker = tracking.open_tracker(plan.cfg.run.track, run.path, plan.resolved)
+        tracker = tracking.open_tracker(plan.cfg.run.track, run.path, dict(plan.resolved))
         run.listeners.append(tracker.epoch)
-        return _finish(plan, run, _run(plan, run, resume), cost, tracker)
+        leader = Leader(run, resume, plan.progress)
+        teacher, distilled, timings = _train(plan, loss, leader)
+        return _finish(plan, leader, _export_and_verify(plan, leader, teacher, distilled, timings), cost, tracker)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; the last checkpoint is in {run.file('checkpoints')}. Continue with the same "
@@ -167,8 +201,8 @@ class DryRun:
 
     recipe: str  # which recipe and why ("recipe photos (from --dataset imagefolder)")
     fitted: tuple[str, ...]  # what the recipe fitted to the data, with the measurement behind each choice
-    config: dict[str, Any] = field(repr=False)  # the resolved config a run would write as config.yaml
-    data: dict[str, Any] = field(repr=False)  # classes, counts, shot groups, input, storage
+    config: Mapping[str, Any] = field(repr=False)  # the resolved config a run would write as config.yaml
+    data: Mapping[str, Any] = field(repr=False)  # classes, counts, shot groups, input, storage
     estimate: Estimate = field(repr=False)
 
     @classmethod
@@ -182,13 +216,13 @@ class DryRun:
         return {
             "recipe": self.recipe,
             "fitted": list(self.fitted),
-            "config": self.config,
-            "data": self.data,
+            "config": dict(self.config),
+            "data": dict(self.data),
             "estimate": self.estimate.to_dict(),
         }
 
 
-def _open_run(plan: Plan, resume: bool) -> Any:
+def _open_run(plan: Plan, resume: bool) -> RunDir:
     """The run directory, locked: the interrupted one with the same settings and data (--resume), or a new one
     holding the resolved config and the data manifest."""
     from ltcompress import checkpoint, rundir
@@ -196,198 +230,139 @@ def _open_run(plan: Plan, resume: bool) -> Any:
     cfg = plan.cfg
     if resume:
         run = rundir.reopen(cfg.run.runs_dir, cfg.run.name)
-        checkpoint.check_same_config(run, plan.resolved)
+        checkpoint.check_same_config(run, dict(plan.resolved))
         checkpoint.check_same_data(run, plan.data.manifest)
         return run
     run = rundir.create(cfg.run.runs_dir, cfg.run.name, rundir.default_name(cfg.method.name, plan.student_arch))
-    run.write_config(plan.resolved)
+    run.write_config(dict(plan.resolved))
     if plan.data.manifest:
         rundir.atomic_write_text(run.file("data-manifest.txt"), "\n".join(plan.data.manifest) + "\n")
     return run
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outputs:
-    teacher: Any
-    student: Any
-    train_pass: Any
-    onnx_path: Path
-    int8_path: Path | None
-    int8_info: dict[str, Any] | None
-    verification: Any
-    gate_results: list[dict[str, Any]]
-    repair: dict[str, Any] | None  # report.json's int8_repair
+    """What the stages after the plan handed on, and how long each took."""
+
+    teacher: Teacher | None
+    distilled: Distilled
+    exported: Exported
+    verification: Verification
+    timings: Mapping[str, float]
 
 
-def _run(plan: Plan, run: Any, resume: bool) -> Outputs:
-    """Teacher, distillation, export and verification, timed stage by stage."""
-    from ltcompress import checkpoint, distill, gates as gate_mod, report, rundir
+def _train(plan: Plan, loss: Method, role: Role) -> tuple[Teacher | None, Distilled, dict[str, float]]:
+    """Stages 2 and 3 on every rank (their collective steps need all of them), timed."""
+    from ltcompress import distill
     from ltcompress import teacher as teacher_stage
-    from ltcompress import verify
-    from ltcompress.metrics import summarize
+    from ltcompress.plan import since
 
-    cfg, data, t = plan.cfg, plan.data, time.perf_counter()
-    teacher_obj = (
-        teacher_stage.obtain(plan.teacher_plan, cfg, data, plan.device, run, plan.progress, resume)
-        if plan.teacher_plan
-        else None
-    )
-    plan.timings["teacher"] = since(t)
-    t = time.perf_counter()
-    ckpt = run.file("checkpoints") / "student-last.pt"
-    teacher_sha = teacher_obj.provenance["weights_sha256"] if teacher_obj else None
-    saved = checkpoint.load_student(ckpt, teacher_sha, run.path) if resume else None
+    timings, t = {"data": plan.data_seconds}, time.perf_counter()
+    teacher = teacher_stage.obtain(plan.teacher, plan.cfg, plan.data, plan.device, role) if plan.teacher else None
+    timings["teacher"], t = since(t), time.perf_counter()
+    distilled = distill.distill_student(plan, loss, teacher, role)
+    timings["distill"] = since(t)
+    return teacher, distilled, timings
 
-    def save_checkpoint(state: dict[str, Any]) -> None:
-        rundir.atomic_torch_save(ckpt, {**state, "teacher_sha256": teacher_sha, "config": plan.resolved})
 
-    module = teacher_obj.module if teacher_obj else None
-    student, train_pass = distill.distill_student(plan, module, teacher_sha, saved, run.log_metrics, save_checkpoint)
-    distill.save_weights(student, run.file("student.safetensors"))
-    plan.timings["distill"] = since(t)
-    t = time.perf_counter()
-    onnx_path, int8_path, int8_info, repaired = _export(plan, run, student, module, teacher_sha)
-    plan.timings["export"] = since(t)
-    t = time.perf_counter()
+def _export_and_verify(
+    plan: Plan, leader: Leader, teacher: Teacher | None, distilled: Distilled, timings: dict[str, float]
+) -> Outputs:
+    """Stages 4 and 5, on the leader: the exported models, measured with the torch ones on the test set."""
+    from ltcompress import export_stage, report, verify
+    from ltcompress.plan import since
+
+    t, run = time.perf_counter(), leader.run
+    exported = export_stage.export(plan, run, distilled.student, teacher)
+    timings["export"], t = since(t), time.perf_counter()
+    torch_models = {"student": distilled.student, **({"teacher": teacher.module} if teacher else {})}
+    batch = plan.cfg.run.eval_batch_size
     result = verify.run(
-        data,
+        plan.data,
         plan.groups,
-        student,
-        onnx_path,
-        cfg.export,
+        {**torch_models, **exported.models},
+        plan.gates,
+        plan.cfg.export,
         plan.device,
-        cfg.run.eval_batch_size,
-        teacher=module,
-        int8_path=int8_path,
+        batch,
         show=plan.progress,
     )
-    gate_results = [
-        g.to_dict()
-        for g in gate_mod.evaluate(
-            plan.gates, result.stages, result.predictions, result.labels, plan.groups, data.class_names
-        )
-    ]
     report.write_predictions(run, result.labels, result.predictions, result.confusions)
-    if repaired and repaired.get("unrepaired_model"):  # reported only: the decisions were made on held-out images
-        before = verify.ort_logits(run.file(repaired["unrepaired_model"]), data.test, data, cfg.run.eval_batch_size)
-        repaired["test_before"] = summarize(before.argmax(1), result.labels, plan.groups, data.class_names)
-    plan.timings["verify"] = since(t)
-    return Outputs(teacher_obj, student, train_pass, onnx_path, int8_path, int8_info, result, gate_results, repaired)
+    if exported.repair is not None and exported.repair.unrepaired_model:  # reported only
+        unrepaired = run.file(exported.repair.unrepaired_model)
+        test_before = verify.measure_file(unrepaired, plan.data, plan.groups, batch)
+        exported = dataclasses.replace(exported, repair=dataclasses.replace(exported.repair, test_before=test_before))
+    timings["verify"] = since(t)
+    return Outputs(teacher, distilled, exported, result, timings)
 
 
-def _export(
-    plan: Plan, run: Any, student: Any, teacher: Any, teacher_sha: str | None
-) -> tuple[Path, Path | None, dict[str, Any] | None, dict[str, Any] | None]:
-    """Stage 4: the ONNX student, its INT8 copy and that copy's repair when asked for, each describing itself."""
-    import tempfile
-
-    from ltcompress import onnx_export, repair, report
-
-    cfg, data = plan.cfg, plan.data
-    onnx_path = onnx_export.export(student, data.spec, run.file("student.onnx"), cfg.export.opset)
-    described = report.model_metadata(data, cfg, teacher_sha, onnx_export.INPUT_NAME)
-    onnx_export.embed_metadata(onnx_path, {**described, "ltcompress.stage": "fp32"})
-    if not cfg.export.int8:
-        return onnx_path, None, None, None
-    int8_path, repaired = run.file("student.int8.onnx"), None
-    int8_path.with_name(repair.UNREPAIRED).unlink(missing_ok=True)  # from an earlier attempt of this run
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=run.path) as tmp:
-        quantizer, info = onnx_export.int8(
-            onnx_path, data, cfg.export, cfg.run.seed, int8_path, Path(tmp), plan.progress
-        )
-        if cfg.export.int8_repair:
-            torch_models = {"student": student, "teacher": teacher}
-            held = repair.held_out(data, plan.gates, onnx_path, torch_models, plan.device, cfg.run.eval_batch_size)
-            repaired = repair.repair(
-                quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export, Path(tmp), plan.progress
-            )
-    for path, stage in ((int8_path, "int8"), (int8_path.with_name(repair.UNREPAIRED), "int8 before repair")):
-        if path.is_file():
-            onnx_export.embed_metadata(path, {**described, "ltcompress.stage": stage})
-    return onnx_path, int8_path, info, repaired
-
-
-def _finish(plan: Plan, run: Any, out: Outputs, cost: Estimate | None, tracker: Tracker) -> CompressResult:
+def _finish(plan: Plan, leader: Leader, out: Outputs, cost: Estimate | None, tracker: Tracker) -> CompressResult:
     """report.json and report.html always; exit 4 for an export that does not reproduce torch; the bundle
     only when every gate passed. Finishing is a transaction: report.json, the mark of a finished run, is
     written last, so a failure anywhere before it (a full disk) leaves a run that --resume completes without
     training again (the last checkpoint holds the finished student)."""
-    from ltcompress import onnx_export, report, verify
+    from ltcompress import bundle, report
     from ltcompress.errors import VerificationError
 
-    data, result = plan.data, out.verification
-    rep = _report(plan, run, out, cost)
+    run, result, exported = leader.run, out.verification, out.exported
+    rep = _report(plan, leader, out, cost)
     html = report.render_html(rep)
-    if not result.parity_ok:
+    if not rep.verdict.parity_ok:
         report.write(run, rep, html)
         p = result.parity
         raise VerificationError(
             f"the ONNX export does not reproduce the torch student: max logit difference "
-            f"{p['max_abs_logit_diff']:.3g} (allowed {p['allowed_logit_diff']:.3g}), top-1 agreement "
-            f"{p['top1_agreement']:.4f} (required {p['required_agreement']:.4f}); see {run.file('report.json')}"
+            f"{p.max_abs_logit_diff:.3g} (allowed {p.allowed_logit_diff:.3g}), top-1 agreement "
+            f"{p.top1_agreement:.4f} (required {p.required_agreement:.4f}); see {run.file('report.json')}"
         )
-    if rep["passed"]:  # the bundle first: report.json's "passed": true is never on disk before it
-        preprocess = report.preprocess(data, onnx_export.INPUT_NAME)
-        inputs = verify.test_inputs(data)
-        report.write_bundle(run, out.onnx_path, out.int8_path, data.class_names, preprocess, rep, html, inputs)
+    if rep.passed:  # the bundle first: report.json's "passed": true is never on disk before it
+        bundle.write(run, exported.models, plan.data, rep, html)
     report.write(run, rep, html)
-    files = [run.file("report.json"), run.file("report.html"), out.onnx_path, *filter(None, [out.int8_path])]
-    tracker.results(rep, files)
-    if rep["passed"]:
+    tracker.results(rep.to_dict(), [run.file("report.json"), run.file("report.html"), *exported.models.values()])
+    if rep.passed:
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
-        repair_missed = not (out.repair or {}).get("met", True)
         log.info(
             "%d gate(s) failed%s; no bundle written; see %s",
-            len(rep["failed_gates"]),
-            ", the INT8 repair did not meet its gates" if repair_missed else "",
+            len(rep.verdict.failed_gates),
+            "" if rep.verdict.repair_met else ", the INT8 repair did not meet its gates",
             run.file("report.json"),
         )
-    return CompressResult(run.path, rep["passed"], out.gate_results, rep["failed_gates"], result.stages, rep)
+    return CompressResult(run.path, rep.verdict, result.stages, result.flips, exported.repair, rep)
 
 
-def _report(plan: Plan, run: Any, out: Outputs, cost: Estimate | None) -> dict[str, Any]:
-    """report.json's content. The models are stamped with the results' hash first, since the report records
-    the models' own sha256."""
-    from ltcompress import onnx_export, report
+def _report(plan: Plan, leader: Leader, out: Outputs, cost: Estimate | None) -> Report:
+    """The run's report. The models are stamped with the results' hash first, since the report records the
+    models' own sha256."""
+    from ltcompress import export_stage, report
     from ltcompress.methods import method_info
+    from ltcompress.results import results_sha256, verdict
 
-    cfg, data, result = plan.cfg, plan.data, out.verification
-    stamp = {"ltcompress.report_sha256": report.results_sha256(plan.resolved, result.stages, out.gate_results)}
-    for path in filter(None, (out.onnx_path, out.int8_path)):  # before report.artifacts takes their sha256
-        onnx_export.embed_metadata(path, stamp)
-    return report.build(
-        run=run,
-        config=plan.resolved,
-        gates=out.gate_results,
+    cfg, result, exported = plan.cfg, out.verification, out.exported
+    judged = verdict(result.gates, result.parity, exported.repair)
+    stages = {k: m.to_dict() for k, m in result.stages.items()}
+    export_stage.stamp_results(exported, results_sha256(plan.resolved, stages, [g.to_dict() for g in judged.gates]))
+    recipe_name, recipe = plan.student_recipe(out.distilled.init[0])
+    return report.Report(
+        run=report.run_info(leader.run, out.timings),
+        verdict=judged,
         stages=result.stages,
-        parity={"fp32": result.parity, **({"int8": result.int8_parity} if result.int8_parity else {})},
+        parity=result.parity,
+        flips=result.flips,
+        data=report.data_info(plan.data, plan.groups, cfg),
         teacher=out.teacher.provenance if out.teacher else None,
-        student=plan.student_info(),
+        student=report.student_info(plan, out.distilled.init, recipe_name, recipe),
         method={
             **method_info(cfg.method.name).to_dict(),
-            "params": dataclasses.asdict(plan.params),
-            "diagnostics": plan.loss.diagnostics(out.train_pass, plan.groups),
+            "params": dataclasses.asdict(plan.names.params),
+            "diagnostics": out.distilled.diagnostics,
         },
-        data_info=report.data_info(data, plan.groups, cfg),
-        timings=plan.timings,
-        device=str(plan.device),
-        flips=result.flips,
-        tail_losses=report.tail_summary(result.confusions, plan.groups, data.class_names),
-        artifacts=report.artifacts(run, out.onnx_path, out.int8_path, out.int8_info, cfg.export, data.spec),
-        int8_repair=out.repair,
+        artifacts=report.artifacts(leader.run, exported.models, exported.int8_info, cfg.export, result.latency),
+        config=plan.resolved,
+        environment=report.environment(str(plan.device)),
+        int8_parity=result.int8_parity,
+        tail_losses=result.tails,
+        int8_repair=exported.repair,
         estimate=cost.to_dict() if cost is not None else None,
+        command=report.command(),
     )
-
-
-def _follow(plan: Plan, resume: bool) -> None:
-    """Ranks other than 0 under torchrun: the same collective steps as rank 0 (teacher, distillation), no files."""
-    from ltcompress import distill
-    from ltcompress import teacher as teacher_stage
-
-    teacher_obj = (
-        teacher_stage.obtain(plan.teacher_plan, plan.cfg, plan.data, plan.device, None, False, resume)
-        if plan.teacher_plan
-        else None
-    )
-    distill.distill_student(plan, teacher_obj.module if teacher_obj else None, None, None, None, None)

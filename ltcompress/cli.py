@@ -244,16 +244,7 @@ def verify(
     result = verify_export(
         path, dataset, gates=gates, data_dir=data_dir, overrides=key_values(settings, "--set"), json_out=output
     )
-    if as_json:
-        click.echo(json.dumps(result.document, indent=2))
-    else:
-        console.print_outcome(result.metrics, result.flips, result.gates)
-        for stage, old in result.recorded.items():
-            click.echo(
-                f"recorded {stage}: balanced {old['balanced']:.4f}, few "
-                f"{'absent' if old['few'] is None else format(old['few'], '.4f')} (from the export's report)"
-            )
-    console.exit_on_failed_gates(result.failed_gates, Path(output) if output else None)
+    console.finish_verify(result, as_json, Path(output) if output else None)
 
 
 @cli.command("list-methods")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import click
 
@@ -14,6 +14,10 @@ from ltcompress.errors import GATE_FAILED_EXIT
 
 if TYPE_CHECKING:
     from ltcompress.api import CompressResult, DryRun
+    from ltcompress.exported import VerifyResult
+    from ltcompress.gates import GateResult
+    from ltcompress.metrics import Flips, StageMetrics
+    from ltcompress.results import RepairRecord, Verdict
 
 
 def print_dry_run(dry: DryRun, as_json: bool) -> None:
@@ -50,56 +54,65 @@ def print_dry_run(dry: DryRun, as_json: bool) -> None:
 
 def finish_run(result: CompressResult, as_json: bool) -> None:
     """`run`'s output for a CompressResult (the JSON document, or the table and where the files are), then exit
-    5 when the INT8 repair or a gate failed."""
+    5 when the verdict is a fail."""
     if as_json:
-        keys = ("passed", "gates", "metrics", "flips")
-        click.echo(json.dumps({"run_dir": str(result.run_dir), **{k: getattr(result, k) for k in keys}}, indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         print_outcome(result.metrics, result.flips, result.gates)
         click.echo(f"report: {result.run_dir / 'report.json'} and report.html")
         click.echo(f"bundle: {result.bundle_dir}" if result.passed else "bundle: not written (a gate failed)")
-    exit_on_failed_repair(result.int8_repair, result.run_dir / "report.json")
-    exit_on_failed_gates(result.failed_gates, result.run_dir / "report.json")
+    exit_on_fail(result.verdict, result.run_dir / "report.json", result.int8_repair)
 
 
-def print_outcome(metrics: dict[str, Any], flips: dict[str, Any], gates: list[dict[str, Any]]) -> None:
+def finish_verify(result: VerifyResult, as_json: bool, output: Path | None) -> None:
+    """`verify`'s output: the JSON document, or the table next to what the export's report recorded; then exit
+    5 when a gate failed."""
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_outcome(result.metrics, result.flips, result.gates)
+        for stage, old in result.recorded.items():
+            few = "absent" if old.few is None else format(old.few, ".4f")
+            click.echo(f"recorded {stage}: balanced {_shown(old.balanced)}, few {few} (from the export's report)")
+    exit_on_fail(result.verdict, output)
+
+
+def print_outcome(metrics: Mapping[str, StageMetrics], flips: Mapping[str, Flips], gates: Sequence[GateResult]) -> None:
     """The stage table, the flip rates and every gate's verdict."""
     click.echo(summary_table(metrics))
     for pair, f in flips.items():
         click.echo(
-            f"flips {pair}: {100 * f['overall']:.2f} % of test images, most in {f['worst_class']} "
-            f"({100 * f['worst']:.1f} %)"
+            f"flips {pair}: {100 * (f.overall or 0):.2f} % of test images, most in {f.worst_class} "
+            f"({100 * (f.worst or 0):.1f} %)"
         )
     for g in gates:
         click.echo(
-            f"gate {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<30} {g['subject']} = "
-            f"{_shown(g['value'])} (required {g['op']} {g['threshold']:g})"
+            f"gate {'PASS' if g.passed else 'FAIL'}  {g.gate.expr:<30} {g.gate.subject} = "
+            f"{_shown(g.value)} (required {g.gate.op} {g.gate.threshold:g})"
         )
 
 
-def exit_on_failed_gates(failed: list[dict[str, Any]], where: Path | None) -> None:
-    """Exit 5 naming every failed gate and the value it got (and the file that records them, if any)."""
-    if failed:
-        listed = "; ".join(f"'{g['gate']}' ({g['subject']} = {_shown(g['value'])})" for g in failed)
-        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}{f'; see {where}' if where else ''}", err=True)
-        sys.exit(GATE_FAILED_EXIT)
-
-
-def exit_on_failed_repair(repair: dict[str, Any] | None, where: Path) -> None:
-    """Exit 5 when the INT8 repair spent its budget before the int8 gates passed on the held-out images."""
-    if repair and not repair["met"]:
-        nodes = ", ".join(n["node"] for n in repair["nodes"]) or "none"
+def exit_on_fail(verdict: Verdict, where: Path | None, repair: RepairRecord | None = None) -> None:
+    """Exit 5 when the verdict is a fail: the INT8 repair that missed its gates first, then every failed gate
+    and the value it got (and the file that records them, if any)."""
+    if repair is not None and not verdict.repair_met:
+        nodes = ", ".join(n.node for n in repair.nodes) or "none"
         failing = "; ".join(
-            f"'{g['gate']}' ({_shown(g['value'])}, expected {_shown(g.get('expected'))})"
-            for g in repair["gates_after"]
-            if not g["passed"]
+            f"'{g.gate.expr}' ({_shown(g.value)}, expected {_shown(g.expected)})"
+            for g in repair.gates_after
+            if not g.passed
         )
         click.echo(
             f"ltcompress: the INT8 repair did not meet the int8 gates on the held-out images within its "
-            f"budget ({repair['stopped']}): returned {len(repair['nodes'])} node(s) to FP32 ({nodes}) and "
+            f"budget ({repair.stopped}): returned {len(repair.nodes)} node(s) to FP32 ({nodes}) and "
             f"still {failing}; raise export.repair_budget or export.repair_max_size, or see {where}",
             err=True,
         )
+        sys.exit(GATE_FAILED_EXIT)
+    failed = verdict.failed_gates
+    if failed:
+        listed = "; ".join(f"'{g.gate.expr}' ({g.gate.subject} = {_shown(g.value)})" for g in failed)
+        click.echo(f"ltcompress: {len(failed)} gate(s) failed: {listed}{f'; see {where}' if where else ''}", err=True)
         sys.exit(GATE_FAILED_EXIT)
 
 
@@ -107,7 +120,7 @@ def _shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
+def summary_table(metrics: Mapping[str, StageMetrics]) -> str:
     """One row per stage: the summary metrics and the worst class."""
     from ltcompress.metrics import STAGES, SUMMARY_KEYS as COLUMNS  # here: --help must not import numpy
 
@@ -116,6 +129,7 @@ def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
     for stage in STAGES:
         if stage in metrics:
             m = metrics[stage]
-            cells = "".join(f"{'absent' if m[c] is None else format(m[c], '.4f'):>10}" for c in COLUMNS)
-            lines.append(f"{stage:<9}{cells}  {m['worst_class']}")
+            values = [m.value(c) for c in COLUMNS]
+            cells = "".join(f"{'absent' if v is None else format(v, '.4f'):>10}" for v in values)
+            lines.append(f"{stage:<9}{cells}  {m.worst_class}")
     return "\n".join(lines)

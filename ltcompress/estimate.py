@@ -79,7 +79,7 @@ def estimate(plan: Plan) -> Estimate:
         teacher = _teacher_model(plan)
         data = plan.data
         student = models.create(plan.student_arch, data.num_classes, data.spec.channels).to(plan.device)
-        stages = [_teacher_cost(plan, teacher)] if plan.teacher_plan is not None else []
+        stages = [_teacher_cost(plan, teacher)] if plan.teacher is not None else []
         stages.append(_student_cost(plan, student, teacher))
         per_image = _inference_s(plan, student, teacher)
     stages += [_export_cost(plan, per_image), _verify_cost(plan, per_image)]
@@ -94,17 +94,17 @@ def _teacher_model(plan: Plan) -> nn.Module | None:
     """An untrained model of the teacher's architecture and size (what costs compute is the same)."""
     from ltcompress import models
 
-    if plan.teacher_plan is None:
+    if plan.teacher is None:
         return None
     data = plan.data
-    model = models.create(plan.teacher_plan.arch, data.num_classes, data.spec.channels).to(plan.device)
+    model = models.create(plan.teacher.arch, data.num_classes, data.spec.channels).to(plan.device)
     return model.to(memory_format=torch.channels_last)
 
 
 def _teacher_cost(plan: Plan, teacher: nn.Module | None) -> StageCost | None:
     from ltcompress import teacher as teacher_stage
 
-    p = plan.teacher_plan
+    p = plan.teacher
     if p is None or teacher is None:
         return None
     if p.loaded is not None:
@@ -124,7 +124,7 @@ def _student_cost(plan: Plan, student: nn.Module, teacher: nn.Module | None) -> 
 
 
 def _training_cost(stage: str, plan: Plan, recipe: TrainConfig, step: float, how: str) -> StageCost:
-    from ltcompress.distill import used_batch
+    from ltcompress.loop import used_batch
 
     steps = len(plan.data.train) // used_batch(recipe.batch_size, len(plan.data.train))  # each rank: its share
     epoch = steps * step
@@ -136,7 +136,7 @@ def _step_s(plan: Plan, model: nn.Module, recipe: TrainConfig, teacher: nn.Modul
     """Median seconds between consecutive training steps on the run's real batches (data, augmentation,
     forward, backward, optimizer), after one warm-up step."""
     from ltcompress import dist
-    from ltcompress.distill import used_batch
+    from ltcompress.loop import used_batch
     from ltcompress.train_state import amp_dtype, autocast
 
     device, data = plan.device, plan.data

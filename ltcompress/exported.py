@@ -14,28 +14,64 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ltcompress import config as config_mod
+from ltcompress.config import CompressConfig
 from ltcompress.errors import UsageError, VerificationError
+
+if TYPE_CHECKING:  # imported where used: `import ltcompress` stays light (the CLI's --help)
+    from ltcompress.data import LTData
+    from ltcompress.gates import Gate, GateResult
+    from ltcompress.metrics import Flips, Groups, StageMetrics
+    from ltcompress.results import Verdict
 
 log = logging.getLogger("ltcompress")
 # (fp32 file, int8 file) in a run directory and in a bundle
 LAYOUTS = {"run": ("student.onnx", "student.int8.onnx"), "bundle": ("model.onnx", "model.int8.onnx")}
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifyResult:
     """What verify_export() measured; `passed` is False when a gate failed."""
 
     path: Path
-    passed: bool
-    gates: list[dict[str, Any]]
-    failed_gates: list[dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]  # fp32 (and int8) -> metrics
-    flips: dict[str, dict[str, Any]]
-    recorded: dict[str, dict[str, Any]] = field(repr=False)  # the same stages from the export's own report
-    document: dict[str, Any] = field(repr=False, default_factory=dict)  # all of it as JSON (--json, --output)
+    layout: str  # run, bundle or model
+    models: Mapping[str, Path]  # fp32 (and int8) -> file
+    data: Mapping[str, Any]  # the data settings measured with (JSON)
+    verdict: Verdict
+    metrics: Mapping[str, StageMetrics]  # fp32 (and int8) -> metrics
+    flips: Mapping[str, Flips]
+    recorded: Mapping[str, StageMetrics] = field(repr=False)  # the same stages from the export's own report
+    report_matches_model: bool | None = None  # the models carry this report's hash (None: either predates it)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.gates
+
+    @property
+    def failed_gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.failed_gates
+
+    def to_dict(self) -> dict[str, Any]:
+        """All of it as JSON (--json, --output)."""
+        return {
+            "path": str(self.path.resolve()),
+            "layout": self.layout,
+            "models": {k: str(p) for k, p in self.models.items()},
+            "data": dict(self.data),
+            "passed": self.passed,
+            "gates": [g.to_dict() for g in self.gates],
+            "failed_gates": [g.to_dict() for g in self.failed_gates],
+            "stages": {k: m.to_dict() for k, m in self.metrics.items()},
+            "flips": {k: f.to_dict() for k, f in self.flips.items()},
+            "recorded_stages": {k: m.to_dict() for k, m in self.recorded.items()},
+            "report_matches_model": self.report_matches_model,
+        }
 
 
 Headers = dict[str, tuple[list[int], dict[str, str]]]  # stage -> (input dims, metadata_props)
@@ -45,7 +81,7 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Head
     """(layout, {stage: model file}, recorded report, each model's header) for a run directory, a bundle, or one
     .onnx file (whose metadata stands in for the report). Each model is read once, here, so a damaged one is
     named before minutes of data loading."""
-    from ltcompress.verify import onnx_header
+    from ltcompress.inference import onnx_header
 
     folder = Path(path)
     if folder.is_file():
@@ -91,7 +127,7 @@ def from_metadata(path: Path, props: dict[str, str]) -> tuple[str, dict[str, Any
 
 def report_matches(headers: Headers, recorded: dict[str, Any]) -> bool | None:
     """Whether the models carry the hash of this report's results (None when either side predates it)."""
-    from ltcompress.report import results_sha256
+    from ltcompress.results import results_sha256
 
     if not all(k in recorded for k in ("config", "stages", "gates")):
         return None
@@ -160,26 +196,20 @@ def verify_export(
     cfg = config_mod.resolve(None, {**data_overrides(recorded, dataset, data_dir), **(overrides or {})})
     data, groups = _data(cfg, recorded, next(iter(headers.values()))[0])  # every model takes the same input
     gate_mod.check_applicable(parsed, groups, tuple(models), data.class_names)
-    result = _measure(folder, models, data, groups, parsed, cfg.run.eval_batch_size, recorded.get("stages", {}))
-    result.document = {
-        "path": str(folder.resolve()),
-        "layout": layout,
-        "models": {k: str(p) for k, p in models.items()},
-        "data": dataclasses.asdict(cfg.data),
-        "passed": result.passed,
-        "gates": result.gates,
-        "failed_gates": result.failed_gates,
-        "stages": result.metrics,
-        "flips": result.flips,
-        "recorded_stages": result.recorded,
-        "report_matches_model": matches,
-    }
+    from ltcompress.metrics import StageMetrics
+
+    verdict, stages, flips = _measure(models, data, groups, parsed, cfg.run.eval_batch_size)
+    recorded_stages = {k: StageMetrics.from_dict(v) for k, v in recorded.get("stages", {}).items() if k in stages}
+    data_settings = dataclasses.asdict(cfg.data)
+    result = VerifyResult(folder, layout, models, data_settings, verdict, stages, flips, recorded_stages, matches)
     if out is not None:
-        write_json(out, result.document)
+        write_json(out, result.to_dict())
     return result
 
 
-def _check_request(gates: list[Any], overrides: Mapping[str, Any] | None, json_out: str | Path | None) -> Path | None:
+def _check_request(
+    gates: Sequence[Gate], overrides: Mapping[str, Any] | None, json_out: str | Path | None
+) -> Path | None:
     """What verify cannot do (gate on agreement, change training settings, overwrite a file); the --output path."""
     for gate in gates:
         if gate.metric == "agreement":
@@ -196,7 +226,7 @@ def _check_request(gates: list[Any], overrides: Mapping[str, Any] | None, json_o
     return out
 
 
-def _data(cfg: Any, recorded: dict[str, Any], dims: list[int]) -> tuple[Any, dict[str, list[int]]]:
+def _data(cfg: CompressConfig, recorded: dict[str, Any], dims: list[int]) -> tuple[LTData, Groups]:
     """The data as the export saw it (its input, its held-out slice) and its shot groups."""
     from ltcompress import data as data_stage
     from ltcompress.rundir import cache_root
@@ -209,31 +239,23 @@ def _data(cfg: Any, recorded: dict[str, Any], dims: list[int]) -> tuple[Any, dic
 
 
 def _measure(
-    folder: Path,
-    models: dict[str, Path],
-    data: Any,
-    groups: dict[str, list[int]],
-    gates: list[Any],
-    batch: int,
-    recorded: dict[str, Any],
-) -> VerifyResult:
-    """Every model under ONNX Runtime on the test split: metrics, flips and the gates' verdicts, next to the
-    `recorded` stages of the export's own report."""
+    models: dict[str, Path], data: LTData, groups: Groups, gates: Sequence[Gate], batch: int
+) -> tuple[Verdict, dict[str, StageMetrics], dict[str, Flips]]:
+    """Every model under ONNX Runtime on the test split: metrics, flips and the gates' verdict."""
     from ltcompress import gates as gate_mod
     from ltcompress import verify as verify_stage
+    from ltcompress.inference import ort_logits, split_labels
+    from ltcompress.results import verdict
 
-    preds = {k: verify_stage.ort_logits(p, data.test, data, batch).argmax(1) for k, p in models.items()}
-    labels = verify_stage.split_labels(data, data.test)
+    preds = {k: ort_logits(p, data.test, data, batch).argmax(1) for k, p in models.items()}
+    labels = split_labels(data, data.test)
     stages = verify_stage.measure(preds, labels, groups, data.class_names)
     flips = verify_stage.flips(preds, labels, groups, data.class_names)
-    results = [g.to_dict() for g in gate_mod.evaluate(gates, stages, preds, labels, groups, data.class_names)]
-    passed = all(r["passed"] for r in results)
-    failed = [r for r in results if not r["passed"]]
-    kept = {k: v for k, v in recorded.items() if k in stages}
-    return VerifyResult(folder, passed, results, failed, stages, flips, kept)
+    results = gate_mod.evaluate(gates, stages, preds, labels, groups, data.class_names)
+    return verdict(results), stages, flips
 
 
-def _as_exported(data: Any, recorded: dict[str, Any], dims: list[int]) -> Any:
+def _as_exported(data: LTData, recorded: dict[str, Any], dims: list[int]) -> LTData:
     """The data with the export's own normalisation (part of the model, not of the data), after checking that
     the images come in the shape, mode and classes the model was exported for."""
     from ltcompress.data import InputSpec

@@ -15,12 +15,12 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ltcompress.errors import UsageError
-from ltcompress.metrics import STAGES, SUMMARY_KEYS, flip_rates
+from ltcompress.metrics import STAGES, SUMMARY_KEYS, GroupSummary, StageMetrics, flip_rates
 from ltcompress.registry import did_you_mean
 
 EXPORTED = ("fp32", "int8")  # stages with an agreement to the torch student
@@ -132,7 +132,7 @@ def parse(expr: str) -> Gate:
 
 
 def check_applicable(
-    gates: list[Gate], groups: Mapping[str, list[int]], stages: tuple[str, ...], class_names: tuple[str, ...]
+    gates: Sequence[Gate], groups: Mapping[str, list[int]], stages: tuple[str, ...], class_names: tuple[str, ...]
 ) -> None:
     """Reject, before training, gates on a shot group the data lacks, a class it does not have, or a stage this
     run does not produce."""
@@ -158,13 +158,13 @@ def check_applicable(
 
 
 def evaluate(
-    gates: list[Gate],
-    stage_metrics: Mapping[str, Mapping[str, Any]],
+    gates: Sequence[Gate],
+    stage_metrics: Mapping[str, GroupSummary],
     predictions: Mapping[str, np.ndarray] | None = None,
     labels: np.ndarray | None = None,
     groups: Mapping[str, list[int]] | None = None,
     class_names: tuple[str, ...] = (),
-    flips: Mapping[tuple[str, ...], Mapping[str, Any]] | None = None,
+    flips: Mapping[tuple[str, ...], GroupSummary] | None = None,
 ) -> list[GateResult]:
     """Every gate's value and verdict; a value that does not exist (an empty group) fails its gate.
     flip() gates need the stages' predictions, the test labels and the groups, or `flips`: flip summaries per
@@ -177,7 +177,7 @@ def evaluate(
                 value = _pick(flips[(a, b)], gate)
             else:
                 assert predictions is not None and labels is not None and groups is not None
-                value = _pick(flip_rates(predictions[a], predictions[b], labels, dict(groups), class_names), gate)
+                value = _pick(flip_rates(predictions[a], predictions[b], labels, groups, class_names), gate)
         elif gate.kind == "drop":
             first, second = (_pick(stage_metrics[s], gate) for s in gate.stages)
             value = None if first is None or second is None else first - second
@@ -188,9 +188,9 @@ def evaluate(
     return results
 
 
-def _pick(metrics: Mapping[str, Any], gate: Gate) -> float | None:
+def _pick(metrics: GroupSummary, gate: Gate) -> float | None:
     if gate.metric == "class":
-        return metrics["per_class"].get(gate.class_name)
+        return metrics.per_class.get(str(gate.class_name))
     if gate.metric == "agreement":
-        return metrics.get("agreement_with_student")
-    return metrics[gate.metric]
+        return metrics.agreement_with_student if isinstance(metrics, StageMetrics) else None
+    return metrics.value(gate.metric)

@@ -19,10 +19,10 @@ from ltcompress import progress
 from ltcompress.config import CALIBRATIONS, ExportConfig
 from ltcompress.data import InputSpec, LTData, eval_batches
 from ltcompress.errors import UsageError, VerificationError
+from ltcompress.metadata import INPUT_NAME, OUTPUT_NAME
 from ltcompress.rundir import staged
 
 log = logging.getLogger("ltcompress")
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def export(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> Path:
@@ -65,20 +65,6 @@ def _forward_args(model: nn.Module) -> list[str]:
     import inspect
 
     return [p for p in inspect.signature(model.forward).parameters if p != "self"]
-
-
-def embed_metadata(path: Path, props: dict[str, str]) -> None:
-    """Write `props` into the model's ONNX metadata_props (replacing entries with the same keys), so the file
-    describes itself: class names and the evaluation preprocessing travel with the model, not beside it."""
-    import onnx
-
-    model = onnx.load(str(path))
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        model.metadata_props.add(key=key, value=value)
-    with staged(path) as tmp:
-        onnx.save(model, str(tmp))
 
 
 def calibration_indices(labels: np.ndarray, size: int, how: str, seed: int) -> np.ndarray:

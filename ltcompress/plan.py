@@ -1,95 +1,94 @@
-"""What a run will do, decided and checked before its directory exists: names, gates, devices, batch sizes,
-the data itself, the teacher's source and the method's loss. A bad input fails here and leaves nothing on disk."""
+"""What a run will do, decided and checked before its directory exists: names, gates, the device, the data
+and its shot groups, the teacher's source. A `Plan` is a frozen value; the steps that do work to get one (join
+the process group, load the data, build the loss) are named steps of the pipeline (api.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
 
 from ltcompress import config as config_mod
 from ltcompress.config import CompressConfig, TrainConfig
+from ltcompress.data import LTData
 from ltcompress.errors import UsageError
+from ltcompress.gates import Gate
+from ltcompress.methods.base import Method
+from ltcompress.metrics import Groups
 
 log = logging.getLogger("ltcompress")
 
 
-@dataclass
+@dataclass(frozen=True)
+class TeacherPlan:
+    """The teacher's source, decided before the run directory exists, so a bad weights file leaves nothing on
+    disk: a loaded file (with its provenance), or training here from `init` with `loss`, cached under `key`."""
+
+    arch: str
+    loss: str
+    init: str = "file"
+    reason: str = ""
+    key: str = ""
+    loaded: nn.Module | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names a config gives, resolved and checked: the method and its arguments, both architectures, the
+    teacher's training loss and the parsed gates."""
+
+    method: type[Method]
+    params: Any  # the method's frozen Params dataclass
+    student_arch: str
+    teacher_arch: str | None
+    teacher_loss: str | None
+    gates: tuple[Gate, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """A run with everything a user can get wrong already checked, before any file is written."""
 
     cfg: CompressConfig
-    student_arch: str
+    names: Names
     student_init: tuple[str, str]  # (pretrained | scratch | file, why)
-    params: Any
-    loss: Any  # the method's loss module
-    gates: list[Any]
-    device: Any
+    device: torch.device
     progress: bool
-    data: Any
-    groups: dict[str, list[int]]
-    teacher_plan: Any
-    resolved: dict[str, Any]
-    timings: dict[str, float]
+    data: LTData
+    groups: Groups
+    teacher: TeacherPlan | None
+    resolved: Mapping[str, Any]  # the config as config.yaml and report.json record it
+    data_seconds: float = 0.0  # how long loading the data took (report.json's timings)
 
-    def student_recipe(self) -> tuple[str, TrainConfig]:
-        """(scratch | finetune, recipe): the one the student's start calls for."""
-        return config_mod.training_recipe(self.cfg.student, self.student_init[0])
+    @property
+    def gates(self) -> tuple[Gate, ...]:
+        return self.names.gates
 
-    def student_info(self) -> dict[str, Any]:
-        """report.json's `student`: where it started and how it trained."""
-        from ltcompress.distill import used_batch
+    @property
+    def student_arch(self) -> str:
+        return self.names.student_arch
 
-        recipe_name, recipe = self.student_recipe()
-        return {
-            "arch": self.student_arch,
-            "init": self.student_init[0],
-            "init_reason": self.student_init[1],
-            "recipe": recipe_name,
-            "batch_size_used": used_batch(recipe.batch_size, len(self.data.train)),
-            "ema": recipe.ema,
-            "ema_decay": recipe.ema_decay if recipe.ema else None,
-            "exported_weights": "ema" if recipe.ema else "last epoch",
-            "precision": self.cfg.run.precision,
-            "compile": self.cfg.run.compile,
-        }
+    @property
+    def stage_keys(self) -> tuple[str, ...]:
+        """The stages this run measures, in pipeline order."""
+        teacher = ("teacher",) if self.names.teacher_arch else ()
+        return (*teacher, "student", "fp32", *(("int8",) if self.cfg.export.int8 else ()))
+
+    def student_recipe(self, init: str | None = None) -> tuple[str, TrainConfig]:
+        """(scratch | finetune, recipe): the one the student's planned start (or `init`, where it really
+        started) calls for."""
+        return config_mod.training_recipe(self.cfg.student, init or self.student_init[0])
 
 
-@dataclass(frozen=True)
-class _Names:
-    method_cls: Any
-    params: Any
-    student_arch: str
-    teacher_arch: str | None
-    teacher_loss: str | None
-    gates: list[Any]
-
-
-def validate(cfg: CompressConfig, progress: bool) -> Plan:
-    """Names, gates, devices, batch sizes and the data itself, checked before anything is written."""
-    from ltcompress import dist
-    from ltcompress import progress as progress_mod
-    from ltcompress import recipe, tracking
-
-    names = _names(cfg)
-    tracking.check(cfg.run.track)
-    device = dist.init_from_env(dist.pick_device(cfg.run.device))  # torchrun: join the process group
-    cfg = recipe.fit(cfg, names.student_arch)  # data.input_size auto etc., from the images' headers
-    cfg = recipe.fit_device(cfg, device)  # batch sizes by device
-    _check_device_and_batches(cfg, device)
-    if not dist.is_main():  # only rank 0 writes files and shows progress
-        log.setLevel(logging.WARNING)
-        progress = False
-    progress_mod.configure(progress)
-    student_init = _student_init(cfg, names.student_arch)
-    t = time.perf_counter()
-    data, groups, teacher_plan, loss = _data_and_loss(cfg, names, student_init)
-    log.info("%s", recipe.describe(cfg))
-    for line in cfg.fitted:
-        log.info("recipe %s fitted %s", cfg.preset, line)
-    resolved = {
+def resolved(cfg: CompressConfig, names: Names) -> dict[str, Any]:
+    """config.yaml's content: the config and what its names resolved to."""
+    return {
         **cfg.to_dict(),
         "resolved": {
             "student_arch": names.student_arch,
@@ -97,98 +96,59 @@ def validate(cfg: CompressConfig, progress: bool) -> Plan:
             "method_params": dataclasses.asdict(names.params),
         },
     }
-    return Plan(
-        cfg=cfg,
-        student_arch=names.student_arch,
-        student_init=student_init,
-        params=names.params,
-        loss=loss,
-        gates=names.gates,
-        device=device,
-        progress=progress,
-        data=data,
-        groups=groups,
-        teacher_plan=teacher_plan,
-        resolved=resolved,
-        timings={"data": since(t)},
-    )
 
 
-def since(start: float) -> float:
-    """Seconds since `start` (time.perf_counter), as report.json's timings record them."""
-    return round(time.perf_counter() - start, 2)
-
-
-def _names(cfg: CompressConfig) -> _Names:
+def resolve_names(cfg: CompressConfig) -> Names:
     """The method and its arguments, both architectures, the teacher's loss and the gates."""
     from ltcompress import gates as gate_mod
     from ltcompress import models
-    from ltcompress import teacher as teacher_stage
     from ltcompress.methods import METHODS
 
     method_cls = METHODS.get(cfg.method.name)
     params = method_cls.make_params(cfg.method.args)
     student_arch = models.resolve_name(cfg.student.arch)
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
-    teacher_loss = teacher_stage.resolve_loss(cfg.teacher.loss, method_cls) if teacher_arch else None
-    gates = [gate_mod.parse(g) for g in cfg.gates]
-    return _Names(method_cls, params, student_arch, teacher_arch, teacher_loss, gates)
+    teacher_loss = teacher_loss_for(cfg.teacher.loss, method_cls) if teacher_arch else None
+    gates = tuple(gate_mod.parse(g) for g in cfg.gates)
+    return Names(method_cls, params, student_arch, teacher_arch, teacher_loss, gates)
 
 
-def _check_device_and_batches(cfg: CompressConfig, device: Any) -> None:
-    from ltcompress import dist
-    from ltcompress.train_state import amp_dtype
+def teacher_loss_for(requested: str, method_cls: type[Method]) -> str:
+    """The teacher's training loss: the method's declared choice, or a teacher-free method named by the user
+    (a balanced teacher such as bsce gives balanced soft labels to any distillation method)."""
+    from ltcompress.methods import METHODS
+
+    if requested == "auto":
+        return method_cls.teacher_method
+    chosen = METHODS.get(requested)
+    if chosen.uses_teacher:
+        raise UsageError(
+            f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one (e.g. ce, bsce, la)"
+        )
+    if chosen.adapt_student is not Method.adapt_student:  # ldam_drw: its cosine classifier is student-only
+        raise UsageError(
+            f"teacher.loss {requested!r} changes the model's classifier, which the teacher stage does "
+            f"not do; use ce, bsce or la for the teacher"
+        )
+    return requested
+
+
+def check_batches(cfg: CompressConfig, device: torch.device, world: int) -> None:
+    """The precision runs on the device, samplers exist, and each global batch splits over the processes."""
     from ltcompress.data.samplers import SAMPLERS
+    from ltcompress.train_state import amp_dtype
 
     amp_dtype(device, cfg.run.precision)
     for section, recipe in config_mod.recipes(cfg):
         SAMPLERS.get(recipe.sampler)
-        if recipe.batch_size % dist.world():
+        if recipe.batch_size % world:
             raise UsageError(
                 f"{section}.batch_size {recipe.batch_size} is the global batch and must be "
-                f"divisible by the {dist.world()} processes"
+                f"divisible by the {world} processes"
             )
 
 
-def _data_and_loss(cfg: CompressConfig, names: _Names, student_init: tuple[str, str]) -> tuple[Any, ...]:
-    """The data (minus the repair's held-out images), its shot groups, the teacher's source and the method's
-    loss, with the gates checked against the classes and stages the run will have."""
-
-    from ltcompress import data as data_stage
-    from ltcompress import gates as gate_mod
-    from ltcompress import models, rundir
-    from ltcompress import teacher as teacher_stage
-    from ltcompress.methods.base import MethodContext
-
-    arch = names.student_arch
-    pre = models.pretrained_preprocessing(arch) if student_init[0] == "pretrained" else None
-    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
-    if cfg.export.int8_repair:
-        from ltcompress.repair import set_aside
-
-        data = set_aside(data, names.gates, cfg.export.repair_holdout, cfg.data.seed)
-    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
-    stage_keys = ("teacher",) * bool(names.teacher_arch) + ("student", "fp32") + ("int8",) * cfg.export.int8
-    gate_mod.check_applicable(names.gates, groups, stage_keys, data.class_names)
-    teacher_plan = teacher_stage.plan(cfg, data, names.teacher_loss) if names.teacher_loss else None
-    epochs = config_mod.training_recipe(cfg.student, student_init[0])[1].epochs
-    ctx = MethodContext.for_run(data.class_counts, epochs, cfg.data)
-    loss = names.method_cls(names.params, ctx)  # checks needing the class count (rekd's k) happen here
-    if cfg.export.int8 and cfg.export.exclude_nodes:
-        from ltcompress import onnx_export
-
-        onnx_export.check_exclude_nodes(arch, data.spec, data.num_classes, cfg.export.exclude_nodes, cfg.export.opset)
-    log.info(
-        "data: %s, %d train / %d test images, class counts %s",
-        cfg.data.dataset,
-        len(data.train),
-        len(data.test),
-        data_stage.counts_text(data.class_counts),
-    )
-    return data, groups, teacher_plan, loss
-
-
-def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
+def student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
     """Where the student starts: a weights file, pretrained weights timm can provide here, or scratch."""
     from ltcompress import models
 
@@ -197,3 +157,15 @@ def _student_init(cfg: CompressConfig, arch: str) -> tuple[str, str]:
     init, reason = models.resolve_init(cfg.student.init, arch, "student")
     log.info("student init: %s (%s, student.init %s)", init, reason, cfg.student.init)
     return init, reason
+
+
+def check_gates(plan: Plan) -> None:
+    """Gates on a shot group the data lacks, a class it does not have or a stage this run does not produce."""
+    from ltcompress import gates as gate_mod
+
+    gate_mod.check_applicable(plan.gates, plan.groups, plan.stage_keys, plan.data.class_names)
+
+
+def since(start: float) -> float:
+    """Seconds since `start` (time.perf_counter), as report.json's timings record them."""
+    return round(time.perf_counter() - start, 2)

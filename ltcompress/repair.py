@@ -11,21 +11,25 @@ once (as Intel Neural Compressor's op-wise fallback does), then the worst nodes 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData, hold_out
 from ltcompress.errors import UsageError
 from ltcompress.gates import Gate, evaluate
-from ltcompress.metrics import agreement, expected_accuracy, expected_flips, summarize
+from ltcompress.inference import latency_ms, ort_logits, split_labels, torch_logits
+from ltcompress.metrics import Groups, agreement, expected_accuracy, expected_flips, summarize
 from ltcompress.onnx_export import Quantizer
-from ltcompress.verify import latency_ms, ort_logits, split_labels, torch_logits
+from ltcompress.results import RepairGate, RepairRecord, RepairStep
 
 log = logging.getLogger("ltcompress")
 UNREPAIRED = "student.int8.unrepaired.onnx"
@@ -49,26 +53,12 @@ class HeldOut:
         return self.fixed["fp32"]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """An int8 gate on the held-out images: its top-1 value and, for drop() and flip(), its expected value
-    (true-class probability, total variation), which a handful of rare-class images still measure. Both pass."""
-
-    gate: Gate
-    value: float | None
-    expected: float | None
-    passed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate.expr, "value": self.value, "expected": self.expected, "passed": self.passed}
-
-
-def int8_gates(gates: list[Gate]) -> list[Gate]:
+def int8_gates(gates: Sequence[Gate]) -> list[Gate]:
     """The gates the repair works for: those that read the int8 stage (int8.x, drop/flip with int8)."""
     return [g for g in gates if "int8" in g.stages]
 
 
-def set_aside(data: LTData, gates: list[Gate], share: float, seed: int) -> LTData:
+def set_aside(data: LTData, gates: Sequence[Gate], share: float, seed: int) -> LTData:
     """The held-out images the repair decides on, checked before anything trains: data.val_list's, or a
     stratified training slice set aside here (the class counts then count what is left for training)."""
     if not int8_gates(gates):
@@ -83,7 +73,12 @@ def set_aside(data: LTData, gates: list[Gate], share: float, seed: int) -> LTDat
 
 
 def held_out(
-    data: LTData, gates: list[Gate], fp32_path: Path, models: Mapping[str, Any], device: Any, batch: int
+    data: LTData,
+    gates: Sequence[Gate],
+    fp32_path: Path,
+    models: Mapping[str, nn.Module | None],
+    device: torch.device,
+    batch: int,
 ) -> HeldOut:
     """Measure the fixed stages on `data.val` once (torch stages only when a gate needs them)."""
     assert data.val is not None, "the held-out split is set aside before training (plan.validate)"
@@ -92,11 +87,13 @@ def held_out(
         {"student"} if any(g.metric == "agreement" for g in gates) else set()
     )
     for stage in sorted(wanted - {"fp32", "int8"}):
-        fixed[stage] = torch_logits(models[stage], data.val, data, device, batch)
+        model = models[stage]
+        assert model is not None, f"a gate on {stage} is checked against the run's stages (plan)"
+        fixed[stage] = torch_logits(model, data.val, data, device, batch)
     return HeldOut(split_labels(data, data.val), fixed, data.val_source)
 
 
-def gated_classes(gates: list[Gate], groups: Mapping[str, list[int]], class_names: tuple[str, ...]) -> list[int]:
+def gated_classes(gates: Sequence[Gate], groups: Mapping[str, list[int]], class_names: tuple[str, ...]) -> list[int]:
     """The classes a set of gates reads: a shot group's, one named class, or all of them (overall, balanced,
     worst, agreement)."""
     classes: set[int] = set()
@@ -125,21 +122,23 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def judge(
-    gates: list[Gate],
+    gates: Sequence[Gate],
     held: HeldOut,
     int8_logits: np.ndarray,
-    groups: Mapping[str, list[int]],
+    groups: Groups,
     class_names: tuple[str, ...],
-) -> list[Verdict]:
+) -> list[RepairGate]:
     """The int8 gates on the held-out images: each as the test set judges it (top-1), and drop()/flip() gates
     also on expected values, since with one or two images per rare class top-1 moves in steps of 50 % or not at
     all (a 5-point Few loss on the test set can be 0 there)."""
     logits = {**held.fixed, "int8": int8_logits}
     preds = {k: z.argmax(1) for k, z in logits.items()}
-    stages = {k: summarize(p, held.labels, dict(groups), class_names) for k, p in preds.items()}
+    stages = {k: summarize(p, held.labels, groups, class_names) for k, p in preds.items()}
     if "student" in preds:
         for key in ("fp32", "int8"):
-            stages[key]["agreement_with_student"] = agreement(preds[key], preds["student"])
+            stages[key] = dataclasses.replace(
+                stages[key], agreement_with_student=agreement(preds[key], preds["student"])
+            )
     hard = evaluate(gates, stages, preds, held.labels, groups, class_names)
     probs = {k: np.exp(_log_softmax(z)) for k, z in logits.items()}
     relative = [g for g in gates if g.kind != "stage"]
@@ -148,11 +147,9 @@ def judge(
             relative,
             evaluate(
                 relative,
-                {k: expected_accuracy(p, held.labels, dict(groups), class_names) for k, p in probs.items()},
+                {k: expected_accuracy(p, held.labels, groups, class_names) for k, p in probs.items()},
                 flips={
-                    g.stages: expected_flips(
-                        probs[g.stages[0]], probs[g.stages[1]], held.labels, dict(groups), class_names
-                    )
+                    g.stages: expected_flips(probs[g.stages[0]], probs[g.stages[1]], held.labels, groups, class_names)
                     for g in relative
                     if g.kind == "flip"
                 },
@@ -160,7 +157,7 @@ def judge(
         )
     )
     return [
-        Verdict(
+        RepairGate(
             r.gate,
             r.value,
             expected[r.gate].value if r.gate in expected else None,
@@ -170,21 +167,17 @@ def judge(
     ]
 
 
-def shown(results: list[Verdict]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in results]
-
-
 def repair(
     quantizer: Quantizer,
     int8_path: Path,
     held: HeldOut,
     data: LTData,
-    groups: Mapping[str, list[int]],
-    gates: list[Gate],
+    groups: Groups,
+    gates: Sequence[Gate],
     cfg: ExportConfig,
     workdir: Path,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> RepairRecord:
     """Repair `int8_path` in place (the unrepaired model is kept beside it as UNREPAIRED when a node goes back
     to FP32); returns report.json's `int8_repair`. `met` is False when the budget ran out first: the run then
     fails like a failed gate (exit 5, no bundle)."""
@@ -192,23 +185,22 @@ def repair(
     names = data.class_names
     int8_logits = _logits(int8_path, data)
     before = judge(gates, held, int8_logits, groups, names)
-    record: dict[str, Any] = {
-        "held_out": held.source,
-        "held_out_images": int(len(held.labels)),
-        "gates_before": shown(before),
-        "budget": {"nodes": cfg.repair_budget, "max_size": cfg.repair_max_size},
-        "ranked_by": RANKED_BY,
-    }
+    record = RepairRecord(
+        held_out=held.source,
+        held_out_images=int(len(held.labels)),
+        gates_before=tuple(before),
+        budget_nodes=cfg.repair_budget,
+        budget_max_size=cfg.repair_max_size,
+        ranked_by=RANKED_BY,
+        needed=False,
+        met=True,
+        gates_after=tuple(before),
+    )
     if all(r.passed for r in before):
         log.info("INT8 repair: every int8 gate passes on the %d held-out images; nothing to repair", len(held.labels))
-        return {**record, "needed": False, "met": True, "nodes": [], "gates_after": shown(before)}
+        return record
     classes = gated_classes([r.gate for r in before if not r.passed], groups, names)
-    record.update(
-        needed=True,
-        gated_classes=[names[c] for c in classes],
-        int8_size_bytes=int8_path.stat().st_size,
-        int8_latency_ms=_latency(int8_path, data, cfg.speed_budget_s),
-    )
+    size, latency = int8_path.stat().st_size, _latency(int8_path, data, cfg.speed_budget_s)
     ranked = _rank(quantizer, held, data, classes, cfg.exclude_nodes, workdir, progress)
     search = _Search(quantizer, held, data, groups, cfg, workdir, int8_path, int8_logits, before)
     steps, stopped, after = _fall_back(search, ranked, progress)
@@ -219,19 +211,23 @@ def repair(
     log.info(
         "INT8 repair: %d node(s) back to FP32 (%s); the int8 gates %s on the held-out images%s",
         len(steps),
-        ", ".join(s["node"] for s in steps) or "none",
+        ", ".join(s.node for s in steps) or "none",
         "pass" if met else "still fail",
         "" if met else f" ({stopped})",
     )
-    return {
-        **record,
-        "met": met,
-        "nodes": steps,
-        "gates_after": shown(after),
-        "stopped": stopped,
-        "ranking": [{"node": n, "op_type": quantizer.op_types[n], "damage": d} for n, d in ranked[:20]],
-        "unrepaired_model": UNREPAIRED if steps else None,
-    }
+    return dataclasses.replace(
+        record,
+        needed=True,
+        gated_classes=tuple(names[c] for c in classes),
+        int8_size_bytes=size,
+        int8_latency_ms=latency,
+        met=met,
+        nodes=tuple(steps),
+        gates_after=tuple(after),
+        stopped=stopped,
+        ranking=tuple((n, quantizer.op_types[n], d) for n, d in ranked[:20]),
+        unrepaired_model=UNREPAIRED if steps else None,
+    )
 
 
 def _logits(path: Path, data: LTData) -> np.ndarray:
@@ -274,7 +270,7 @@ def _rank(
 
 def _fall_back(
     state: _Search, ranked: list[tuple[str, float]], progress: bool
-) -> tuple[list[dict[str, Any]], str, list[Verdict]]:
+) -> tuple[list[RepairStep], str, list[RepairGate]]:
     """Return nodes to float, worst first, until the int8 gates pass on the held-out images or
     `cfg.repair_budget` nodes went back. First pass: a node goes back only when that lowers the class-balanced
     KL divergence from FP32 over all held-out images (quantization errors partly cancel, so a return can make
@@ -313,12 +309,12 @@ class _Search:
         quantizer: Quantizer,
         held: HeldOut,
         data: LTData,
-        groups: Mapping[str, list[int]],
+        groups: Groups,
         cfg: ExportConfig,
         workdir: Path,
         int8_path: Path,
         int8_logits: np.ndarray,
-        before: list[Verdict],
+        before: list[RepairGate],
     ) -> None:
         self.q, self.held, self.data, self.groups, self.cfg = quantizer, held, data, groups, cfg
         self.gates = [r.gate for r in before]
@@ -326,8 +322,8 @@ class _Search:
         self.base, self.every = int8_path.stat().st_size, list(range(data.num_classes))
         self.loss = damage(held.fp32_logits, int8_logits, held.labels, self.every)
         self.fallen: list[str] = []
-        self.steps: list[dict[str, Any]] = []
-        self.after: list[Verdict] = before
+        self.steps: list[RepairStep] = []
+        self.after: list[RepairGate] = before
         self.too_big: set[str] = set()
 
     def done(self) -> bool:
@@ -349,19 +345,19 @@ class _Search:
         os.replace(self.trial, self.candidate)
         self.fallen.append(node)
         self.loss, self.after = loss, judge(self.gates, self.held, logits, self.groups, self.data.class_names)
-        previous = self.steps[-1]["size_bytes"] if self.steps else self.base
+        previous = self.steps[-1].size_bytes if self.steps else self.base
         self.steps.append(
-            {
-                "node": node,
-                "op_type": self.q.op_types[node],
-                "damage": score,
-                "size_bytes": size,
-                "added_bytes": size - previous,
-                "size_ratio": round(size / self.base, 4),
-                "latency_ms": _latency(self.candidate, self.data, self.cfg.speed_budget_s),
-                "kl_after": loss,
-                "pass": "second" if force else "first",
-                "gates": shown(self.after),
-            }
+            RepairStep(
+                node=node,
+                op_type=self.q.op_types[node],
+                damage=score,
+                size_bytes=size,
+                added_bytes=size - previous,
+                size_ratio=round(size / self.base, 4),
+                latency_ms=_latency(self.candidate, self.data, self.cfg.speed_budget_s),
+                kl_after=loss,
+                second_pass=force,
+                gates=tuple(self.after),
+            )
         )
         return True

@@ -23,12 +23,14 @@ from torch import nn
 from ltcompress import checkpoint, dist, models
 from ltcompress.config import CompressConfig, TrainConfig, training_recipe
 from ltcompress.data import LTData
-from ltcompress.distill import LoopOptions, freeze, save_weights, train, used_batch
+from ltcompress.loop import LoopOptions, freeze, save_weights, train, used_batch
 from ltcompress.errors import UsageError
 from ltcompress.logit_cache import augmentation
 from ltcompress.methods import METHODS
-from ltcompress.methods.base import Method, MethodContext
-from ltcompress.rundir import RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
+from ltcompress.methods.base import MethodContext
+from ltcompress.plan import TeacherPlan
+from ltcompress.role import Leader, Role
+from ltcompress.rundir import atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -72,24 +74,6 @@ def recipe_for(cfg: CompressConfig, init: str) -> tuple[str, TrainConfig]:
     return training_recipe(cfg.teacher, init)
 
 
-def resolve_loss(requested: str, method_cls: type[Method]) -> str:
-    """The teacher's training loss: the method's declared choice, or a teacher-free method named by the user
-    (a balanced teacher such as bsce gives balanced soft labels to any distillation method)."""
-    if requested == "auto":
-        return method_cls.teacher_method
-    chosen = METHODS.get(requested)
-    if chosen.uses_teacher:
-        raise UsageError(
-            f"teacher.loss {requested!r} itself needs a teacher; use auto or a method without one (e.g. ce, bsce, la)"
-        )
-    if chosen.adapt_student is not Method.adapt_student:  # ldam_drw: its cosine classifier is student-only
-        raise UsageError(
-            f"teacher.loss {requested!r} changes the model's classifier, which the teacher stage does "
-            f"not do; use ce, bsce or la for the teacher"
-        )
-    return requested
-
-
 def cache_key(cfg: CompressConfig, arch: str, init: str, loss: str, data: LTData, init_sha256: str = "") -> str:
     """Hash of everything the trained teacher depends on, including which recipe ran and what it started from."""
     recipe_name, train_cfg = recipe_for(cfg, init)
@@ -129,19 +113,6 @@ def _build_untrained(p: TeacherPlan, cfg: CompressConfig, data: LTData) -> tuple
     return model, info
 
 
-@dataclass(frozen=True)
-class TeacherPlan:
-    """Everything decided before the run directory exists, so a bad weights file leaves nothing on disk."""
-
-    arch: str
-    loss: str
-    init: str = "file"
-    reason: str = ""
-    key: str = ""
-    loaded: nn.Module | None = None
-    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
 def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     arch = models.resolve_name(cfg.teacher.arch)
     if cfg.teacher.weights:
@@ -160,28 +131,21 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data, start_sha))
 
 
-def obtain(
-    p: TeacherPlan,
-    cfg: CompressConfig,
-    data: LTData,
-    device: torch.device,
-    run: RunDir | None,
-    progress: bool,
-    resume_from_checkpoint: bool = False,
-) -> Teacher:
+def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, role: Role) -> Teacher:
     """The teacher for this run; training here continues from the run's own checkpoint when resuming.
 
-    Under torchrun every rank calls this: rank 0 (the one with a `run`) decides between cache and training and
-    sends the cached weights, the other ranks (`run` None) train alongside it or receive them."""
+    Under torchrun every rank calls this: the leader decides between cache and training and sends the cached
+    weights, the followers train alongside it or receive them."""
+    run = role.run if isinstance(role, Leader) else None
     if p.loaded is not None:
         if run is not None:
             log.info(
                 "teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12]
             )
             write_json(run.file("teacher.json"), p.provenance)
-        return Teacher(freeze(p.loaded), p.provenance)
+        return Teacher(freeze(p.loaded), dict(p.provenance))
     log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
-    hit = _from_cache(p, cfg, data, run)
+    hit = _from_cache(p, cfg, data, leads=run is not None)
     if hit is None:
         torch.manual_seed(cfg.teacher_seed)  # before building: the head's initial weights depend on it
         model, info = _build_untrained(p, cfg, data)
@@ -190,11 +154,11 @@ def obtain(
             p = dataclasses.replace(
                 p, init=info["init"], reason=info["reason"], key=cache_key(cfg, p.arch, info["init"], p.loss, data)
             )
-            hit = _from_cache(p, cfg, data, run)
+            hit = _from_cache(p, cfg, data, leads=run is not None)
     if hit is not None:
         (model, meta), source = hit, "cache"
     else:
-        meta = _train_here(p, model, info, cfg, data, device, run, progress, resume_from_checkpoint)
+        meta = _train_here(p, model, info, cfg, data, device, role)
         source = "trained"
     if run is None:
         return Teacher(freeze(model), {**meta, "source": source})
@@ -223,10 +187,10 @@ def cached(cfg: CompressConfig, key: str) -> bool:
 
 
 def _from_cache(
-    p: TeacherPlan, cfg: CompressConfig, data: LTData, run: RunDir | None
+    p: TeacherPlan, cfg: CompressConfig, data: LTData, leads: bool
 ) -> tuple[nn.Module, dict[str, Any]] | None:
-    """A teacher trained earlier with the same key: rank 0 reads it and sends it to the others."""
-    meta, state = _read_entry(_entry(cfg, p.key)) if run is not None else (None, None)
+    """A teacher trained earlier with the same key: the leader reads it and sends it to the others."""
+    meta, state = _read_entry(_entry(cfg, p.key)) if leads else (None, None)
     meta = dist.broadcast_object(meta)
     if meta is None:
         return None
@@ -278,9 +242,7 @@ def _train_here(
     cfg: CompressConfig,
     data: LTData,
     device: torch.device,
-    run: RunDir | None,
-    progress: bool,
-    resume_from_checkpoint: bool,
+    role: Role,
 ) -> dict[str, Any]:
     """Train with the recipe the init calls for (finetune from pretrained / a file, else train) and store the
     result in the cache; returns the metadata that records which recipe ran."""
@@ -297,8 +259,9 @@ def _train_here(
         recipe.lr,
         p.key[:12],
     )
+    run = role.run if isinstance(role, Leader) else None
     path = run.file("checkpoints") / "teacher-last.pt" if run else None
-    resume = dist.broadcast_object(checkpoint.load(path) if path and resume_from_checkpoint else None)
+    resume = dist.broadcast_object(checkpoint.load(path) if path and role.resume else None)
     result = train(
         model,
         method,
@@ -310,7 +273,7 @@ def _train_here(
         on_epoch=run.log_metrics if run else None,
         checkpoint=(lambda state: atomic_torch_save(path, {**state, "config": cfg.to_dict()})) if path else None,
         resume=resume,
-        options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=progress),
+        options=LoopOptions(cfg.run.precision, cfg.run.compile, progress=role.progress),
     )
     meta = {
         "arch": p.arch,

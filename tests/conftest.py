@@ -117,7 +117,7 @@ def tiny_distill(
 
     from ltcompress import models
     from ltcompress.config import TrainConfig
-    from ltcompress.distill import LoopOptions, prepare_method, train
+    from ltcompress.loop import LoopOptions, prepare_method, train
 
     torch.manual_seed(seed)
     if isinstance(teacher, str):

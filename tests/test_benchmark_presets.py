@@ -257,7 +257,7 @@ def test_preset_end_to_end(trees, tmp_path, name):
         progress=False,
         overrides=overrides,
     )
-    rep = result.report
+    rep = result.report.to_dict()
     assert rep["config"]["preset"] == name and rep["method"]["name"] == "bkd"
     info = rep["data"]
     assert info["class_names"] == list(tree.class_names) and info["class_counts"] == list(TRAIN_COUNTS)

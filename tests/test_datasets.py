@@ -169,14 +169,14 @@ def test_imagefolder_pixels_match_the_bundle_preprocessing(tmp_path, in_memory):
     """What the run feeds its models (decoded in memory, or lazily in a worker) is what the bundle computes."""
     import torch
 
-    from ltcompress.report import preprocess
+    from ltcompress.metadata import preprocess
     from ltcompress.data import eval_batches
     from ltcompress.edge.runtime import Bundle
 
     data = load(folder_cfg(folder_dataset(tmp_path), in_memory=in_memory, workers=1), tmp_path)
     assert data.in_memory is in_memory and data.spec.geometry == "crop"
     bundle = Bundle.__new__(Bundle)  # preprocessing only: no model needed
-    bundle.pre = preprocess(data, "input")
+    bundle.pre = preprocess(data)
     x, _ = next(eval_batches(data, data.test, 4, torch.device("cpu")))
     for i, path in enumerate(data.test.files[:4]):
         with Image.open(path) as img:
@@ -357,9 +357,10 @@ def test_cifar10_lt_end_to_end(tmp_path):
         progress=False,
         overrides={**TINY_RUN, "data.n_max": PER_CLASS, "data.imbalance": 10},
     )
-    assert result.report["config"]["preset"] == "cifar10-lt"  # --dataset brings its preset
-    assert result.report["data"]["class_counts"] == [int(50 * 10 ** (-i / 9)) for i in range(10)]
-    assert result.report["parity"]["fp32"]["ok"] and result.report["data"]["input"]["source_mode"] == "RGB"
+    rep = result.report.to_dict()
+    assert rep["config"]["preset"] == "cifar10-lt"  # --dataset brings its preset
+    assert rep["data"]["class_counts"] == [int(50 * 10 ** (-i / 9)) for i in range(10)]
+    assert rep["parity"]["fp32"]["ok"] and rep["data"]["input"]["source_mode"] == "RGB"
 
 
 @pytest.mark.slow
@@ -385,7 +386,7 @@ def test_imagefolder_end_to_end_with_samplers_and_skipped_image(tmp_path):
         overrides=overrides,
         gates=["few >= 0.0"],
     )
-    rep = result.report
+    rep = result.report.to_dict()
     assert rep["data"]["samplers"] == {"teacher": "class_balanced", "student": "sqrt"}
     assert rep["data"]["skipped_images"] == 1 and rep["data"]["skipped"][0].endswith("broken.png")
     assert rep["data"]["class_names"] == ["cat", "dog", "eel"] and rep["data"]["shot_groups"]["few"] == ["eel"]

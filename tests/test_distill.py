@@ -6,7 +6,7 @@ import torch
 
 from ltcompress import models
 from ltcompress.config import TrainConfig
-from ltcompress.distill import LoopOptions, train
+from ltcompress.loop import LoopOptions, train
 from ltcompress.methods import METHODS
 
 from conftest import TINY_COUNTS, tiny_data, tiny_distill, tiny_method

@@ -307,7 +307,7 @@ def test_exported_models_describe_themselves(passed_run):
 
 def test_models_carry_their_reports_hash_and_verify_measures_a_bare_model(passed_run, tmp_path, capsys):
     from conftest import run_cli
-    from ltcompress.report import results_sha256
+    from ltcompress.results import results_sha256
 
     run, _ = passed_run
     rep = json.loads((run / "report.json").read_text())

@@ -98,7 +98,8 @@ def test_python_api(workdir, monkeypatch):
     assert result.passed and result.bundle_dir.is_dir() and "teacher" not in result.metrics  # ce needs none
     assert set(result.metrics) == {"student", "fp32", "int8"} and result.int8_path.is_file()
     assert list(result.flips) == ["student->fp32", "fp32->int8"]
-    assert result.metrics["fp32"]["per_class"].keys() == set(result.report["data"]["class_names"])
+    assert result.metrics["fp32"].per_class.keys() == set(result.report.data["class_names"])
+    assert result.to_dict()["metrics"]["fp32"] == result.report.to_dict()["stages"]["fp32"]
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -113,7 +114,7 @@ def test_every_method_runs_the_real_pipeline(name, workdir, monkeypatch):
         runs_dir=str(workdir / "methods"),
         progress=False,
     )
-    rep = result.report
+    rep = result.report.to_dict()
     assert rep["parity"]["fp32"]["ok"] and rep["method"]["name"] == name
     assert rep["method"]["status"] == method_info(name).status
     assert rep["method"]["reading"] == method_info(name).reading  # which reading of a name made this student
@@ -142,10 +143,10 @@ def test_dive_reports_the_virtual_example_distribution(workdir, monkeypatch):
         method_args={"tau": 2.5},
         progress=False,
     )
-    ved = result.report["method"]["diagnostics"]["virtual_example_distribution"]
+    ved = result.report.method["diagnostics"]["virtual_example_distribution"]
     assert ved["method_tau"] == 2.5 and {"tau=2.5", "tau=1", "tau=6"} <= set(ved["mean_per_group"])
-    n = result.report["data"]["train_size"]
-    sizes = {g: len(names) for g, names in result.report["data"]["shot_groups"].items()}
+    n = result.report.data["train_size"]
+    sizes = {g: len(names) for g, names in result.report.data["shot_groups"].items()}
     for per_group in ved["mean_per_group"].values():  # every image's target sums to 1: the V_c sum to N
         assert sum(per_group[g] * sizes[g] for g in sizes) == pytest.approx(n, rel=1e-5)
     assert ved["uniform_value"] == pytest.approx(n / 10)

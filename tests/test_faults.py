@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_MODELS, cli_exit, tiny_cli_args
-from ltcompress import report as report_mod
+from ltcompress import bundle as bundle_mod
 from ltcompress.errors import StorageError
 from ltcompress.rundir import atomic_save_file, atomic_write_bytes, sha256_file, write_json
 
@@ -97,13 +97,13 @@ def test_a_full_disk_while_finishing_leaves_a_run_resume_completes(tmp_path, mon
     and no temporary files; --resume then finishes the run without training again."""
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(tmp_path / "cache"))
     runs = tmp_path / "runs"
-    real = report_mod.write_bundle
+    real = bundle_mod.write
 
     def bundle_on_a_full_disk(*args, **kwargs):
         with file_size_limit(1000):
             return real(*args, **kwargs)
 
-    monkeypatch.setattr(report_mod, "write_bundle", bundle_on_a_full_disk)
+    monkeypatch.setattr(bundle_mod, "write", bundle_on_a_full_disk)
     code = cli_exit(_run_args(runs, "full"))
     err = capsys.readouterr().err
     run = runs / "full"
@@ -112,7 +112,7 @@ def test_a_full_disk_while_finishing_leaves_a_run_resume_completes(tmp_path, mon
     assert (run / "student.onnx").is_file()  # what was finished before the failure stays
     epochs_logged = len((run / "metrics.jsonl").read_text().splitlines())
 
-    monkeypatch.setattr(report_mod, "write_bundle", real)
+    monkeypatch.setattr(bundle_mod, "write", real)
     code = cli_exit(_run_args(runs, "full", "--resume"))
     assert code == 0, capsys.readouterr().err
     rep = json.loads((run / "report.json").read_text())
@@ -146,8 +146,8 @@ def test_a_class_name_with_dollars_reaches_a_bundle(tmp_path, monkeypatch):
     )
     html = (result.run_dir / "report.html").read_text()
     assert result.passed and (result.run_dir / "bundle" / "model.onnx").is_file() and "plot-missing" not in html
-    assert result.report["student"]["batch_size_used"] == 24
-    assert result.report["config"]["student"]["train"]["batch_size"] == 64
+    assert result.report.to_dict()["student"]["batch_size_used"] == 24
+    assert result.report.to_dict()["config"]["student"]["train"]["batch_size"] == 64
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])

@@ -16,7 +16,7 @@ from ltcompress import models
 from ltcompress.config import DataConfig, TrainConfig
 from ltcompress.data import eval_batches, load, train_batches
 from ltcompress.data.core import streamed_stats, channel_stats
-from ltcompress.distill import LoopOptions, prepare_method, train
+from ltcompress.loop import LoopOptions, prepare_method, train
 from ltcompress.logit_cache import LogitCache
 from conftest import tiny_method as make
 
@@ -104,7 +104,7 @@ def test_fingerprint_follows_the_files_not_the_pixels(tree, tmp_path):
 @pytest.mark.parametrize("augment", ["timm", "crop_flip"])
 def test_lazy_training_batches_depend_only_on_seed_epoch_and_position(tree, augment):
     data = folder_data(tree, augment=augment, mixup=0.4, re_prob=0.3)
-    from ltcompress.distill import _mixer
+    from ltcompress.loop import _mixer
 
     mixer, order = _mixer(data, torch.device("cpu")), np.random.default_rng(0).permutation(len(data.train))[:40]
 
@@ -246,7 +246,7 @@ def test_lazy_224px_run_with_teacher_and_student_pretrained_from_the_hf_cache(tr
         progress=False,
     )
     assert result.passed
-    rep = result.report
+    rep = result.report.to_dict()
     assert rep["student"]["init"] == "pretrained" and rep["student"]["exported_weights"] == "ema"
     assert rep["student"]["recipe"] == "finetune"
     assert rep["teacher"]["init"] == "pretrained" and rep["teacher"]["recipe_name"] == "finetune"

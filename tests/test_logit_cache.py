@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ltcompress.distill import LoopOptions
+from ltcompress.loop import LoopOptions
 from ltcompress.logit_cache import LogitCache
 from conftest import TINY_COUNTS as COUNTS, tiny_distill
 

@@ -115,7 +115,7 @@ def test_cache_key_shares_teachers_across_student_seeds_and_methods_with_the_sam
 
 def test_teacher_loss_is_the_methods_choice_unless_the_user_names_a_teacher_free_method():
     from ltcompress.methods import METHODS
-    from ltcompress.teacher import resolve_loss
+    from ltcompress.plan import teacher_loss_for as resolve_loss
 
     assert resolve_loss("auto", METHODS.get("kd")) == "ce"
     assert resolve_loss("auto", METHODS.get("dive")) == "bsce"
@@ -129,7 +129,7 @@ def test_teacher_loss_is_the_methods_choice_unless_the_user_names_a_teacher_free
 def test_teacher_loss_refuses_methods_that_change_the_classifier():
     from ltcompress.methods import METHODS
     from ltcompress.methods.base import Method
-    from ltcompress.teacher import resolve_loss
+    from ltcompress.plan import teacher_loss_for as resolve_loss
 
     adapting = [
         n

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ltcompress.report import preprocess
+from ltcompress.metadata import preprocess
 from ltcompress.config import recipe_data
 from ltcompress.data.core import InputSpec
 from ltcompress.data.transforms import BatchAugment, eval_transform, seeded, train_transform
@@ -107,10 +107,10 @@ def reference(spec: InputSpec, image: Image.Image) -> np.ndarray:
 
 def test_runtime_preprocessing_is_timms_evaluation_transform_byte_for_byte(tmp_path):
     """The bundle side (PIL + numpy, torch blocked) gives timm's uint8 input for every file, mode and geometry;
-    ltcompress evaluates its models through the same function; preprocess.json is what `report.preprocess`
+    ltcompress evaluates its models through the same function; preprocess.json is what `metadata.preprocess`
     writes."""
     paths = write_photos(tmp_path / "photos")
-    pres = [preprocess(SimpleNamespace(spec=s), "input") for s in specs()]
+    pres = [preprocess(SimpleNamespace(spec=s)) for s in specs()]
     (tmp_path / "pres.json").write_text(json.dumps(pres))
     script = (
         "import importlib.util, json, sys\nimport numpy as np\nfrom PIL import Image\n"
@@ -157,7 +157,7 @@ def test_crop_geometry_is_timm_eval_and_pad_keeps_the_legacy_path(tmp_path):
         timm_out = timm_eval(img.convert("RGB"))
         assert np.array_equal(eval_transform(spec)(img), timm_out.numpy())
         bundle = Bundle.__new__(Bundle)  # preprocessing only: no model needed
-        bundle.pre = preprocess(SimpleNamespace(spec=spec), "input")
+        bundle.pre = preprocess(SimpleNamespace(spec=spec))
         mean, std = np.float32(spec.mean)[:, None, None], np.float32(spec.std)[:, None, None]
         expected = (timm_out.numpy().astype(np.float32) / 255.0 - mean) / std
         np.testing.assert_allclose(bundle.preprocess(img), expected, rtol=0, atol=1e-6)

@@ -22,9 +22,9 @@ def test_verify_export_reproduces_the_recorded_onnx_stages(passed_run, monkeypat
     assert set(result.metrics) == {"fp32", "int8"} and result.passed
     for stage in ("fp32", "int8"):
         for key in ("overall", "balanced", "many", "medium", "few", "worst", "per_class"):
-            assert result.metrics[stage][key] == recorded["stages"][stage][key], (stage, key)
-    assert result.flips["fp32->int8"] == recorded["flips"]["fp32->int8"]
-    assert result.recorded["int8"]["balanced"] == recorded["stages"]["int8"]["balanced"]
+            assert result.metrics[stage].to_dict()[key] == recorded["stages"][stage][key], (stage, key)
+    assert result.flips["fp32->int8"].to_dict() == recorded["flips"]["fp32->int8"]
+    assert result.recorded["int8"].balanced == recorded["stages"]["int8"]["balanced"]
 
 
 def test_verify_cli_lists_every_failed_gate_exit_5_and_writes_json_once(
@@ -52,9 +52,9 @@ def test_verify_on_another_test_split_measures_it(passed_run, workdir, monkeypat
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
     run, _ = passed_run
     result = verify_export(run, overrides={"data.test_per_class": 10})
-    per_class = result.metrics["fp32"]["per_class"].values()
+    per_class = result.metrics["fp32"].per_class.values()
     assert all(v * 10 == pytest.approx(round(v * 10)) for v in per_class)  # 10 images per class now
-    assert result.metrics["fp32"]["balanced"] == pytest.approx(np.mean(list(per_class)))
+    assert result.metrics["fp32"].balanced == pytest.approx(np.mean(list(per_class)))
 
 
 @pytest.mark.parametrize(

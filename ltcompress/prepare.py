@@ -1,0 +1,88 @@
+"""The pipeline's first steps, before anything is written: resolve the names, join the process group (under
+torchrun), fit the recipe to the data and device, load the data, plan the teacher and build the method's loss.
+Each is a named step; what they decide is a frozen Plan. A bad input fails here and leaves nothing on disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ltcompress import dist
+from ltcompress import plan as plan_mod
+from ltcompress.config import CompressConfig
+from ltcompress.data import LTData
+from ltcompress.methods.base import Method
+from ltcompress.metrics import Groups
+from ltcompress.plan import Names, Plan, since
+
+log = logging.getLogger("ltcompress")
+
+
+def prepare(cfg: CompressConfig, progress: bool) -> tuple[Plan, Method]:
+    """The checked plan of a run and its method's loss."""
+    from ltcompress import distill, recipe, tracking
+    from ltcompress import progress as progress_mod
+    from ltcompress import teacher as teacher_stage
+
+    names = plan_mod.resolve_names(cfg)
+    tracking.check(cfg.run.track)
+    device = dist.init_from_env(dist.pick_device(cfg.run.device))  # step: join the process group (torchrun)
+    cfg = recipe.fit(cfg, names.student_arch)  # data.input_size auto etc., from the images' headers
+    cfg = recipe.fit_device(cfg, device)  # batch sizes by device
+    plan_mod.check_batches(cfg, device, dist.world())
+    if not dist.is_main():  # only rank 0 writes files and shows progress
+        log.setLevel(logging.WARNING)
+        progress = False
+    progress_mod.configure(progress)
+    student_init = plan_mod.student_init(cfg, names.student_arch)
+    start = time.perf_counter()
+    data, groups = load_data(cfg, names, student_init[0])  # step: the data
+    teacher = teacher_stage.plan(cfg, data, names.teacher_loss) if names.teacher_loss else None
+    resolved = plan_mod.resolved(cfg, names)
+    plan = Plan(cfg, names, student_init, device, progress, data, groups, teacher, resolved, since(start))
+    plan_mod.check_gates(plan)
+    loss = distill.build_loss(plan)  # step: the loss (checks that need the class count, such as rekd's k)
+    _check_exclude_nodes(plan)
+    log.info(
+        "data: %s, %d train / %d test images, class counts %s",
+        cfg.data.dataset,
+        len(data.train),
+        len(data.test),
+        _counts(data),
+    )
+    log.info("%s", recipe.describe(cfg))
+    for line in cfg.fitted:
+        log.info("recipe %s fitted %s", cfg.preset, line)
+    return plan, loss
+
+
+def load_data(cfg: CompressConfig, names: Names, student_init: str) -> tuple[LTData, Groups]:
+    """The data with the preprocessing of a pretrained student, minus the INT8 repair's held-out images, and
+    its shot groups."""
+    from ltcompress import data as data_stage
+    from ltcompress import models, rundir
+
+    pre = models.pretrained_preprocessing(names.student_arch) if student_init == "pretrained" else None
+    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
+    if cfg.export.int8_repair:
+        from ltcompress.repair import set_aside
+
+        data = set_aside(data, names.gates, cfg.export.repair_holdout, cfg.data.seed)
+    groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
+    return data, groups
+
+
+def _check_exclude_nodes(plan: Plan) -> None:
+    """export.exclude_nodes names nodes the student's graph has (checked on a throwaway export)."""
+    e = plan.cfg.export
+    if e.int8 and e.exclude_nodes:
+        from ltcompress import onnx_export
+
+        data = plan.data
+        onnx_export.check_exclude_nodes(plan.student_arch, data.spec, data.num_classes, e.exclude_nodes, e.opset)
+
+
+def _counts(data: LTData) -> str:
+    from ltcompress.data import counts_text
+
+    return counts_text(data.class_counts)
