@@ -41,7 +41,7 @@ def test_malformed_gates_are_usage_errors(expr, message):
 
 
 def test_evaluate_reports_value_threshold_and_absent_metric_fails():
-    stages = {"fp32": {"few": 0.42, "many": None, "balanced": 0.8}}
+    stages = {"fp32": _metrics(few=0.42, many=None, balanced=0.8)}
     results = evaluate([parse("few >= 0.5"), parse("balanced >= 0.8"), parse("many > 0.1")], stages)
     assert [r.passed for r in results] == [False, True, False]
     assert results[0].to_dict() == {
@@ -112,8 +112,8 @@ def test_evaluate_drop_flip_class_and_agreement_against_hand_computed_values():
     preds = {"fp32": np.array([0, 0, 1, 1, 2, 0]), "int8": np.array([0, 1, 1, 1, 0, 0])}
     groups = {"many": [0], "medium": [1], "few": [2]}
     stages = {
-        "fp32": {"few": 0.5, "per_class": {"a": 1.0, "b": 1.0, "c": 0.5}, "agreement_with_student": 1.0},
-        "int8": {"few": 0.0, "per_class": {"a": 0.5, "b": 1.0, "c": 0.0}, "agreement_with_student": 0.5},
+        "fp32": _metrics(few=0.5, per_class={"a": 1.0, "b": 1.0, "c": 0.5}, agreement_with_student=1.0),
+        "int8": _metrics(few=0.0, per_class={"a": 0.5, "b": 1.0, "c": 0.0}, agreement_with_student=0.5),
     }
     gates = [
         parse(e)
@@ -149,3 +149,11 @@ def test_gate_on_unknown_class_names_the_classes():
             ("fp32", "int8"),
             ("Sandal", "Bag"),
         )
+
+
+def _metrics(**values):
+    """A stage's metrics with the given values, the others absent."""
+    from ltcompress.metrics import StageMetrics
+
+    empty = dict.fromkeys(("overall", "balanced", "many", "medium", "few", "worst", "worst_class"))
+    return StageMetrics(**{**empty, "per_class": {}, **values})
