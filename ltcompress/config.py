@@ -198,7 +198,7 @@ def plain(obj: Any) -> Any:
 
 # ---------------------------------------------------------------- presets
 def _preset_dir() -> Path:
-    return bundled_dir("presets", "presets")
+    return bundled_dir("presets")
 
 
 def is_builtin(preset: str) -> bool:

@@ -213,7 +213,7 @@ def write_bundle(
     torch-free runtime. Built
     in a temporary folder and renamed into place whole, so a bundle on disk is always complete; a bundle left
     by an earlier attempt (a resumed run) is replaced."""
-    edge_dir = bundled_dir("edge", "export")
+    edge_dir = bundled_dir("edge")
     bundle = run.file("bundle")
     tmp = temp_name(bundle, ".tmp")
     try:
