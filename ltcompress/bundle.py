@@ -26,7 +26,7 @@ EDGE_FILES = ("runtime.py",)  # the runtime files copied into bundle/export/
 def write(run: RunDir, models: Mapping[str, Path], data: LTData, report: Report, html: str) -> Path:
     """bundle/, built in a temporary folder and renamed into place whole, so a bundle on disk is always complete;
     a bundle left by an earlier attempt (a resumed run) is replaced."""
-    edge_dir = bundled_dir("edge", "export")
+    edge_dir = bundled_dir("edge")
     bundle = run.file("bundle")
     tmp = temp_name(bundle, ".tmp")
     document = report.to_dict()

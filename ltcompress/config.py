@@ -10,6 +10,7 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,7 @@ def plain(obj: Any) -> Any:
 
 # ---------------------------------------------------------------- presets
 def _preset_dir() -> Path:
-    return bundled_dir("presets", "presets")
+    return bundled_dir("presets")
 
 
 def is_builtin(preset: str) -> bool:
@@ -319,9 +320,23 @@ def resolve(
     merged["preset"] = name
     merged["recipe_reason"] = reason or merged.get("recipe_reason") or f"from --preset {name}"
     _check_dataset_keys(merged.get("data"), dataset_keys or {})
-    cfg = environment.apply(_build(CompressConfig, merged, ""))  # the one place the environment is read
+    cfg = apply_environment(_build(CompressConfig, merged, ""))  # the one place the environment is read
     check_values(cfg)
     return cfg
+
+
+def apply_environment(cfg: CompressConfig, env: Mapping[str, str] | None = None) -> CompressConfig:
+    """`cfg` with what the environment decides (ltcompress.environment) filled in; settings given explicitly
+    win, except that LTCOMPRESS_OFFLINE=1 always turns downloads off."""
+    env = os.environ if env is None else env
+    run, data = cfg.run, cfg.data
+    if not run.cache_dir:
+        run = dataclasses.replace(run, cache_dir=str(environment.default_cache(env)))
+    if not data.data_dir and environment.data_dir(env):
+        data = dataclasses.replace(data, data_dir=environment.data_dir(env))
+    if environment.offline(env):
+        data = dataclasses.replace(data, download=False)
+    return dataclasses.replace(cfg, run=run, data=data)
 
 
 def _check_dataset_keys(data: Any, dataset_keys: Mapping[str, Collection[str]]) -> None:

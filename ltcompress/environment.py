@@ -9,13 +9,8 @@ stage reads the environment.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
-
-if TYPE_CHECKING:
-    from ltcompress.config import CompressConfig
+from typing import Mapping
 
 
 def default_cache(env: Mapping[str, str]) -> Path:
@@ -24,15 +19,9 @@ def default_cache(env: Mapping[str, str]) -> Path:
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ltcompress"
 
 
-def apply(cfg: CompressConfig, env: Mapping[str, str] | None = None) -> CompressConfig:
-    """`cfg` with what the environment decides filled in; settings given explicitly win, except that
-    LTCOMPRESS_OFFLINE=1 always turns downloads off."""
-    env = os.environ if env is None else env
-    run, data = cfg.run, cfg.data
-    if not run.cache_dir:
-        run = dataclasses.replace(run, cache_dir=str(default_cache(env)))
-    if not data.data_dir and env.get("LTCOMPRESS_DATA"):
-        data = dataclasses.replace(data, data_dir=env["LTCOMPRESS_DATA"])
-    if env.get("LTCOMPRESS_OFFLINE") == "1":
-        data = dataclasses.replace(data, download=False)
-    return dataclasses.replace(cfg, run=run, data=data)
+def data_dir(env: Mapping[str, str]) -> str | None:
+    return env.get("LTCOMPRESS_DATA") or None
+
+
+def offline(env: Mapping[str, str]) -> bool:
+    return env.get("LTCOMPRESS_OFFLINE") == "1"

@@ -77,10 +77,7 @@ def key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
     return out
 
 
-def bundled_dir(subpackage: str, repo_folder: str) -> Path:
-    """Where installed data packages live: ``ltcompress.<subpackage>`` once installed (presets/ and export/
-    are mapped into the package namespace), or ``<repo>/<repo_folder>`` when running from a source checkout."""
-    try:
-        return Path(str(resources.files(f"ltcompress.{subpackage}")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / repo_folder
+def bundled_dir(subpackage: str) -> Path:
+    """The folder of ``ltcompress.<subpackage>`` (presets, edge): inside an installed package, or a source
+    checkout's presets/ and export/ (ltcompress.layout makes them the subpackages)."""
+    return Path(str(resources.files(f"ltcompress.{subpackage}")))

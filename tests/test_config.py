@@ -112,8 +112,7 @@ def test_every_setting_keyword_is_a_compress_parameter():
 
 
 def test_the_environment_is_read_when_the_config_resolves_and_recorded(monkeypatch, tmp_path):
-    from ltcompress import environment
-    from ltcompress.config import resolve
+    from ltcompress.config import apply_environment, resolve
 
     def unresolved(**run_data):  # the defaults, before any environment
         cfg = resolve(None, {})
@@ -124,12 +123,12 @@ def test_the_environment_is_read_when_the_config_resolves_and_recorded(monkeypat
         )
 
     env = {"LTCOMPRESS_CACHE": str(tmp_path / "c"), "LTCOMPRESS_DATA": str(tmp_path / "d"), "LTCOMPRESS_OFFLINE": "1"}
-    cfg = environment.apply(unresolved(), env)
+    cfg = apply_environment(unresolved(), env)
     assert cfg.run.cache_dir == str(tmp_path / "c") and cfg.data.data_dir == str(tmp_path / "d")
     assert cfg.data.download is False
-    mine = environment.apply(unresolved(cache="/x", data="/y"), env)
+    mine = apply_environment(unresolved(cache="/x", data="/y"), env)
     assert (mine.run.cache_dir, mine.data.data_dir) == ("/x", "/y")  # explicit settings win
-    bare = environment.apply(unresolved(), {"XDG_CACHE_HOME": str(tmp_path)})
+    bare = apply_environment(unresolved(), {"XDG_CACHE_HOME": str(tmp_path)})
     assert bare.run.cache_dir == str(tmp_path / "ltcompress") and bare.data.download is True
     monkeypatch.setenv("LTCOMPRESS_CACHE", str(tmp_path / "e"))
     assert resolve(None, {}).to_dict()["run"]["cache_dir"] == str(tmp_path / "e")  # what config.yaml records

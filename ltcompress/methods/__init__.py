@@ -123,7 +123,7 @@ register_method(
     "class ranked first for tail samples; optional cosine matching of prototype-rectified "
     "teacher features",
     source="Huang et al., arXiv 2409.07694 (abstract only; our reading)",
-    reading="second reading (issue 14; docs/methods.md)",
+    reading="second reading; see docs/methods.md",
 )
 register_method(
     "ltkd",
@@ -132,5 +132,5 @@ register_method(
     summary="LTKD (reading): CE plus KD split over shot groups: KL to prior-removed teacher group "
     "masses plus within-group KL with every group weighted equally",
     source="Kim, CVPR 2026, arXiv 2506.18496 (abstract only; our reading)",
-    reading="first reading (issue 14; docs/methods.md)",
+    reading="first reading; see docs/methods.md",
 )

@@ -1,7 +1,7 @@
 """KRDistill (Huang et al., "Learn from Balance: Rectifying Knowledge Transfer for Long-Tailed Scenarios",
 arXiv 2409.07694). READING: only the abstract could be read; this is our second reading, each part switchable.
 Its defaults are the logit part alone: the feature part, switched on with ``feature_term=True``, made training
-unstable without gradient clipping and gained nothing with it (docs/benchmarks.md, issue 14).
+unstable without gradient clipping and gained nothing with it (docs/benchmarks.md).
 
 1. Logit rectification: temper the teacher, then remove the label prior at full strength
    (``zt / T - tau * log pi``, as bkd and logit adjustment correct); for samples of tail classes (Medium and
@@ -10,7 +10,7 @@ unstable without gradient clipping and gained nothing with it (docs/benchmarks.m
    prototype (the class mean over the training set), and match the student's projected feature to it in cosine
    distance. The projector trains with the student and is never exported.
 
-The first reading (issue 4: ``prior_after_temper=False, swap="all", T=4, feature_term=True``) removed the prior
+The first reading (``prior_after_temper=False, swap="all", T=4, feature_term=True``) removed the prior
 before tempering, which divided its effect by T, and swapped head samples too; docs/methods.md has both
 readings' measurements.
 """
