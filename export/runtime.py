@@ -127,7 +127,8 @@ class Bundle:
         return (x - mean) / std
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
+        logits: np.ndarray = self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
+        return logits
 
     def classify(self, paths: list[Path], batch_size: int = 64) -> list[dict[str, Any]]:
         results = []

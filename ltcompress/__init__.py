@@ -1,7 +1,7 @@
 """ltcompress: distill a large image classifier into a small edge model without losing the rare classes."""
 
 from ltcompress import layout  # noqa: F401  (first: a source checkout's export/ and presets/ become subpackages)
-from ltcompress.api import CompressResult, build_config, compress
+from ltcompress.api import CompressResult, compress
 from ltcompress.config import CompressConfig, list_presets
 from ltcompress.errors import LTCompressError
 from ltcompress.methods import MethodInfo, list_methods, register_method

@@ -37,7 +37,8 @@ def load(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
     except Exception as exc:
         raise UsageError(
             f"checkpoint {path} cannot be read safely ({str(exc).splitlines()[0]}); start a new run instead of --resume"

@@ -182,7 +182,8 @@ class CompressConfig:
     fitted: tuple[str, ...] = ()  # what the recipe fitted to the data, each with the measurement behind it
 
     def to_dict(self) -> dict[str, Any]:
-        return plain(dataclasses.asdict(self))
+        tree: dict[str, Any] = plain(dataclasses.asdict(self))
+        return tree
 
     @property
     def teacher_seed(self) -> int:

@@ -147,7 +147,8 @@ def read_report(path: Path) -> dict[str, Any]:
         raise VerificationError(
             f"{path} is not an ltcompress report (no {', '.join(missing)}); copy it again from its run"
         )
-    return report
+    document: dict[str, Any] = report
+    return document
 
 
 def data_overrides(recorded: dict[str, Any], dataset: str | None, data_dir: str | None) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class LogitCache:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
-                logits = fh.get_tensor("logits")
+                logits: torch.Tensor = fh.get_tensor("logits")
         except Exception as exc:
             log.warning("teacher-logit cache %s is unreadable (%s); rebuilding it", path, exc)
             return None

@@ -113,7 +113,7 @@ def pretrained_preprocessing(arch: str) -> dict[str, Any] | None:
     cfg = _pretrained_cfg(resolve_name(arch))
     if cfg is None:
         return None
-    from timm.data import resolve_data_config
+    from timm.data.config import resolve_data_config
 
     d = resolve_data_config(pretrained_cfg=cfg.to_dict())
     return {
@@ -204,7 +204,7 @@ def head_keys(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if id(p) in head}
 
 
-def _from_file(arch: str, num_classes: int, in_chans: int, path: Path, option: str) -> tuple[nn.Module, dict]:
+def _from_file(arch: str, num_classes: int, in_chans: int, path: Path, option: str) -> tuple[nn.Module, dict[str, Any]]:
     """The file's backbone through timm's own loader (pretrained_cfg_overlay: input-conv adaptation, the model's
     checkpoint filter, head dropped when its class count differs); the head is kept when it fits. The tensors
     handed to timm are the ones read safely here, so what is checked is what is loaded. Exit 2 for another arch."""
@@ -357,13 +357,17 @@ class Renormalize(nn.Module):
         self.register_buffer("shift", shift.view(1, -1, 1, 1).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x * self.scale + self.shift)
+        out: torch.Tensor = self.model(x * self.scale + self.shift)
+        return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x * self.scale + self.shift)
+        out: torch.Tensor = self.model.forward_features(x * self.scale + self.shift)
+        return out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.model.forward_head(x, pre_logits=pre_logits)
+        out: torch.Tensor = self.model.forward_head(x, pre_logits=pre_logits)
+        return out
 
     def get_classifier(self) -> nn.Module:
-        return self.model.get_classifier()
+        head: nn.Module = self.model.get_classifier()
+        return head

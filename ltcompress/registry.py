@@ -45,7 +45,8 @@ class Entry(Generic[T]):
             module, _, attr = self.target.partition(":")
             self.target = getattr(importlib.import_module(module), attr)
             self.lazy = False
-        return self.target
+        loaded: T = self.target
+        return loaded
 
 
 class Registry(Generic[T]):

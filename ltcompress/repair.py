@@ -118,7 +118,8 @@ def damage(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, classe
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64) - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
+    out: np.ndarray = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return out
 
 
 def judge(

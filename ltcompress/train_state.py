@@ -20,7 +20,7 @@ from ltcompress.methods.base import Method, StepInputs
 from ltcompress.models import features_and_logits
 
 if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
+    from timm.utils.model_ema import ModelEmaV3
 
 log = logging.getLogger("ltcompress")
 RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride; rank 0 of 1 is the plain seed
@@ -38,7 +38,7 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
@@ -168,7 +168,7 @@ def build_state(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, precision) is torch.float16)
     ema = None
     if recipe.ema:
-        from timm.utils import ModelEmaV3
+        from timm.utils.model_ema import ModelEmaV3
 
         # timm's warm-up (decay 1 - (1 + step) ** -2/3, capped at ema_decay): without it a run of a few thousand
         # steps would export weights that still hold most of the random initialisation (0.9998 ** 1560 = 0.73)

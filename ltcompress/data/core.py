@@ -215,7 +215,8 @@ def convert_image(image: Image.Image, mode: str, source_size: int, size: int, ch
     if size < source_size:
         raise DataError(f"data.input_size {size} is smaller than the {source_size}x{source_size} images")
     pre = {"source_mode": mode, "source_size": source_size, "input_size": size, "channels": channels}
-    return runtime.pixels(image, pre)
+    pixels: np.ndarray = runtime.pixels(image, pre)
+    return pixels
 
 
 def pad_and_repeat(images: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -223,7 +224,8 @@ def pad_and_repeat(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     h, w = images.shape[-2:]
     if size < h or size < w:
         raise DataError(f"data.input_size {size} is smaller than the {h}x{w} images")
-    return runtime.repeat_gray(runtime.pad_centre(images, size), channels)
+    padded: np.ndarray = runtime.repeat_gray(runtime.pad_centre(images, size), channels)
+    return padded
 
 
 def source_mode(native_channels: int, channels: int) -> str:

@@ -35,7 +35,7 @@ class TrainBatch:
     lam: float = 1.0  # the share of `y` in a mixed batch
 
 
-class SampleSet(torch.utils.data.Dataset):
+class SampleSet(torch.utils.data.Dataset[tuple["np.ndarray | None", int, "tuple[str, str] | None"]]):
     """One image at a time: decoded from its file (or taken from memory), transformed, as uint8 [C, H, W].
     `key` makes training transforms reproducible per position; an unreadable file comes back as an error."""
 

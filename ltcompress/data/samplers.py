@@ -34,7 +34,8 @@ def class_distribution(kind: str, class_counts: np.ndarray) -> np.ndarray:
     weigh = SAMPLERS.get(kind)
     counts = np.asarray(class_counts, dtype=np.float64)
     weights = counts if weigh is None else weigh(counts)
-    return weights / weights.sum()
+    share: np.ndarray = weights / weights.sum()
+    return share
 
 
 def epoch_stream(kind: str, labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:

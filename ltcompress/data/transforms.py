@@ -41,7 +41,7 @@ def train_transform(spec: InputSpec, cfg: DataConfig) -> Callable[[Image.Image],
     AugMix, AutoAugment, TrivialAugment) or
     colour jitter. Random erasing and Mixup/CutMix act on the normalised batch instead (`BatchAugment`).
     Not seeded here: run each call inside `seeded(...)`."""
-    from timm.data import create_transform
+    from timm.data.transforms_factory import create_transform
 
     aa = AUTO_AUGMENT_ALIASES.get(cfg.auto_augment or "", cfg.auto_augment) or None
     # the fill colour of geometric ops needs one value per band of the PIL image
@@ -75,7 +75,8 @@ class _Eval:
         self.pre = pre
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        return runtime.pixels(image, self.pre)
+        pixels: np.ndarray = runtime.pixels(image, self.pre)
+        return pixels
 
 
 class _Timm:
@@ -88,7 +89,8 @@ class _Timm:
     def __call__(self, image: Image.Image) -> np.ndarray:
         out = self.tf(runtime.to_mode(image, self.mode))
         arr = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-        return runtime.repeat_gray(arr.astype(np.uint8, copy=False), self.channels)
+        gray: np.ndarray = runtime.repeat_gray(arr.astype(np.uint8, copy=False), self.channels)
+        return gray
 
 
 def key_seed(*key: int) -> int:
@@ -128,7 +130,7 @@ class BatchAugment:
     """
 
     def __init__(self, cfg: DataConfig, num_classes: int, device: torch.device | str | None = None) -> None:
-        from timm.data import Mixup
+        from timm.data.mixup import Mixup
         from timm.data.random_erasing import RandomErasing
 
         self.erase = (

@@ -51,7 +51,8 @@ def register_method(
 
 
 def method_info(name: str) -> MethodInfo:
-    return METHODS.entry(name).meta["info"]
+    info: MethodInfo = METHODS.entry(name).meta["info"]
+    return info
 
 
 def list_methods() -> list[MethodInfo]:

@@ -142,7 +142,8 @@ class KRDistill(Method):
         """``beta``, ramped linearly over ``feature_warmup`` epochs (1-based epochs, as dkd's warm-up, so the
         first step already gets ``beta / feature_warmup``), so the untrained projector can settle first."""
         p = self.params
-        return p.beta * (min(epoch / p.feature_warmup, 1.0) if p.feature_warmup > 0 else 1.0)
+        weight: float = p.beta * (min(epoch / p.feature_warmup, 1.0) if p.feature_warmup > 0 else 1.0)
+        return weight
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         p = self.params
