@@ -12,10 +12,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ltcompress.config import CompressConfig
-from ltcompress.options import KEYWORDS, build_config
+from ltcompress.options import build_config, check_keywords, run_keywords
 
 if TYPE_CHECKING:
     from ltcompress.distill import Distilled
@@ -84,44 +84,30 @@ class CompressResult:
         }
 
 
+@run_keywords  # its settings (**options) join the signature and docstring from options.SETTINGS
 def compress(
     teacher: str | None = None,
     student: str | None = None,
     method: str | None = None,
     dataset: str | None = None,
     *,
-    gates: Sequence[str] | None = None,
+    config: CompressConfig | None = None,
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
-    config: CompressConfig | None = None,
     progress: bool = True,
     resume: bool = False,
-    name: str | None = None,
-    runs_dir: str | None = None,
-    teacher_weights: str | None = None,
-    teacher_init: str | None = None,
-    student_init: str | None = None,
-    student_weights: str | None = None,
-    data_dir: str | None = None,
-    method_args: Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    epochs: int | None = None,
-    teacher_epochs: int | None = None,
-    teacher_cache: bool | None = None,
-    int8: bool | None = None,
-    int8_repair: bool | None = None,
-    track: Sequence[str] | None = None,
     dry_run: bool = False,
+    **options: Any,
 ) -> CompressResult | DryRun | None:
     """Distill `teacher` into `student` with `method` on `dataset`, export to ONNX, verify with ONNX Runtime
     and evaluate the gates.
 
-    Values left as None come from the preset (default ``fmnist-lt``); `overrides` takes dotted keys such as
-    ``{"student.train.epochs": 5}``; each other keyword sets the config key `KEYWORDS` names (``int8``: also
-    export a calibrated INT8 model; ``int8_repair``: with its tail-aware repair), as the CLI's options do.
-    `resume=True` continues the interrupted run named by `name` from
-    its last checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone
+    Settings left as None come from the recipe (`preset`, else the dataset's, default ``fmnist-lt``);
+    `overrides` takes dotted keys such as ``{"student.train.epochs": 5}``; each setting below sets the config
+    key(s) it names, as the CLI's option of the same name does. `config` is a whole CompressConfig
+    (build_config's): a setting, `preset` or `overrides` beside it is a UsageError (exit 2). An unknown
+    keyword is a TypeError. `resume=True` continues the interrupted run named by `name` from its last
+    checkpoint (the settings must be the same). Under torchrun every rank trains and rank 0 alone
     writes the run and returns the result; the other ranks return None.
     Raises an LTCompressError subclass for errors; a failed gate is not an error. `dry_run=True` checks
     everything a run would (recipe, data, names, gates), times a few steps of each model and returns a DryRun
@@ -130,7 +116,8 @@ def compress(
     from ltcompress import dist
     from ltcompress.prepare import prepare
 
-    given = {k: v for k, v in locals().items() if k in KEYWORDS}  # the keyword-only settings above
+    given = dict(options, teacher=teacher, student=student, method=method, dataset=dataset)
+    check_keywords(given, config, preset=preset, overrides=overrides)  # TypeError, or a setting beside config
     cfg = config or build_config(preset, overrides, **given)
     owns_group = not dist.active()
     try:

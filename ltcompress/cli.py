@@ -1,5 +1,6 @@
-"""The command line: converts options into the same config compress() takes, calls the API, maps errors to
-exit codes. Heavy imports (torch, timm) happen inside command bodies so ``--help`` is instant."""
+"""The command line: converts options into compress()'s keywords (both generated from options.OPTIONS), calls
+the API, maps errors to exit codes. Heavy imports (torch, timm) happen inside command bodies so ``--help`` is
+instant."""
 
 from __future__ import annotations
 
@@ -15,10 +16,37 @@ import click
 from ltcompress import console
 from ltcompress.errors import INTERRUPTED_EXIT, LTCompressError
 from ltcompress.methods import METHODS, list_methods
+from ltcompress.options import OPTIONS, RunOption
 from ltcompress.values import key_values
 
 log = logging.getLogger("ltcompress")
-KEEP_RECIPE = ("int8", "int8_repair", "teacher_cache")  # flags that, left off, keep the recipe's value
+
+
+def run_options(command: Any) -> Any:
+    """`run`'s click options: one per row of options.OPTIONS, in its order (the help lists them so)."""
+    for option in reversed(OPTIONS):
+        command = _click_option(option)(command)
+    return command
+
+
+def _click_option(o: RunOption) -> Any:
+    """A row as a click option: its flag, help, metavar, value type and shell completion."""
+    kwargs: dict[str, Any] = {"help": o.help if isinstance(o.help, str) else o.help(), "metavar": o.metavar}
+    if o.type is bool:
+        kwargs.update(is_flag=True, flag_value=not o.negated, default=o.negated)
+    else:
+        kwargs.update(multiple=o.multiple or o.pairs, type=_click_type(o))
+    if o.completion is not None:
+        kwargs["shell_complete"] = _completes(o.completion, o.complete_files)
+    return click.option(o.cli_flag, o.name, **kwargs)
+
+
+def _click_type(o: RunOption) -> Any:
+    if o.choices:
+        return click.Choice(o.choices)
+    if o.path:
+        return click.Path(file_okay=o.path != "dir", dir_okay=o.path != "file")
+    return o.type
 
 
 def _completes(names: Any, files: bool = False) -> Any:
@@ -31,18 +59,6 @@ def _completes(names: Any, files: bool = False) -> Any:
         return items + [CompletionItem(incomplete, type="file")] * files
 
     return complete
-
-
-def _dataset_names() -> list[str]:
-    from ltcompress.data import DATASETS
-
-    return DATASETS.names()
-
-
-def _preset_names() -> list[str]:
-    from ltcompress.config import list_presets
-
-    return list_presets()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -68,134 +84,15 @@ def cli(debug: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--preset",
-    shell_complete=_completes(_preset_names, files=True),
-    help="Built-in preset (recipe) or a .yaml file read over its dataset's recipe, such as a run's config.yaml "
-    "(default: the dataset's recipe). See list-presets.",
-)
-@click.option("--teacher", help="timm architecture of the teacher (e.g. resnet50).")
-@click.option("--student", help="timm architecture or alias of the student (mobilenetv3 = mobilenetv3_small_100).")
-@click.option(
-    "--method",
-    shell_complete=_completes(METHODS.names),
-    help="Distillation method or baseline: "
-    + ", ".join(i.name + (" (a reading)" if i.status == "reading" else "") for i in list_methods())
-    + "; see list-methods.",
-)
-@click.option(
-    "--dataset",
-    shell_complete=_completes(_dataset_names),
-    help="fmnist-lt (default), cifar10-lt, cifar100-lt or imagefolder (with --data-dir); each runs its own "
-    "recipe (imagefolder: photos, fitted to the images) unless --preset names another.",
-)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
-@click.option(
-    "--gate",
-    "gates",
-    multiple=True,
-    metavar="EXPR",
-    help="Gate, e.g. 'few >= 0.5', 'int8.class[Sandal] >= 0.6', 'drop(fp32, int8).few <= 0.01', "
-    "'flip(fp32, int8) <= 0.02'; repeatable (README: Gates).",
-)
-@click.option(
-    "--int8",
-    is_flag=True,
-    help="Also export a static INT8 model (calibrated on a class-stratified "
-    "training sample), verify and gate it as stage int8.",
-)
-@click.option(
-    "--int8-repair",
-    is_flag=True,
-    help="--int8, and when an int8 gate fails on held-out images, return the quantized nodes that hurt "
-    "the gated classes most to FP32 until it passes (export.repair_budget nodes at most).",
-)
-@click.option(
-    "--teacher-weights",
-    type=click.Path(dir_okay=False),
-    help="Teacher weights for this dataset (.safetensors, or .pt/.pth loaded with weights_only=True).",
-)
-@click.option(
-    "--teacher-init",
-    metavar="auto|pretrained|scratch|FILE",
-    help="Where a teacher trained here starts: auto (pretrained weights when timm / huggingface_hub can "
-    "provide them, from the HF cache under HF_HUB_OFFLINE, else scratch), pretrained, scratch, or "
-    "a weights file (e.g. ImageNet .safetensors) fine-tuned under a new head.",
-)
-@click.option(
-    "--student-init",
-    metavar="auto|pretrained|scratch|FILE",
-    help="Where the student starts (as --teacher-init; default: the recipe's, scratch for fmnist-lt and "
-    "cifar, auto for image folders).",
-)
-@click.option(
-    "--student-weights",
-    type=click.Path(dir_okay=False),
-    help="Weights file the student starts from (.safetensors or .pt/.pth, weights_only=True); a head for "
-    "another class count is replaced by a new one.",
-)
-@click.option(
-    "--method-arg",
-    "method_args",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Method hyper-parameter, e.g. T=2; repeatable (see list-methods --params).",
-)
-@click.option("--epochs", type=int, help="Student (distillation) epochs, of the recipe it runs (train or finetune).")
-@click.option("--teacher-epochs", type=int, help="Teacher training epochs, of the recipe it runs (train or finetune).")
-@click.option("--seed", type=int, help="Training seed.")
-@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps.")
-@click.option("--name", help="Run name (folder under --runs-dir); must not exist yet.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go (default: runs).")
-@click.option(
-    "--set",
-    "settings",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any config value by dotted key, e.g. student.train.lr=0.1; repeatable.",
-)
-@click.option(
-    "--teacher-cache",
-    is_flag=True,
-    help="Store the teacher's logits per epoch and reuse them in later runs with the same teacher, data, "
-    "sampler and seed (exact: the same student, without the teacher's forward pass).",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue the interrupted run named by --name from its last checkpoint (same options).",
-)
-@click.option(
-    "--track",
-    multiple=True,
-    type=click.Choice(["tensorboard", "mlflow"]),
-    help="Also log epochs, results, gates and artifacts to TensorBoard (event files in the run) or MLflow "
-    "(MLFLOW_TRACKING_URI, else a file store beside the runs); repeatable; needs the extra of that name.",
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    help="Check everything, time a few steps of each model, print the resolved recipe, a data summary and the "
-    "cost estimate, and exit 0 without training or writing anything.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(**options: Any) -> None:
+@run_options
+def run(as_json: bool, **options: Any) -> None:
     """Train (or reuse) the teacher, distill the student, export to ONNX, verify and gate.
 
     Exit codes: 0 gates passed, 2 usage, 3 data, 4 export mismatch, 5 gate failed, 6 diverged, 7 I/O, 130 Ctrl-C.
     """
     from ltcompress.api import CompressResult, DryRun, compress
 
-    as_json = options.pop("as_json")
-    overrides = key_values(options.pop("settings"), "--set")
-    method_args = key_values(options.pop("method_args"), "--method-arg") or None
-    progress = not options.pop("no_progress")
-    # the rest are compress() keywords; an empty repeatable option or a flag left off keeps the recipe's value
-    given: dict[str, Any] = {
-        k: (v or None) if isinstance(v, tuple) or k in KEEP_RECIPE else v for k, v in options.items()
-    }
-    result = compress(overrides=overrides, method_args=method_args, progress=progress, **given)
+    result = compress(**{o.name: o.from_cli(options[o.name]) for o in OPTIONS if o.keyword})
     if isinstance(result, DryRun):
         console.print_dry_run(result, as_json)
     elif isinstance(result, CompressResult):  # None: a torchrun rank other than 0; rank 0 reports

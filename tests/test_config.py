@@ -101,16 +101,6 @@ def test_registry_names_closest_valid_names():
         reg.register("alpha", 2)
 
 
-def test_every_setting_keyword_is_a_compress_parameter():
-    import inspect
-
-    from ltcompress.api import KEYWORDS, compress
-
-    params = inspect.signature(compress).parameters
-    assert set(KEYWORDS) <= set(params)  # typed, documented, completed by editors; no **keywords
-    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def test_the_environment_is_read_when_the_config_resolves_and_recorded(monkeypatch, tmp_path):
     from ltcompress.config import apply_environment, resolve
 
