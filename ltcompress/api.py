@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ltcompress.config import CompressConfig
 from ltcompress.options import build_config, check_keywords, run_keywords
+from ltcompress.results import Judged
 
 if TYPE_CHECKING:
     from ltcompress.distill import Distilled
     from ltcompress.estimate import Estimate
     from ltcompress.export_stage import Exported
-    from ltcompress.gates import GateResult
     from ltcompress.methods.base import Method
     from ltcompress.metrics import Flips, StageMetrics
     from ltcompress.plan import Plan
@@ -37,7 +37,7 @@ log = logging.getLogger("ltcompress")
 
 
 @dataclass(frozen=True)
-class CompressResult:
+class CompressResult(Judged):
     """What a run produced. `passed` is False when a gate failed (or the INT8 repair did not meet the int8 gates
     on its held-out images); errors raise instead."""
 
@@ -47,18 +47,6 @@ class CompressResult:
     flips: Mapping[str, Flips]  # per-class top-1 flip rates between consecutive stages, keyed "a->b"
     int8_repair: RepairRecord | None  # what the INT8 repair did (None without it)
     report: Report = field(repr=False)
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict.passed
-
-    @property
-    def gates(self) -> tuple[GateResult, ...]:
-        return self.verdict.gates
-
-    @property
-    def failed_gates(self) -> tuple[GateResult, ...]:
-        return self.verdict.failed_gates
 
     @property
     def onnx_path(self) -> Path:

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from ltcompress import config as config_mod
 from ltcompress.config import CompressConfig
 from ltcompress.errors import UsageError, VerificationError
+from ltcompress.results import Judged
 
 if TYPE_CHECKING:  # imported where used: `import ltcompress` stays light (the CLI's --help)
     from ltcompress.data import LTData
-    from ltcompress.gates import Gate, GateResult
+    from ltcompress.gates import Gate
     from ltcompress.metrics import Flips, Groups, StageMetrics
     from ltcompress.results import Verdict
 
@@ -32,7 +33,7 @@ LAYOUTS = {"run": ("student.onnx", "student.int8.onnx"), "bundle": ("model.onnx"
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(Judged):
     """What verify_export() measured; `passed` is False when a gate failed."""
 
     path: Path
@@ -44,18 +45,6 @@ class VerifyResult:
     flips: Mapping[str, Flips]
     recorded: Mapping[str, StageMetrics] = field(repr=False)  # the same stages from the export's own report
     report_matches_model: bool | None = None  # the models carry this report's hash (None: either predates it)
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict.passed
-
-    @property
-    def gates(self) -> tuple[GateResult, ...]:
-        return self.verdict.gates
-
-    @property
-    def failed_gates(self) -> tuple[GateResult, ...]:
-        return self.verdict.failed_gates
 
     def to_dict(self) -> dict[str, Any]:
         """All of it as JSON (--json, --output)."""

@@ -211,9 +211,7 @@ def repair(
         os.replace(workdir / "candidate.onnx", int8_path)
     log.info(
         "INT8 repair: %d node(s) back to FP32 (%s); the int8 gates %s on the held-out images%s",
-        len(steps),
-        ", ".join(s.node for s in steps) or "none",
-        "pass" if met else "still fail",
+        *(len(steps), ", ".join(s.node for s in steps) or "none", "pass" if met else "still fail"),
         "" if met else f" ({stopped})",
     )
     return dataclasses.replace(

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ltcompress.gates import Gate, GateResult
-from ltcompress.metrics import StageMetrics
+if TYPE_CHECKING:  # annotations only: CompressResult and VerifyResult build on Judged, and `import ltcompress`
+    from ltcompress.gates import Gate, GateResult  # stays free of numpy for the CLI's --help
+    from ltcompress.metrics import StageMetrics
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,24 @@ class Verdict:
     @property
     def passed(self) -> bool:
         return self.parity_ok and self.repair_met and not self.failed_gates
+
+
+class Judged:
+    """A result that carries a Verdict (a run's, a re-verification's): its pass/fail and gates, read from it."""
+
+    verdict: Verdict
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.gates
+
+    @property
+    def failed_gates(self) -> tuple[GateResult, ...]:
+        return self.verdict.failed_gates
 
 
 def verdict(gates: Sequence[GateResult], parity: Parity | None = None, repair: RepairRecord | None = None) -> Verdict:
