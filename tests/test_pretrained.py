@@ -311,7 +311,9 @@ def test_pretrained_teacher_is_fine_tuned_with_its_recipe_and_records_it(hub, tm
             real_train(model, method, d, recipe, *a, **k),
         )[1],
     )
-    got = stage.obtain(p, cfg, data, torch.device("cpu"), None, progress=False)
+    from ltcompress.role import Follower
+
+    got = stage.obtain(p, cfg, data, torch.device("cpu"), Follower(resume=False))  # no run directory
     assert seen["recipe"] == cfg.teacher.finetune
     prov = got.provenance
     assert prov["recipe_name"] == "finetune" and prov["recipe"]["epochs"] == 1 and prov["init"] == "pretrained"
