@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -111,6 +112,19 @@ def summarize(pred: np.ndarray, labels: np.ndarray, groups: Groups, class_names:
     acc = per_class_accuracy(pred, labels, len(class_names))
     overall = float((pred == labels).mean()) if len(labels) else None
     return _summary(StageMetrics, acc, overall, groups, class_names, np.nanargmin)
+
+
+def summarize_stages(
+    preds: Mapping[str, np.ndarray], labels: np.ndarray, groups: Groups, class_names: tuple[str, ...]
+) -> dict[str, StageMetrics]:
+    """Each stage's summary; the ONNX stages (fp32, int8) also carry their top-1 agreement with the torch
+    student when it is among `preds`."""
+    stages = {k: summarize(p, labels, groups, class_names) for k, p in preds.items()}
+    for key in ("fp32", "int8"):
+        if key in stages and "student" in preds:
+            agreed = agreement(preds[key], preds["student"])
+            stages[key] = dataclasses.replace(stages[key], agreement_with_student=agreed)
+    return stages
 
 
 def flip_rates(

@@ -27,7 +27,7 @@ from ltcompress.data import LTData, hold_out
 from ltcompress.errors import UsageError
 from ltcompress.gates import Gate, evaluate
 from ltcompress.inference import latency_ms, ort_logits, split_labels, torch_logits
-from ltcompress.metrics import Groups, agreement, expected_accuracy, expected_flips, summarize
+from ltcompress.metrics import Groups, expected_accuracy, expected_flips, summarize_stages
 from ltcompress.onnx_export import Quantizer
 from ltcompress.results import RepairGate, RepairRecord, RepairStep
 
@@ -134,12 +134,7 @@ def judge(
     all (a 5-point Few loss on the test set can be 0 there)."""
     logits = {**held.fixed, "int8": int8_logits}
     preds = {k: z.argmax(1) for k, z in logits.items()}
-    stages = {k: summarize(p, held.labels, groups, class_names) for k, p in preds.items()}
-    if "student" in preds:
-        for key in ("fp32", "int8"):
-            stages[key] = dataclasses.replace(
-                stages[key], agreement_with_student=agreement(preds[key], preds["student"])
-            )
+    stages = summarize_stages(preds, held.labels, groups, class_names)
     hard = evaluate(gates, stages, preds, held.labels, groups, class_names)
     probs = {k: np.exp(_log_softmax(z)) for k, z in logits.items()}
     relative = [g for g in gates if g.kind != "stage"]

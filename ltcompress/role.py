@@ -4,7 +4,7 @@ directory, writes files and shows progress. The other ranks (followers) take the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from ltcompress.rundir import RunDir
 
@@ -20,9 +20,6 @@ class Leader:
     def log_metrics(self, record: dict[str, Any]) -> None:
         self.run.log_metrics(record)
 
-    def checkpoint_path(self, name: str) -> Any:
-        return self.run.file("checkpoints") / name
-
 
 @dataclass(frozen=True)
 class Follower:
@@ -33,4 +30,3 @@ class Follower:
 
 
 Role = Union[Leader, Follower]
-OnEpoch = Callable[[dict[str, Any]], None]

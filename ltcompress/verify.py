@@ -4,7 +4,6 @@ student, count the per-class top-1 flips between consecutive stages, evaluate th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from ltcompress.data import LTData
 from ltcompress.gates import Gate, GateResult, evaluate
 from ltcompress.inference import ort_logits, speed, split_labels, torch_logits
 from ltcompress.metrics import STAGES, Flips, Groups, StageMetrics, TailLoss, agreement, confusion, flip_rates
-from ltcompress.metrics import summarize, tail_losses
+from ltcompress.metrics import summarize, summarize_stages, tail_losses
 from ltcompress.results import Int8Parity, Parity
 
 log = logging.getLogger("ltcompress")
@@ -98,10 +97,7 @@ def measure(
     preds: Mapping[str, np.ndarray], labels: np.ndarray, groups: Groups, class_names: tuple[str, ...]
 ) -> dict[str, StageMetrics]:
     """Each stage's metrics; the ONNX stages also carry their top-1 agreement with the torch student."""
-    stages = {k: summarize(p, labels, groups, class_names) for k, p in preds.items()}
-    for key in ("fp32", "int8"):
-        if key in stages and "student" in preds:
-            stages[key] = with_agreement(stages[key], agreement(preds[key], preds["student"]))
+    stages = summarize_stages(preds, labels, groups, class_names)
     for key, m in stages.items():
         log.info(
             "verify %-7s overall %.4f  balanced %.4f  few %s  worst %.4f (%s)",
@@ -113,10 +109,6 @@ def measure(
             m.worst_class,
         )
     return stages
-
-
-def with_agreement(metrics: StageMetrics, value: float) -> StageMetrics:
-    return dataclasses.replace(metrics, agreement_with_student=value)
 
 
 def measure_file(onnx_path: Path, data: LTData, groups: Groups, batch: int) -> StageMetrics:
