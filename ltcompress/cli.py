@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -20,9 +20,10 @@ from ltcompress.options import OPTIONS, RunOption
 from ltcompress.values import key_values
 
 log = logging.getLogger("ltcompress")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def run_options(command: Any) -> Any:
+def run_options(command: F) -> F:
     """`run`'s click options: one per row of options.OPTIONS, in its order (the help lists them so)."""
     for option in reversed(OPTIONS):
         command = _click_option(option)(command)
@@ -49,7 +50,7 @@ def _click_type(o: RunOption) -> Any:
     return o.type
 
 
-def _completes(names: Any, files: bool = False) -> Any:
+def _completes(names: Callable[[], list[str]], files: bool = False) -> Callable[..., list[Any]]:
     """Shell completion for an option whose value is a registered name (`names()` is called only when the shell
     asks, so --help stays instant); `files` also offers paths (a preset may be a .yaml file)."""
     from click.shell_completion import CompletionItem

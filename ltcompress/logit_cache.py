@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 
 from ltcompress.config import CompressConfig, TrainConfig
+from ltcompress.data import LTData
 from ltcompress.rundir import atomic_save_file, entry_lock
 
 log = logging.getLogger("ltcompress")
@@ -75,7 +76,9 @@ def _checksum(logits: torch.Tensor) -> str:
     return hashlib.sha256(logits.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def for_run(cfg: CompressConfig, recipe: TrainConfig, data: Any, device: Any, teacher_sha: str) -> LogitCache | None:
+def for_run(
+    cfg: CompressConfig, recipe: TrainConfig, data: LTData, device: torch.device, teacher_sha: str
+) -> LogitCache | None:
     """The teacher-logit cache for the exact sample stream of the student's `recipe`, or None when not asked for."""
     if not cfg.run.teacher_cache:
         return None
@@ -98,7 +101,7 @@ def for_run(cfg: CompressConfig, recipe: TrainConfig, data: Any, device: Any, te
     return LogitCache.open(cache_root(cfg.run.cache_dir), spec)
 
 
-def augmentation(data: Any) -> str:
+def augmentation(data: LTData) -> str:
     """What the training augmentation is, as the teacher-logit cache key records it."""
     from ltcompress.data.batches import AUGMENTATION
 

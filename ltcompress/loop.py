@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from ltcompress.methods.base import Method, TrainingPass
 from ltcompress.models import features_and_logits
 from ltcompress.rundir import atomic_save_file
 from ltcompress.train_state import TrainState, amp_dtype, autocast, build_state
+
+if TYPE_CHECKING:
+    from ltcompress.data.transforms import BatchAugment
 
 
 log = logging.getLogger("ltcompress")
@@ -141,7 +144,7 @@ class Loop:
             freeze(teacher.to(device).to(memory_format=torch.channels_last))
 
     def epoch(
-        self, state: TrainState, stop: StopRequest, bar: Any, checkpoint: Callable[[dict[str, Any]], None] | None
+        self, state: TrainState, stop: StopRequest, bar: tqdm[Any], checkpoint: Callable[[dict[str, Any]], None] | None
     ) -> dict[str, Any]:
         """One epoch from where `state` stands; returns its record (loss, accuracy, images/s)."""
         t0, epoch, skip = time.perf_counter(), state.epoch, state.step
@@ -264,7 +267,7 @@ def _save(state: TrainState, stage: str, checkpoint: Callable[[dict[str, Any]], 
         checkpoint(saved)
 
 
-def _mixer(data: LTData, device: torch.device) -> Any:
+def _mixer(data: LTData, device: torch.device) -> BatchAugment | None:
     """timm random erasing and Mixup/CutMix on the normalised batch, when the data options turn them on."""
     opts = data.pipeline.options
     if not (opts.re_prob or opts.mixup or opts.cutmix):

@@ -81,7 +81,7 @@ class TrainState:
     module: TrainModule
     wrapped: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
     generator: torch.Generator
