@@ -2,6 +2,7 @@
 
 from ltcompress import layout  # noqa: F401  (first: a source checkout's export/ and presets/ become subpackages)
 from ltcompress.api import CompressResult, compress
+from ltcompress.options import build_config
 from ltcompress.config import CompressConfig, list_presets
 from ltcompress.errors import LTCompressError
 from ltcompress.methods import MethodInfo, list_methods, register_method
