@@ -25,7 +25,7 @@ from ltcompress.config_checks import CALIBRATIONS as CALIBRATIONS
 from ltcompress.config_checks import INITS as INITS
 from ltcompress.config_checks import check_values
 from ltcompress.config_checks import recipes as recipes
-from ltcompress.values import bundled_dir, coerce
+from ltcompress.values import bundled_dir, coerce, read_text
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
@@ -226,7 +226,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
                 f"Built-in presets: {', '.join(list_presets())}; or pass a path to a .yaml file."
             )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, UsageError, "a YAML mapping of sections (data:, teacher:, ...)")) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"preset {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
