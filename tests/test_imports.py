@@ -79,3 +79,11 @@ def test_the_analyser_sees_function_local_imports_and_skips_type_checking_ones(t
     assert graph.edges(mods) == {("ltcompress.a", "ltcompress.b")}
     assert graph.edges(mods, typing=True) == {("ltcompress.a", "ltcompress.b"), ("ltcompress.a", "ltcompress.c")}
     assert graph.cycles({("x", "y"), ("y", "z"), ("z", "x"), ("y", "x")}) == [["x", "y", "x"], ["x", "y", "z", "x"]]
+
+
+def test_the_public_surface_imports():
+    """Every name `ltcompress.__all__` promises is there (a module move must keep it importable)."""
+    import ltcompress
+
+    missing = [name for name in ltcompress.__all__ if not hasattr(ltcompress, name)]
+    assert not missing, f"ltcompress.__all__ names what the package does not have: {missing}"
