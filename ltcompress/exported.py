@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,16 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Head
                 break
             report = folder / "report.json"
             recorded = read_report(report)
-            check(recorded, lambda name, report=report: f"{report}: its {name}")  # before any data loads
+            check(recorded, partial(_in_report, report))  # before any data loads
             return layout, models, recorded, {stage: onnx_header(p) for stage, p in models.items()}
     raise UsageError(
         f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
         f"(model.onnx, report.json); pass runs/<name>, runs/<name>/bundle or an exported .onnx file"
     )
+
+
+def _in_report(report: Path, name: str) -> str:
+    return f"{report}: its {name}"
 
 
 def report_matches(headers: Headers, recorded: dict[str, Any]) -> bool | None:
