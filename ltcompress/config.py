@@ -142,6 +142,7 @@ class ExportConfig:
     calibration: str = "stratified"  # stratified (classes filled evenly, so the tail counts) | random
     calibration_size: int = 512  # training images the INT8 ranges are calibrated on (bench/deploy.py)
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime's CalibrationMethod)
+    calibration_bins: int = 2048  # histogram bins of the entropy and percentile calibrators (not minmax)
     per_channel: bool = True  # int8 weights per output channel (false: one range per tensor)
     exclude_nodes: tuple[str, ...] = ()  # nodes of the FP32 graph left in float (names as in the report)
     # INT8 repair: when an int8 gate fails on held-out data, the nodes that hurt the gated classes most go back
