@@ -25,7 +25,7 @@ from ltcompress.config_checks import CALIBRATIONS as CALIBRATIONS
 from ltcompress.config_checks import INITS as INITS
 from ltcompress.config_checks import check_values
 from ltcompress.config_checks import recipes as recipes
-from ltcompress.values import bundled_dir, coerce
+from ltcompress.values import bundled_dir, coerce, read_text
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
 
@@ -142,6 +142,7 @@ class ExportConfig:
     calibration: str = "stratified"  # stratified (classes filled evenly, so the tail counts) | random
     calibration_size: int = 512  # training images the INT8 ranges are calibrated on (bench/deploy.py)
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime's CalibrationMethod)
+    calibration_bins: int = 2048  # histogram bins of the entropy and percentile calibrators (not minmax)
     per_channel: bool = True  # int8 weights per output channel (false: one range per tensor)
     exclude_nodes: tuple[str, ...] = ()  # nodes of the FP32 graph left in float (names as in the report)
     # INT8 repair: when an int8 gate fails on held-out data, the nodes that hurt the gated classes most go back
@@ -226,7 +227,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
                 f"Built-in presets: {', '.join(list_presets())}; or pass a path to a .yaml file."
             )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, UsageError, "a YAML mapping of sections (data:, teacher:, ...)")) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"preset {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):

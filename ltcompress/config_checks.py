@@ -66,6 +66,7 @@ def check_values(cfg: Any) -> None:
             cfg.export.calibration_method in CALIBRATION_METHODS,
             f"export.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}",
         ),
+        (cfg.export.calibration_bins >= 256, "export.calibration_bins must be at least 256 (entropy searches 128)"),
         *_repair_checks(cfg.export),
     ]
     for where, section in recipes(cfg):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,18 +72,21 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Head
     .onnx file (whose metadata stands in for the report). Each model is read once, here, so a damaged one is
     named before minutes of data loading."""
     from ltcompress.inference import onnx_header
+    from ltcompress.recorded import check, from_metadata
 
     folder = Path(path)
     if folder.is_file():
         header = onnx_header(folder)
-        stage, recorded = from_metadata(folder, header[1])
+        stage, recorded = from_metadata(folder, header[1])  # checked field by field
         return "model", {stage: folder}, recorded, {stage: header}
     for layout, (fp32, int8) in LAYOUTS.items():
         if (folder / fp32).is_file():
             models = {"fp32": folder / fp32, **({"int8": folder / int8} if (folder / int8).is_file() else {})}
             if not (folder / "report.json").is_file():
                 break
-            recorded = read_report(folder / "report.json")
+            report = folder / "report.json"
+            recorded = read_report(report)
+            check(recorded, partial(_in_report, report))  # before any data loads
             return layout, models, recorded, {stage: onnx_header(p) for stage, p in models.items()}
     raise UsageError(
         f"{folder} is neither a finished run directory (student.onnx, report.json) nor an edge bundle "
@@ -90,28 +94,8 @@ def locate(path: str | Path) -> tuple[str, dict[str, Path], dict[str, Any], Head
     )
 
 
-def from_metadata(path: Path, props: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """The stage and the report-like facts (data settings, input spec, class names) a bare .onnx carries in
-    `props`; a model without them cannot be measured on the right data and is a usage error, never a guess."""
-    needed = ("ltcompress.data", "ltcompress.input", "ltcompress.class_names")
-    missing = [k for k in needed if k not in props]
-    if missing:
-        raise UsageError(
-            f"{path} carries no {', '.join(missing)} metadata, so it cannot say what data it was made "
-            f"for; verify its run directory or bundle instead (models exported by older ltcompress "
-            f"versions lack it)"
-        )
-    try:
-        data, spec, names = (json.loads(props[k]) for k in needed)
-    except ValueError:
-        raise VerificationError(f"{path}: its ltcompress metadata is not valid JSON; export it again") from None
-    held = json.loads(props.get("ltcompress.held_out", "null"))
-    stage = "int8" if props.get("ltcompress.stage", "fp32").startswith("int8") else "fp32"
-    return stage, {
-        "config": {"data": data},
-        "data": {"input": spec, "class_names": names, "held_out": held},
-        "stages": {},
-    }
+def _in_report(report: Path, name: str) -> str:
+    return f"{report}: its {name}"
 
 
 def report_matches(headers: Headers, recorded: dict[str, Any]) -> bool | None:

@@ -110,7 +110,7 @@ def int8(
         progress.batches(len(idx), 32),
     )
     batches = (x.contiguous().numpy() for x, _ in shown)
-    quantizer = Quantizer(fp32_path, batches, workdir, cfg.calibration_method, cfg.per_channel)
+    quantizer = Quantizer(fp32_path, batches, workdir, cfg.calibration_method, cfg.per_channel, cfg.calibration_bins)
     quantizer.write(path, exclude=cfg.exclude_nodes)
     weights = "per-channel" if cfg.per_channel else "per-tensor"
     log.info(
@@ -127,6 +127,7 @@ def int8(
     return quantizer, {
         "method": f"static QDQ, uint8 activations, int8 {weights} weights, {cfg.calibration_method}",
         "calibration_method": cfg.calibration_method,
+        "calibration_bins": cfg.calibration_bins if cfg.calibration_method != "minmax" else None,
         "per_channel": cfg.per_channel,
         "excluded_nodes": list(cfg.exclude_nodes),
         "quantized_nodes": quantizer.nodes,
@@ -154,6 +155,7 @@ class Quantizer:
         workdir: Path,
         method: str = "minmax",
         per_channel: bool = True,
+        bins: int = 2048,
     ) -> None:
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -164,7 +166,30 @@ class Quantizer:
         self.op_types = {n.name: n.op_type for n in graph.node}
         quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)  # what quantize_static quantizes by default
         self.nodes = [n.name for n in graph.node if n.op_type in quantizable]
-        self._quantize(workdir / "calibrated.onnx", iter(calibration), (), None)
+        if method == "minmax":  # quantize_static calibrates MinMax itself
+            self._quantize(workdir / "calibrated.onnx", iter(calibration), (), None)
+        else:
+            self._histogram_ranges(iter(calibration), sorted(quantizable), bins, workdir)
+
+    def _histogram_ranges(self, calibration: Iterator[np.ndarray], op_types: list[str], bins: int, tmp: Path) -> None:
+        """Entropy and percentile ranges from ONNX Runtime's calibrator driven directly with `bins` histogram
+        bins, saved where quantize_static reads its calibration cache. (quantize_static builds its entropy
+        calibrator with 128 bins and 128 quantized bins: a single candidate threshold, MinMax's ranges.)"""
+        from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+
+        kind = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[self.method]
+        options = {"num_bins": bins, **({"num_quantized_bins": 128} if self.method == "entropy" else {})}
+        with _quiet("INT8 calibration"):
+            calibrator = create_calibrator(
+                self.prepared,
+                op_types,
+                augmented_model_path=str(tmp / "augmented.onnx"),
+                calibrate_method=kind,
+                providers=["CPUExecutionProvider"],
+                extra_options=options,
+            )
+            calibrator.collect_data(_reader(calibration))
+            save_tensors_data(calibrator.compute_data(), self.ranges)
 
     def write(
         self,
@@ -187,13 +212,7 @@ class Quantizer:
     def _quantize(
         self, out: Path, calibration: Iterator[np.ndarray] | None, exclude: tuple[str, ...], only: list[str] | None
     ) -> None:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-        from onnxruntime.quantization import quantize_static
-
-        class Reader(CalibrationDataReader):
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(calibration, None) if calibration is not None else None
-                return None if batch is None else {INPUT_NAME: batch}
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {
             "minmax": CalibrationMethod.MinMax,
@@ -204,7 +223,7 @@ class Quantizer:
             quantize_static(
                 str(self.prepared),
                 str(out),
-                Reader() if calibration is not None else None,
+                _reader(calibration) if calibration is not None else None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=self.per_channel,
                 activation_type=QuantType.QUInt8,
@@ -214,6 +233,18 @@ class Quantizer:
                 nodes_to_quantize=only,
                 calibration_cache_path=str(self.ranges),
             )
+
+
+def _reader(batches: Iterator[np.ndarray]) -> Any:
+    """ONNX Runtime's CalibrationDataReader over preprocessed batches."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    return Reader()
 
 
 def store_weights_int8(path: Path, nodes: set[str]) -> None:

@@ -41,6 +41,7 @@ def prepare(cfg: CompressConfig, progress: bool) -> tuple[Plan, Method]:
     resolved = plan_mod.resolved(cfg, names)
     plan = Plan(cfg, names, student_init, device, progress, data, groups, teacher, resolved, since(start))
     plan_mod.check_gates(plan)
+    _check_starts(plan)  # step: every weights file a model starts from, loaded once and dropped
     loss = distill.build_loss(plan)  # step: the loss (checks that need the class count, such as rekd's k)
     _check_exclude_nodes(plan)
     log.info(
@@ -70,6 +71,28 @@ def load_data(cfg: CompressConfig, names: Names, student_init: str) -> tuple[LTD
         data = set_aside(data, names.gates, cfg.export.repair_holdout, cfg.data.seed)
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     return data, groups
+
+
+def _check_starts(plan: Plan) -> None:
+    """Every weights file a model will start from (--student-weights, a FILE init, cached pretrained weights)
+    is readable, in a safe format and loads into its architecture: checked by building the model once here,
+    before any folder is made or any model trains (a bad student file would otherwise surface after the
+    teacher has trained). The random state is left as it was, so the run trains the same models."""
+    import torch
+
+    from ltcompress import models
+
+    cfg, data = plan.cfg, plan.data
+    student_init = cfg.student.init if plan.student_init[0] == "file" else plan.student_init[0]
+    starts = [("student", plan.student_arch, student_init, cfg.student.weights)]
+    if plan.teacher is not None and plan.teacher.loaded is None:  # --teacher-weights is loaded by its plan
+        starts.append(("teacher", plan.teacher.arch, cfg.teacher.init, None))
+    for role, arch, init, weights in starts:
+        kind = "file" if weights else models.resolve_init(init, arch, role)[0]
+        if kind == "file" or (kind == "pretrained" and models.cached_weights(arch)):
+            with torch.random.fork_rng(devices=[]):
+                models.build(arch, data.num_classes, data.spec.channels, init, weights, role=role)
+            log.debug("%s start checked: %s", role, weights or init)
 
 
 def _check_exclude_nodes(plan: Plan) -> None:

@@ -1,8 +1,10 @@
 """Values that are not configuration themselves: a user's value converted by the type annotation of the field
-it sets (settings and method arguments alike), and where the files shipped with the package live."""
+it sets (settings and method arguments alike), a user's text file decoded, and where the files shipped with the
+package live."""
 
 from __future__ import annotations
 
+import codecs
 import collections.abc
 import types
 import typing
@@ -12,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ltcompress.errors import UsageError
+from ltcompress.errors import LTCompressError, UsageError
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -81,3 +83,20 @@ def bundled_dir(subpackage: str) -> Path:
     """The folder of ``ltcompress.<subpackage>`` (presets, edge): inside an installed package, or a source
     checkout's presets/ and export/ (ltcompress.layout makes them the subpackages)."""
     return Path(str(resources.files(f"ltcompress.{subpackage}")))
+
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: Path, error: type[LTCompressError], what: str) -> str:
+    """A user's text file as Windows tools write it too: UTF-8 with or without a byte-order mark, or UTF-16 with
+    one (Notepad's "Unicode"); CRLF line ends split like LF (str.splitlines). Other bytes are refused naming the
+    file (`error`, with `what` it should hold), never read into a class name or a setting."""
+    raw = path.read_bytes()
+    codec = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path} is not UTF-8 or UTF-16 text ({exc.reason} at byte {exc.start}); save it as UTF-8: {what}"
+        ) from None

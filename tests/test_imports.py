@@ -40,7 +40,14 @@ LAYERS: list[list[str]] = [
     ["ltcompress.verify"],
     ["ltcompress.report_plots", "ltcompress.report_html", "ltcompress.report", "ltcompress.bundle"],
     ["ltcompress.recipe", "ltcompress.estimate", "ltcompress.prepare"],  # the steps that make a plan
-    ["ltcompress.options", "ltcompress.config_docs", "ltcompress.api", "ltcompress.exported", "ltcompress"],  # the API
+    [
+        "ltcompress.options",
+        "ltcompress.config_docs",
+        "ltcompress.api",
+        "ltcompress.recorded",
+        "ltcompress.exported",
+        "ltcompress",
+    ],  # the API
     ["ltcompress.console", "ltcompress.cli", "ltcompress.__main__"],  # the command line
 ]
 

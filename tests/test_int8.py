@@ -99,11 +99,12 @@ def _dequantized_inputs(graph, node_name):
     return sum(producers.get(i) == "DequantizeLinear" for i in node.input)
 
 
-def test_calibration_methods(tmp_path):
-    """Percentile clips the ranges MinMax keeps whole. Entropy, as ONNX Runtime's quantize_static runs it (128
-    histogram bins, 128 quantized bins: one candidate threshold), gives MinMax's ranges on this model; it is
-    accepted and recorded, and docs/report.md says so."""
+def test_calibration_methods_really_differ_on_outlier_activations(tmp_path):
+    """A few pixels far out of range (a sensor glitch, a saturated highlight): MinMax stretches the activation
+    ranges to them; entropy and percentile, with histograms of export.calibration_bins bins, clip them. (As
+    quantize_static ran entropy, with 128 bins, it gave exactly MinMax's ranges.)"""
     fp32, batches = _tiny_fp32(tmp_path)
+    batches[1][0, :, :2, :2] = 40.0  # outliers in one image of the calibration set
 
     def scales(method):
         out = tmp_path / f"{method}.onnx"
@@ -116,13 +117,16 @@ def test_calibration_methods(tmp_path):
         return {
             i.name: onnx.numpy_helper.to_array(i)
             for i in onnx.load(str(out)).graph.initializer
-            if i.name.endswith("_scale")
+            if i.name.endswith("_scale") and i.dims == []  # activations: one scale each (weights: per channel)
         }
 
     minmax, entropy, percentile = scales("minmax"), scales("entropy"), scales("percentile")
-    clipped = [k for k in minmax if not np.allclose(minmax[k], percentile[k])]
-    assert len(clipped) > len(minmax) // 2 and all(np.all(percentile[k] <= minmax[k] + 1e-9) for k in clipped)
-    assert minmax.keys() == entropy.keys()
+    assert minmax.keys() == entropy.keys() == percentile.keys()
+    # entropy (KL-optimal thresholds over 2048 bins) clips most activations by a tenth or more
+    assert len([k for k in minmax if entropy[k] < 0.9 * minmax[k]]) > len(minmax) // 2
+    # percentile (99.999 %) keeps all but the farthest values: fewer ranges clipped, never widened
+    assert len([k for k in minmax if percentile[k] < 0.99 * minmax[k]]) >= 2
+    assert all(percentile[k] <= minmax[k] * 1.0001 for k in minmax)
 
 
 def test_per_tensor_weights_and_excluded_nodes(tmp_path):

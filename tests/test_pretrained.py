@@ -127,6 +127,20 @@ def test_truncated_cached_file_is_a_clear_error_naming_it(hub):
         assert cached in str(err.value) and "--teacher-init scratch" in str(err.value)
 
 
+def test_a_damaged_cached_file_is_refused_before_the_run_folder_exists(hub, tmp_path, monkeypatch, capsys):
+    """The plan step loads the cached weights a model will start from: a truncated file is exit 2 naming it,
+    before a run folder is made or a model trains."""
+    from conftest import run_cli, tiny_cli_args
+
+    _, blob = cache_weights(hub)
+    blob.write_bytes(blob.read_bytes()[:4096])
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(tmp_path / "ltc-cache"))
+    runs = tmp_path / "runs"
+    args = tiny_cli_args(method="ce", name="cached", runs_dir=str(runs))
+    code, _, err = run_cli(["run", *args, "--student", ARCH, "--student-init", "pretrained"], capsys)
+    assert code == 2 and "truncated or corrupt" in err and not (runs / "cached").exists()
+
+
 def test_arch_without_pretrained_weights():
     from timm.models import get_pretrained_cfg
 

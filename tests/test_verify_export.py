@@ -113,3 +113,49 @@ def test_verify_names_a_report_that_is_no_ltcompress_report(passed_run, capsys, 
     (bundle / "report.json").write_text("[1, 2, 3]")
     code, _, err = run_cli(["verify", str(bundle)], capsys)
     assert code == 4 and f"{bundle / 'report.json'} is not an ltcompress report" in err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("ltcompress.held_out", '{"share": 0.1, "seed"', "ltcompress.held_out is not valid JSON"),
+        ("ltcompress.held_out", '{"share": 2, "seed": 0}', "ltcompress.held_out is damaged: share 2"),
+        ("ltcompress.input", '{"size": 32, "channels": 3}', "ltcompress.input is damaged: expected the keys"),
+        ("ltcompress.input", None, "ltcompress.input is damaged: mean [0.5] is not 3 number(s)"),
+        ("ltcompress.class_names", "[]", "ltcompress.class_names is damaged"),
+        ("ltcompress.data", '{"dataset": "fmnist-lt", "n_max": "many"}', "ltcompress.data is damaged"),
+        ("ltcompress.data", '{"dataset": "fmnist-lt", "pixels": 1}', "unknown data settings pixels"),
+    ],
+)
+def test_verify_refuses_damaged_metadata_by_name_before_loading_data(
+    passed_run, workdir, monkeypatch, capsys, tmp_path, key, value, said
+):
+    """A model whose ltcompress metadata was tampered with: exit 4 naming the field and the file, checked before
+    any data loads (here loading data would fail the test)."""
+    import ltcompress.data
+    from ltcompress.inference import onnx_header
+    from ltcompress.metadata import embed
+
+    monkeypatch.setenv("LTCOMPRESS_CACHE", str(workdir / "cache"))
+    run, _ = passed_run
+    model = tmp_path / "model.onnx"
+    shutil.copy2(run / "bundle" / "model.onnx", model)
+    if value is None:  # a one-channel mean on a three-channel input
+        spec = json.loads(onnx_header(model)[1]["ltcompress.input"])
+        value = json.dumps({**spec, "channels": 3, "mean": [0.5], "std": [0.25, 0.25, 0.25]})
+    embed(model, {key: value})
+    monkeypatch.setattr(ltcompress.data, "load", lambda *a, **k: pytest.fail("data loaded before the check"))
+    code, _, err = run_cli(["verify", str(model)], capsys)
+    assert code == 4, err
+    assert str(model) in err and said in err and err.count("\n") == 1 and "internal error" not in err
+
+
+def test_verify_refuses_a_report_whose_recorded_input_is_damaged(passed_run, capsys, tmp_path):
+    run, _ = passed_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", bundle)
+    report = json.loads((bundle / "report.json").read_text())
+    del report["data"]["input"]["mean"]
+    (bundle / "report.json").write_text(json.dumps(report))
+    code, _, err = run_cli(["verify", str(bundle)], capsys)
+    assert code == 4 and f"{bundle / 'report.json'}: its data.input is damaged" in err

@@ -36,6 +36,7 @@ from ltcompress.data.core import (
 from ltcompress.data.lists import class_names_from_json, names_from_folders, read_list, setting_path
 from ltcompress.edge.runtime import IMAGE_SUFFIXES
 from ltcompress.errors import DataError
+from ltcompress.values import read_text
 
 log = logging.getLogger("ltcompress")
 SUFFIXES = IMAGE_SUFFIXES  # the edge runtime's: what trains is what a device classifies
@@ -137,7 +138,8 @@ def _names_file(cfg: DataConfig, root: Path) -> tuple[str, ...] | None:
         raise DataError(f"class names file {path} does not exist")
     if path.suffix.lower() == ".json":
         return class_names_from_json(path)
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    text = read_text(path, DataError, "one class name per line, in label order")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def manifest(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:

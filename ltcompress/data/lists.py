@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ltcompress.errors import DataError
+from ltcompress.values import read_text
 
 MISSING_SHOWN = 5  # missing files named in the error; the rest are counted
 CONFINE_HINT = "pass --set data.confine_paths=false to allow paths outside --data-dir"
@@ -119,13 +120,8 @@ Row = tuple[int | str, str, int]  # where (line number or image id), relative pa
 
 
 def _text_rows(list_file: Path) -> list[Row]:
-    try:
-        text = list_file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{list_file} is not UTF-8 text ({exc.reason} at byte {exc.start}); a list file has one "
-            f"'relative/path.jpg label' per line, or use a .json file in the COCO layout"
-        ) from None
+    what = "one 'relative/path.jpg label' per line (or a .json file in the COCO layout)"
+    text = read_text(list_file, DataError, what)
     rows: list[Row] = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.rsplit(None, 1)
