@@ -38,8 +38,7 @@ log = logging.getLogger("ltcompress")
 
 @dataclass(frozen=True)
 class CompressResult(Judged):
-    """What a run produced. `passed` is False when a gate failed (or the INT8 repair did not meet the int8 gates
-    on its held-out images); errors raise instead."""
+    """What a run produced. `passed` is False when a gate failed on the test set; errors raise instead."""
 
     run_dir: Path
     verdict: Verdict
@@ -298,9 +297,8 @@ def _finish(plan: Plan, leader: Leader, out: Outputs, cost: Estimate | None, tra
         log.info("all gates passed; edge bundle: %s", run.file("bundle"))
     else:
         log.info(
-            "%d gate(s) failed%s; no bundle written; see %s",
+            "%d gate(s) failed; no bundle written; see %s",
             len(rep.verdict.failed_gates),
-            "" if rep.verdict.repair_met else ", the INT8 repair did not meet its gates",
             run.file("report.json"),
         )
     return CompressResult(run.path, rep.verdict, result.stages, result.flips, exported.repair, rep)
@@ -314,7 +312,7 @@ def _report(plan: Plan, leader: Leader, out: Outputs, cost: Estimate | None) -> 
     from ltcompress.results import results_sha256, verdict
 
     cfg, result, exported = plan.cfg, out.verification, out.exported
-    judged = verdict(result.gates, result.parity, exported.repair)
+    judged = verdict(result.gates, result.parity)
     stages = {k: m.to_dict() for k, m in result.stages.items()}
     export_stage.stamp_results(exported, results_sha256(plan.resolved, stages, [g.to_dict() for g in judged.gates]))
     recipe_name, recipe = plan.student_recipe(out.distilled.init[0])

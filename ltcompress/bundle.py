@@ -77,7 +77,7 @@ def model_card(report: Mapping[str, Any], body: str) -> str:
         "gates": [{k: g[k] for k in ("gate", "value", "passed")} for g in report["gates"]],
         # where the INT8 repair decided, and which nodes run in FP32 because of it
         "int8_repair": {
-            "held_out": repair["held_out"],
+            "evidence": repair["evidence"]["source"],
             "met": repair["met"],
             "fp32_nodes": [n["node"] for n in repair["nodes"]],
         }

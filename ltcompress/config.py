@@ -76,7 +76,7 @@ class DataConfig:
     train_list: str | None = None  # imagefolder: the training images' list file, relative to data_dir
     test_list: str | None = None  # with train_list; None: train/<class>/ and test/<class>/ folders
     class_names_file: str | None = None  # list files: a name per line in label order, or iNaturalist's JSON
-    val_list: str | None = None  # held-out images (list file) the INT8 repair decides on; else a training slice
+    val_list: str | None = None  # held-out images (list file) the INT8 repair decides on; else training views
     confine_paths: bool = True  # list files, class-names file and their paths stay inside data_dir (false: anywhere)
     unknown_test_classes: str = "error"  # imagefolder test/<class> with no train/<class>: error (exit 3) | exclude
     # --- real-scale pipeline (imagefolder and anything too large for memory)
@@ -145,12 +145,16 @@ class ExportConfig:
     calibration_bins: int = 2048  # histogram bins of the entropy and percentile calibrators (not minmax)
     per_channel: bool = True  # int8 weights per output channel (false: one range per tensor)
     exclude_nodes: tuple[str, ...] = ()  # nodes of the FP32 graph left in float (names as in the report)
-    # INT8 repair: when an int8 gate fails on held-out data, the nodes that hurt the gated classes most go back
-    # to FP32 until the int8 gates pass there, within a budget (node count and file size)
+    # INT8 repair: when an int8 gate fails with confidence on the repair's evidence (augmented views of the gated
+    # classes' training images, or data.val_list's), the nodes that hurt the gated classes most go back to FP32
+    # until the gates hold there, within a budget (node count, file size, seconds)
     int8_repair: bool = False
-    repair_holdout: float = 0.1  # share of each class's training images set aside before training (no val_list)
+    repair_views: int = 64  # evidence views per gated class (training images through the training augmentation)
+    repair_max_views: int = 4096  # evidence views in all (fewer per class when many classes are gated)
+    repair_confidence: float = 0.95  # one-sided bootstrap confidence a gate must fail with to be acted on
     repair_budget: int = 8  # nodes the repair may return to FP32
     repair_max_size: float = 1.5  # the repaired file may be at most this many times the INT8 file's size
+    repair_seconds: float = 1800.0  # the repair stops trying nodes after this long (ranking included)
     speed_budget_s: float = 0.25  # seconds per model and batch size (1, 32) to measure ORT latency; 0: skip
 
 

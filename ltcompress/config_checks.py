@@ -98,11 +98,14 @@ def _repair_checks(e: Any) -> list[tuple[bool, str]]:
         ),
         (e.speed_budget_s >= 0, "export.speed_budget_s must be 0 (do not measure) or more"),
         (e.repair_max_size >= 1, "export.repair_max_size must be at least 1 (times the INT8 file's size)"),
+        (e.repair_views >= 1, "export.repair_views must be at least 1 (evidence views per gated class)"),
+        (e.repair_max_views >= 1, "export.repair_max_views must be at least 1 (evidence views in all)"),
         (
-            0 < e.repair_holdout <= 0.5,
-            "export.repair_holdout must be in (0, 0.5] (the share of each class's "
-            "training images set aside for the repair's decisions)",
+            0.5 <= e.repair_confidence < 1,
+            "export.repair_confidence must be in [0.5, 1) (the one-sided confidence a gate must fail with on the "
+            "repair's evidence to be acted on)",
         ),
+        (e.repair_seconds > 0, "export.repair_seconds must be more than 0 (the repair's time budget)"),
     ]
 
 

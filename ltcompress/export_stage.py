@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from ltcompress import metadata, onnx_export, repair
+from ltcompress import evidence, metadata, onnx_export, repair
 from ltcompress.plan import Plan
 from ltcompress.results import RepairRecord
 from ltcompress.rundir import RunDir
@@ -49,10 +49,12 @@ def export(plan: Plan, run: RunDir, student: nn.Module, teacher: Teacher | None)
         )
         if cfg.export.int8_repair:
             torch_models = {"student": student, "teacher": teacher.module if teacher else None}
-            batch = cfg.run.eval_batch_size
-            held = repair.held_out(data, plan.gates, onnx_path, torch_models, plan.device, batch)
+            gates = evidence.int8_gates(plan.gates)
+            seen = evidence.collect(
+                data, gates, plan.groups, cfg.export, cfg.run.seed, onnx_path, torch_models, plan.device
+            )
             repaired = repair.repair(
-                quantizer, int8_path, held, data, plan.groups, plan.gates, cfg.export, Path(tmp), plan.progress
+                quantizer, int8_path, seen, data, plan.groups, gates, cfg.export, Path(tmp), plan.progress
             )
     for path, stage in ((int8_path, "int8"), (int8_path.with_name(repair.UNREPAIRED), "int8 before repair")):
         if path.is_file():

@@ -58,17 +58,17 @@ def prepare(cfg: CompressConfig, progress: bool) -> tuple[Plan, Method]:
 
 
 def load_data(cfg: CompressConfig, names: Names, student_init: str) -> tuple[LTData, Groups]:
-    """The data with the preprocessing of a pretrained student, minus the INT8 repair's held-out images, and
-    its shot groups."""
+    """The data with the preprocessing of a pretrained student, and its shot groups. The INT8 repair takes no
+    image from training (its evidence is the training images' views, or data.val_list's held-out images)."""
     from ltcompress import data as data_stage
     from ltcompress import models, rundir
 
     pre = models.pretrained_preprocessing(names.student_arch) if student_init == "pretrained" else None
     data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
     if cfg.export.int8_repair:
-        from ltcompress.repair import set_aside
+        from ltcompress.repair import check
 
-        data = set_aside(data, names.gates, cfg.export.repair_holdout, cfg.data.seed)
+        check(names.gates)
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     return data, groups
 

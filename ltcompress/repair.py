@@ -1,115 +1,56 @@
-"""INT8 repair (part of stage 4, export.int8_repair): when an int8 gate fails, the quantized nodes that hurt the
-gated classes most go back to FP32, one at a time, until every int8 gate passes or the budget is spent.
+"""INT8 repair (part of stage 4, export.int8_repair): when an int8 gate fails with confidence on the repair's
+evidence (evidence.py), the quantized nodes that hurt the gated classes most go back to FP32 until every such
+gate holds there, or the budget (nodes, file size, seconds) is spent.
 
-Every decision is made on held-out images (data.val_list, or a stratified slice of the training set set aside
-before training), never on the test set the gates are reported on. Nodes are ranked by the damage each does
-alone (the model with only that node quantized): the mean, over the classes the failing gates look at, of each
-class's mean KL divergence from the FP32 model, so a rare class counts as much as a frequent one and a handful of
-held-out images still gives a graded signal where their top-1 accuracy could only be 0 or 1. The order is fixed
-once (as Intel Neural Compressor's op-wise fallback does), then the worst nodes go back to float one by one.
+Nodes are ranked by the damage each does alone (the model with only that node quantized): the mean, over the
+gated classes, of each class's mean KL divergence from the FP32 model, so a rare class counts as much as a
+frequent one. The order is fixed once (as Intel Neural Compressor's op-wise fallback does). With many nodes,
+blocks of consecutive nodes are ranked first and only the most damaging blocks node by node, which bounds the
+trials (each one quantizes the model and runs the evidence) near twice the square root of the node count.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from ltcompress.config import ExportConfig
-from ltcompress.data import LTData, hold_out
+from ltcompress.data import LTData
 from ltcompress.errors import UsageError
-from ltcompress.gates import Gate, evaluate
-from ltcompress.inference import latency_ms, ort_logits, split_labels, torch_logits
-from ltcompress.metrics import Groups, expected_accuracy, expected_flips, summarize_stages
+from ltcompress.evidence import Evidence, gated_classes, int8_gates, judge, ort_run, per_class
+from ltcompress.gates import Gate
+from ltcompress.inference import latency_ms
+from ltcompress.metrics import Groups
 from ltcompress.onnx_export import Quantizer
 from ltcompress.results import RepairGate, RepairRecord, RepairStep
 
 log = logging.getLogger("ltcompress")
 UNREPAIRED = "student.int8.unrepaired.onnx"
+BLOCKS_FROM = 32  # more quantized nodes than this: rank blocks of them first
 RANKED_BY = (
-    "per-class mean KL divergence from FP32 of the model with only that node quantized, averaged over "
-    "the classes the failing int8 gates look at (held-out images)"
+    "per-class mean KL divergence from FP32 of the model with only that node (or its block) quantized, averaged "
+    "over the gated classes of the gates that failed with confidence (the repair's evidence)"
 )
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """The held-out images' labels and the logits of every stage the int8 gates compare with (fp32, and student
-    or teacher when a gate names them)."""
-
-    labels: np.ndarray
-    fixed: dict[str, np.ndarray]  # stage -> logits
-    source: str
-
-    @property
-    def fp32_logits(self) -> np.ndarray:
-        return self.fixed["fp32"]
-
-
-def int8_gates(gates: Sequence[Gate]) -> list[Gate]:
-    """The gates the repair works for: those that read the int8 stage (int8.x, drop/flip with int8)."""
-    return [g for g in gates if "int8" in g.stages]
-
-
-def set_aside(data: LTData, gates: Sequence[Gate], share: float, seed: int) -> LTData:
-    """The held-out images the repair decides on, checked before anything trains: data.val_list's, or a
-    stratified training slice set aside here (the class counts then count what is left for training)."""
+def check(gates: Sequence[Gate]) -> None:
+    """Before anything trains: the repair works toward the run's int8 gates, so it needs one."""
     if not int8_gates(gates):
         raise UsageError(
             "export.int8_repair works toward the int8 gates and this run has none: add one, e.g. "
             "--gate 'drop(fp32, int8).few <= 0.01'"
         )
-    if data.val is None:
-        data = hold_out(data, share, seed)
-    log.info("INT8 repair decides on held-out images: %s", data.val_source)
-    return data
-
-
-def held_out(
-    data: LTData,
-    gates: Sequence[Gate],
-    fp32_path: Path,
-    models: Mapping[str, nn.Module | None],
-    device: torch.device,
-    batch: int,
-) -> HeldOut:
-    """Measure the fixed stages on `data.val` once (torch stages only when a gate needs them)."""
-    assert data.val is not None, "the held-out split is set aside before training (plan.validate)"
-    fixed = {"fp32": ort_logits(fp32_path, data.val, data, batch)}
-    wanted = {s for g in gates for s in g.stages} | (
-        {"student"} if any(g.metric == "agreement" for g in gates) else set()
-    )
-    for stage in sorted(wanted - {"fp32", "int8"}):
-        model = models[stage]
-        assert model is not None, f"a gate on {stage} is checked against the run's stages (plan)"
-        fixed[stage] = torch_logits(model, data.val, data, device, batch)
-    return HeldOut(split_labels(data, data.val), fixed, data.val_source)
-
-
-def gated_classes(gates: Sequence[Gate], groups: Mapping[str, list[int]], class_names: tuple[str, ...]) -> list[int]:
-    """The classes a set of gates reads: a shot group's, one named class, or all of them (overall, balanced,
-    worst, agreement)."""
-    classes: set[int] = set()
-    for g in gates:
-        if g.metric in ("many", "medium", "few"):
-            classes |= set(groups[g.metric])
-        elif g.metric == "class":
-            classes.add(class_names.index(str(g.class_name)))
-        else:
-            classes |= set(range(len(class_names)))
-    return sorted(classes)
 
 
 def damage(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, classes: list[int]) -> float:
-    """Mean over `classes` (those with held-out images) of the class's mean KL(softmax(reference) ||
-    softmax(logits))."""
+    """Mean over `classes` (those with evidence) of the class's mean KL(softmax(reference) || softmax(logits))."""
     ref, out = _log_softmax(reference), _log_softmax(logits)
     kl = (np.exp(ref) * (ref - out)).sum(1)
     per_class = [float(kl[labels == c].mean()) for c in classes if (labels == c).any()]
@@ -122,51 +63,24 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def judge(
-    gates: Sequence[Gate],
-    held: HeldOut,
-    int8_logits: np.ndarray,
-    groups: Groups,
-    class_names: tuple[str, ...],
-) -> list[RepairGate]:
-    """The int8 gates on the held-out images: each as the test set judges it (top-1), and drop()/flip() gates
-    also on expected values, since with one or two images per rare class top-1 moves in steps of 50 % or not at
-    all (a 5-point Few loss on the test set can be 0 there)."""
-    logits = {**held.fixed, "int8": int8_logits}
-    preds = {k: z.argmax(1) for k, z in logits.items()}
-    stages = summarize_stages(preds, held.labels, groups, class_names)
-    hard = evaluate(gates, stages, preds, held.labels, groups, class_names)
-    probs = {k: np.exp(_log_softmax(z)) for k, z in logits.items()}
-    relative = [g for g in gates if g.kind != "stage"]
-    expected = dict(
-        zip(
-            relative,
-            evaluate(
-                relative,
-                {k: expected_accuracy(p, held.labels, groups, class_names) for k, p in probs.items()},
-                flips={
-                    g.stages: expected_flips(probs[g.stages[0]], probs[g.stages[1]], held.labels, groups, class_names)
-                    for g in relative
-                    if g.kind == "flip"
-                },
-            ),
-        )
-    )
-    return [
-        RepairGate(
-            r.gate,
-            r.value,
-            expected[r.gate].value if r.gate in expected else None,
-            r.passed and (r.gate not in expected or expected[r.gate].passed),
-        )
-        for r in hard
-    ]
+class Clock:
+    """The repair's time budget (export.repair_seconds), checked before each trial."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s, self.start = budget_s, time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.start, 2)
+
+    def spent(self) -> bool:
+        return time.monotonic() - self.start >= self.budget_s
 
 
 def repair(
     quantizer: Quantizer,
     int8_path: Path,
-    held: HeldOut,
+    ev: Evidence,
     data: LTData,
     groups: Groups,
     gates: Sequence[Gate],
@@ -175,58 +89,75 @@ def repair(
     progress: bool = False,
 ) -> RepairRecord:
     """Repair `int8_path` in place (the unrepaired model is kept beside it as UNREPAIRED when a node goes back
-    to FP32); returns report.json's `int8_repair`. `met` is False when the budget ran out first: the run then
-    fails like a failed gate (exit 5, no bundle)."""
+    to FP32); returns report.json's `int8_repair`. Only gates that fail with confidence are worked on; the
+    record says how each gate stood, and why the repair stopped."""
+    clock, names = Clock(cfg.repair_seconds), data.class_names
     gates = int8_gates(gates)
-    names = data.class_names
-    int8_logits = _logits(int8_path, data)
-    before = judge(gates, held, int8_logits, groups, names)
+    int8_logits = ort_run(int8_path, ev.inputs)
+    before = judge(gates, ev, int8_logits, groups, names, cfg.repair_confidence)
     record = RepairRecord(
-        held_out=held.source,
-        held_out_images=int(len(held.labels)),
+        evidence=ev.source,
+        held_out=ev.held_out,
+        images=int(len(np.unique(ev.images))),
+        views=int(len(ev.labels)),
+        confidence=cfg.repair_confidence,
         gates_before=tuple(before),
         budget_nodes=cfg.repair_budget,
         budget_max_size=cfg.repair_max_size,
+        budget_seconds=cfg.repair_seconds,
         ranked_by=RANKED_BY,
         needed=False,
         met=True,
+        classes=per_class(ev, int8_logits, None, names),
         gates_after=tuple(before),
     )
-    if all(r.passed for r in before):
-        log.info("INT8 repair: every int8 gate passes on the %d held-out images; nothing to repair", len(held.labels))
-        return record
-    classes = gated_classes([r.gate for r in before if not r.passed], groups, names)
+    _log_undecided(before)
+    failing = [r.judged for r in before if r.failing]
+    if not failing:
+        log.info("INT8 repair: no int8 gate fails with confidence on the evidence; nothing to repair")
+        return dataclasses.replace(record, seconds=clock.elapsed)
+    classes = gated_classes(failing, groups, names)
     size, latency = int8_path.stat().st_size, _latency(int8_path, data, cfg.speed_budget_s)
-    ranked = _rank(quantizer, held, data, classes, cfg.exclude_nodes, workdir, progress)
-    search = _Search(quantizer, held, data, groups, cfg, workdir, int8_path, int8_logits, before)
+    search = _Search(quantizer, ev, data, groups, cfg, workdir, int8_path, int8_logits, before, clock)
+    ranked = _rank(search, classes, progress)
     steps, stopped, after = _fall_back(search, ranked, progress)
-    met = all(r.passed for r in after)
     if steps:
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
         os.replace(workdir / "candidate.onnx", int8_path)
+    met = not any(r.failing for r in after)
     log.info(
-        "INT8 repair: %d node(s) back to FP32 (%s); the int8 gates %s on the held-out images%s",
-        *(len(steps), ", ".join(s.node for s in steps) or "none", "pass" if met else "still fail"),
-        "" if met else f" ({stopped})",
+        "INT8 repair: %d node(s) back to FP32 (%s) in %.0f s; %s%s",
+        *(len(steps), ", ".join(s.node for s in steps) or "none", clock.elapsed),
+        "no int8 gate fails with confidence on the evidence" if met else "an int8 gate still fails on the evidence",
+        f" ({stopped})" if stopped else "",
     )
     return dataclasses.replace(
         record,
         needed=True,
+        classes=per_class(ev, int8_logits, search.logits if steps else None, names),
         gated_classes=tuple(names[c] for c in classes),
         int8_size_bytes=size,
         int8_latency_ms=latency,
         met=met,
         nodes=tuple(steps),
         gates_after=tuple(after),
-        stopped=stopped,
+        stopped=stopped or None,
+        trials=search.trials,
+        seconds=clock.elapsed,
         ranking=tuple((n, quantizer.op_types[n], d) for n, d in ranked[:20]),
         unrepaired_model=UNREPAIRED if steps else None,
     )
 
 
-def _logits(path: Path, data: LTData) -> np.ndarray:
-    assert data.val is not None
-    return ort_logits(path, data.val, data, 256)
+def _log_undecided(judged: list[RepairGate]) -> None:
+    for r in judged:
+        if r.decision == "undecided":
+            log.info(
+                "INT8 repair: the evidence cannot decide '%s' (judged as '%s' on %d image(s)%s): not acted on; "
+                "the test set judges it",
+                *(r.gate.expr, r.judged.expr, r.images),
+                "" if r.low is None else f", bounds {r.low:.4f} to {r.high:.4f}",
+            )
 
 
 def _latency(path: Path, data: LTData, budget_s: float) -> float | None:
@@ -237,58 +168,68 @@ def _latency(path: Path, data: LTData, budget_s: float) -> float | None:
     return round(latency_ms(path, x, budget_s=budget_s), 4)
 
 
-def _rank(
-    quantizer: Quantizer,
-    held: HeldOut,
-    data: LTData,
-    classes: list[int],
-    exclude: tuple[str, ...],
-    workdir: Path,
-    progress: bool,
-) -> list[tuple[str, float]]:
-    """Every quantized node with the damage it does alone to the gated classes, worst first (graph order on ties)."""
+def _rank(search: _Search, classes: list[int], progress: bool) -> list[tuple[str, float]]:
+    """Every quantized node with the damage it does alone to the gated classes, worst first. With more than
+    BLOCKS_FROM nodes, blocks of about sqrt(n) consecutive nodes are scored first; the nodes of the most damaging
+    blocks are then scored one by one until twice the node budget is, and the rest follow by their block's
+    score. Nodes the time budget left unscored follow last, in graph order."""
     from tqdm.auto import tqdm
 
-    probe = workdir / "probe.onnx"
-    scores = []
-    for node in tqdm(
-        [n for n in quantizer.nodes if n not in exclude],
-        desc="int8 repair: ranking nodes",
-        disable=not progress,
-        leave=False,
-    ):
-        quantizer.write(probe, only=[node])
-        scores.append((node, damage(held.fp32_logits, _logits(probe, data), held.labels, classes)))
-    return sorted(scores, key=lambda s: -s[1])
+    nodes = [n for n in search.q.nodes if n not in search.cfg.exclude_nodes]
+    size = 1 if len(nodes) <= BLOCKS_FROM else math.ceil(math.sqrt(len(nodes)))
+    blocks = [nodes[i : i + size] for i in range(0, len(nodes), size)]
+    want = len(nodes) if size == 1 else max(2 * search.cfg.repair_budget, size)
+    total = (len(blocks) if size > 1 else 0) + want
+    bar = tqdm(total=total, desc="int8 repair: ranking nodes", disable=not progress, leave=False)
+    scored_blocks: list[tuple[list[str], float]] = []
+    for block in blocks if size > 1 else []:
+        if search.clock.spent():
+            break
+        scored_blocks.append((block, search.probe(block, classes)))
+        bar.update(1)
+    ordered = [b for b, _ in sorted(scored_blocks, key=lambda s: -s[1])] + blocks[len(scored_blocks) :]
+    block_score = {n: d for b, d in scored_blocks for n in b}
+    scored: list[tuple[str, float]] = []
+    rest: list[tuple[str, float]] = []
+    for node in (n for b in ordered for n in b):
+        if len(scored) < want and not search.clock.spent():
+            scored.append((node, search.probe([node], classes)))
+            bar.update(1)
+        else:
+            rest.append((node, block_score.get(node, 0.0)))
+    bar.close()
+    return sorted(scored, key=lambda s: -s[1]) + rest
 
 
 def _fall_back(
     state: _Search, ranked: list[tuple[str, float]], progress: bool
 ) -> tuple[list[RepairStep], str, list[RepairGate]]:
-    """Return nodes to float, worst first, until the int8 gates pass on the held-out images or
-    `cfg.repair_budget` nodes went back. First pass: a node goes back only when that lowers the class-balanced
-    KL divergence from FP32 over all held-out images (quantization errors partly cancel, so a return can make
-    things worse, and a handful of rare-class images alone would be overfitted). Second pass, when the gates
-    still fail: the nodes passed over, in rank order, unconditionally (errors that compound through the network,
-    such as activations clipped at every layer, yield to no single node). A node whose return would make the
-    file larger than `cfg.repair_max_size` times the INT8 one is never taken."""
+    """Return nodes to float, worst first, until every gate that failed holds on the evidence and none fails
+    with confidence, or a budget is spent. First pass: a node goes back only when that lowers the
+    class-balanced KL divergence from FP32 over all the evidence (quantization errors partly cancel, so a
+    return can make things worse). Second pass, when gates still fail: the nodes passed over, in rank order,
+    unconditionally (errors that compound through the network, such as activations clipped at every layer,
+    yield to no single node). A node whose return would make the file larger than `cfg.repair_max_size` times
+    the INT8 one is never taken."""
     from tqdm.auto import tqdm
 
     cfg = state.cfg
     passed_over = []
     for node, score in tqdm(ranked, desc="int8 repair: trying nodes", disable=not progress, leave=False):
-        if state.done():
+        if state.done() or state.clock.spent():
             break
         if not state.take(node, score, force=False):
             passed_over.append((node, score))
     for node, score in passed_over:
-        if state.done():
+        if state.done() or state.clock.spent():
             break
         state.take(node, score, force=True)
-    if all(r.passed for r in state.after):
+    if state.holds():
         return state.steps, "", state.after
     if len(state.steps) == cfg.repair_budget:
         return state.steps, f"the budget of {cfg.repair_budget} node(s) is spent", state.after
+    if state.clock.spent():
+        return state.steps, f"the time budget of {cfg.repair_seconds:g} s is spent", state.after
     too_big = (
         f" ({len(state.too_big)} would exceed {cfg.repair_max_size:g}x the INT8 file size)" if state.too_big else ""
     )
@@ -301,7 +242,7 @@ class _Search:
     def __init__(
         self,
         quantizer: Quantizer,
-        held: HeldOut,
+        ev: Evidence,
         data: LTData,
         groups: Groups,
         cfg: ExportConfig,
@@ -309,19 +250,33 @@ class _Search:
         int8_path: Path,
         int8_logits: np.ndarray,
         before: list[RepairGate],
+        clock: Clock,
     ) -> None:
-        self.q, self.held, self.data, self.groups, self.cfg = quantizer, held, data, groups, cfg
+        self.q, self.ev, self.data, self.groups, self.cfg, self.clock = quantizer, ev, data, groups, cfg, clock
         self.gates = [r.gate for r in before]
-        self.candidate, self.trial = workdir / "candidate.onnx", workdir / "trial.onnx"
-        self.base, self.every = int8_path.stat().st_size, list(range(data.num_classes))
-        self.loss = damage(held.fp32_logits, int8_logits, held.labels, self.every)
+        self.worked_on = {r.gate for r in before if r.failing}
+        self.candidate, self.trial, self.probe_path = (workdir / f"{n}.onnx" for n in ("candidate", "trial", "probe"))
+        self.base, self.every = int8_path.stat().st_size, sorted(set(ev.labels.tolist()))
+        self.loss = damage(ev.fp32_logits, int8_logits, ev.labels, self.every)
+        self.logits = int8_logits
         self.fallen: list[str] = []
         self.steps: list[RepairStep] = []
         self.after: list[RepairGate] = before
         self.too_big: set[str] = set()
+        self.trials = 0
+
+    def probe(self, only: list[str], classes: list[int]) -> float:
+        """The damage to `classes` of the model with only the nodes `only` quantized."""
+        self.trials += 1
+        self.q.write(self.probe_path, only=only)
+        return damage(self.ev.fp32_logits, ort_run(self.probe_path, self.ev.inputs), self.ev.labels, classes)
+
+    def holds(self) -> bool:
+        """Every gate worked on holds on the evidence, and none fails with confidence."""
+        return all(r.holds for r in self.after if r.gate in self.worked_on) and not any(r.failing for r in self.after)
 
     def done(self) -> bool:
-        return len(self.fallen) == self.cfg.repair_budget or bool(self.after) and all(r.passed for r in self.after)
+        return self.holds() or len(self.fallen) == self.cfg.repair_budget
 
     def take(self, node: str, score: float, force: bool) -> bool:
         """Try `node` back in float; keep it when forced or when it lowers the loss. True when kept."""
@@ -332,13 +287,16 @@ class _Search:
         if size > self.cfg.repair_max_size * self.base:
             self.too_big.add(node)
             return False
-        logits = _logits(self.trial, self.data)
-        loss = damage(self.held.fp32_logits, logits, self.held.labels, self.every)
+        self.trials += 1
+        logits = ort_run(self.trial, self.ev.inputs)
+        loss = damage(self.ev.fp32_logits, logits, self.ev.labels, self.every)
         if not force and loss >= self.loss:
             return False
         os.replace(self.trial, self.candidate)
         self.fallen.append(node)
-        self.loss, self.after = loss, judge(self.gates, self.held, logits, self.groups, self.data.class_names)
+        names = self.data.class_names
+        self.loss, self.logits = loss, logits
+        self.after = judge(self.gates, self.ev, logits, self.groups, names, self.cfg.repair_confidence)
         previous = self.steps[-1].size_bytes if self.steps else self.base
         self.steps.append(
             RepairStep(
@@ -350,6 +308,7 @@ class _Search:
                 size_ratio=round(size / self.base, 4),
                 latency_ms=_latency(self.candidate, self.data, self.cfg.speed_budget_s),
                 kl_after=loss,
+                seconds=self.clock.elapsed,
                 second_pass=force,
                 gates=tuple(self.after),
             )

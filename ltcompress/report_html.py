@@ -212,43 +212,72 @@ def _speed_table(report: dict[str, Any]) -> str:
 
 
 def _repair_section(report: dict[str, Any]) -> str:
-    """What the INT8 repair decided on (held-out images), which nodes went back to FP32 at what cost, and the
-    test set's per-class accuracy before and after (reported, not decided on)."""
+    """What the INT8 repair judged on (its evidence, per gated class), how sure it was of each int8 gate, which
+    nodes went back to FP32 at what cost, and the test set's per-class accuracy before and after (reported,
+    not decided on)."""
     r = report["int8_repair"]
-    gates = ", ".join(f"<code>{_e(g['gate'])}</code> {_held(g)}" for g in r["gates_before"])
+    ev = r["evidence"]
     head = (
-        f"<p>Decided on held-out images: {_e(r['held_out'])}. Int8 gates there before the repair: {gates}. "
-        f"Verdict: <span class='{'pass' if r['met'] else 'fail'}'>"
-        f"{'met' if r['met'] else 'not met within the budget (' + _e(r.get('stopped', '')) + ')'}</span>.</p>"
+        f"<p>Evidence: {_e(ev['source'])}. A gate is acted on only when it fails with "
+        f"{ev['confidence']:.0%} one-sided confidence (a bootstrap over images); with thin evidence it is left "
+        f"undecided and the test set alone judges it. Before the repair:</p>{_repair_gates(r['gates_before'])}"
+        f"{_evidence_classes(ev['classes'])}"
     )
     if not r["needed"]:
-        return head + "<p>Every int8 gate passed on the held-out images: no node went back to FP32.</p>"
+        return head + "<p>No int8 gate failed with confidence on the evidence: no node went back to FP32.</p>"
     rows = [
         f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
         f"<td></td><td>{_ms(r['int8_latency_ms'])}</td><td></td></tr>"
     ]
     for i, n in enumerate(r["nodes"], 1):
-        verdicts = ", ".join(f"{_held(g)} {'PASS' if g['passed'] else 'FAIL'}" for g in n["gates"])
+        verdicts = ", ".join(f"{_bounded(g)} {_e(g['decision'])}" for g in n["gates"])
         rows.append(
             f"<tr><td class='l'>{i}. <code>{_e(n['node'])}</code></td><td class='l'>{_e(n['op_type'])}</td>"
             f"<td>{n['damage']:.3g}</td><td>{n['size_bytes'] / 1e6:.3f}</td><td>{n['added_bytes']:+d}</td>"
             f"<td>{_ms(n['latency_ms'])}</td><td class='l'>{verdicts}</td></tr>"
         )
+    stopped = f" Stopped: {_e(r['stopped'])}." if r.get("stopped") else ""
     table = (
         "<table id='repair'><thead><tr><th class='l'>back to FP32 (in order)</th><th class='l'>op</th>"
         "<th>damage alone</th><th>model MB</th><th>bytes added</th><th>batch-1 ms</th>"
-        f"<th class='l'>int8 gates on held-out</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        f"<p>Nodes ranked by {_e(r['ranked_by'])}. On the held-out images a drop() or flip() gate must pass "
-        "on top-1 and on its expected value (true-class probability, total variation), which a handful of "
-        "rare-class images still measure.</p>"
+        f"<th class='l'>int8 gates on the evidence</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<p>Nodes ranked by {_e(r['ranked_by'])}; {r['trials']} trial model(s) in {r['seconds']:.0f} s "
+        f"(budget {r['budget']['seconds']:g} s).{stopped}</p>"
     )
     return head + table + _repair_classes(report)
 
 
-def _held(gate: dict[str, Any]) -> str:
-    """A gate's value on the held-out images: top-1, and the expected value for drop() and flip()."""
-    value = "n/a" if gate["value"] is None else f"{gate['value']:.4f}"
-    return value if gate.get("expected") is None else f"{value} (expected {gate['expected']:.4f})"
+def _repair_gates(gates: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td class='l'><code>{_e(g['gate'])}</code></td><td class='l'><code>{_e(g['judged_as'])}</code></td>"
+        f"<td>{g['images']}</td><td>{_bounded(g)}</td><td class='l'>{_e(g['decision'])}</td></tr>"
+        for g in gates
+    )
+    return (
+        "<table id='repair-gates'><thead><tr><th class='l'>gate</th><th class='l'>judged on the evidence as</th>"
+        f"<th>images</th><th>value (bounds)</th><th class='l'>decision</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _bounded(gate: dict[str, Any]) -> str:
+    """A gate's value on the evidence and its one-sided bounds."""
+    if gate["value"] is None:
+        return "n/a"
+    bounds = "" if gate.get("low") is None else f" ({gate['low']:.4f} to {gate['high']:.4f})"
+    return f"{gate['value']:.4f}{bounds}"
+
+
+def _evidence_classes(classes: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td class='l'>{_e(c['name'])}</td><td>{c['images']}</td><td>{c['views']}</td><td>{_pct(c['fp32'])}</td>"
+        f"<td>{_pct(c['int8_before'])}</td><td>{_pct(c['int8_after'])}</td></tr>"
+        for c in classes
+    )
+    return (
+        "<table id='repair-evidence'><thead><tr><th class='l'>gated class</th><th>images</th><th>views</th>"
+        f"<th>fp32</th><th>int8</th><th>int8 repaired</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<p>Top-1 in % on the evidence's views.</p>"
+    )
 
 
 def _repair_classes(report: dict[str, Any]) -> str:

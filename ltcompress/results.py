@@ -51,16 +51,55 @@ class Int8Parity:
 
 @dataclass(frozen=True)
 class RepairGate:
-    """An int8 gate on the held-out images: its top-1 value and, for drop() and flip(), its expected value
-    (true-class probability, total variation), which a handful of rare-class images still measure. Both pass."""
+    """An int8 gate on the repair's evidence: the gate it is judged as there (itself, or on training views the
+    part quantization controls), its value, one-sided bounds at the run's confidence, the images behind it,
+    and the decision: "fails" or "passes" with confidence, or "undecided" (thin evidence, straddling bounds)."""
 
     gate: Gate
+    judged: Gate
     value: float | None
-    expected: float | None
-    passed: bool
+    low: float | None
+    high: float | None
+    images: int
+    decision: str
+
+    @property
+    def failing(self) -> bool:
+        """Fails with confidence: the only case the repair acts on."""
+        return self.decision == "fails"
+
+    @property
+    def holds(self) -> bool:
+        """The judged gate holds on the evidence as it is (its point value)."""
+        from ltcompress.gates import OPS
+
+        return self.value is not None and OPS[self.judged.op](self.value, self.judged.threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate.expr, "value": self.value, "expected": self.expected, "passed": self.passed}
+        return {
+            "gate": self.gate.expr,
+            "judged_as": self.judged.expr,
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "images": self.images,
+            "decision": self.decision,
+        }
+
+
+@dataclass(frozen=True)
+class ClassEvidence:
+    """A gated class on the repair's evidence: its distinct images, their views, and FP32's and INT8's top-1."""
+
+    name: str
+    images: int
+    views: int
+    fp32: float
+    int8_before: float
+    int8_after: float | None  # None when no node went back to FP32
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +114,7 @@ class RepairStep:
     size_ratio: float
     latency_ms: float | None
     kl_after: float
+    seconds: float  # since the repair started
     second_pass: bool  # taken in rank order after no single node lowered the divergence
     gates: tuple[RepairGate, ...]
 
@@ -85,33 +125,46 @@ class RepairStep:
 
 @dataclass(frozen=True)
 class RepairRecord:
-    """What the INT8 repair did (report.json's `int8_repair`); `met` is False when its budget ran out before
-    every int8 gate passed on the held-out images, which fails the run like a failed gate."""
+    """What the INT8 repair did (report.json's `int8_repair`). `met`: no int8 gate fails with confidence on the
+    evidence afterwards. It is reported, not a verdict: the test-set gates decide the run."""
 
-    held_out: str
-    held_out_images: int
+    evidence: str  # where the evidence comes from, as the report states it
+    held_out: bool  # held-out images (data.val_list) rather than training views
+    images: int
+    views: int
+    confidence: float
     gates_before: tuple[RepairGate, ...]
     budget_nodes: int
     budget_max_size: float
+    budget_seconds: float
     ranked_by: str
     needed: bool
     met: bool
+    classes: tuple[ClassEvidence, ...] = ()
     nodes: tuple[RepairStep, ...] = ()
     gates_after: tuple[RepairGate, ...] = ()
     gated_classes: tuple[str, ...] = ()
     int8_size_bytes: int | None = None
     int8_latency_ms: float | None = None
     stopped: str | None = None
+    trials: int = 0  # models quantized and run on the evidence (ranking and trying nodes)
+    seconds: float = 0.0
     ranking: tuple[tuple[str, str, float], ...] = ()  # (node, op type, damage), the most damaging first
     unrepaired_model: str | None = None  # file name of the model before repair (kept when a node went back)
     test_before: StageMetrics | None = None  # the unrepaired model on the test set: reported only
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "held_out": self.held_out,
-            "held_out_images": self.held_out_images,
+            "evidence": {
+                "source": self.evidence,
+                "held_out": self.held_out,
+                "images": self.images,
+                "views": self.views,
+                "confidence": self.confidence,
+                "classes": [c.to_dict() for c in self.classes],
+            },
             "gates_before": _shown(self.gates_before),
-            "budget": {"nodes": self.budget_nodes, "max_size": self.budget_max_size},
+            "budget": {"nodes": self.budget_nodes, "max_size": self.budget_max_size, "seconds": self.budget_seconds},
             "ranked_by": self.ranked_by,
             "needed": self.needed,
             "gated_classes": list(self.gated_classes),
@@ -121,6 +174,8 @@ class RepairRecord:
             "nodes": [n.to_dict() for n in self.nodes],
             "gates_after": _shown(self.gates_after),
             "stopped": self.stopped,
+            "trials": self.trials,
+            "seconds": self.seconds,
             "ranking": [{"node": n, "op_type": t, "damage": d} for n, t, d in self.ranking],
             "unrepaired_model": self.unrepaired_model,
             "test_before": self.test_before.to_dict() if self.test_before else None,
@@ -137,7 +192,6 @@ class Verdict:
 
     gates: tuple[GateResult, ...]
     parity_ok: bool = True  # the FP32 export reproduces torch (False: exit 4, not a gate)
-    repair_met: bool = True  # the INT8 repair met the int8 gates on its held-out images (or did not run)
 
     @property
     def failed_gates(self) -> tuple[GateResult, ...]:
@@ -145,7 +199,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return self.parity_ok and self.repair_met and not self.failed_gates
+        return self.parity_ok and not self.failed_gates
 
 
 class Judged:
@@ -166,10 +220,11 @@ class Judged:
         return self.verdict.failed_gates
 
 
-def verdict(gates: Sequence[GateResult], parity: Parity | None = None, repair: RepairRecord | None = None) -> Verdict:
-    """The one place pass/fail is decided: every gate passed, the FP32 export reproduces the torch student
-    (when there is one to compare with), and the INT8 repair, when it ran, met the int8 gates."""
-    return Verdict(tuple(gates), parity is None or parity.ok, repair is None or repair.met)
+def verdict(gates: Sequence[GateResult], parity: Parity | None = None) -> Verdict:
+    """The one place pass/fail is decided: every gate passed on the test set, and the FP32 export reproduces
+    the torch student (when there is one to compare with). The INT8 repair's own judgment is evidence for its
+    choices, never a verdict: a run whose INT8 model meets its gates on the test set passes."""
+    return Verdict(tuple(gates), parity is None or parity.ok)
 
 
 def results_sha256(config: Mapping[str, Any], stages: Mapping[str, Any], gates: Sequence[Mapping[str, Any]]) -> str:

@@ -36,7 +36,7 @@ LAYERS: list[list[str]] = [
     ["ltcompress.plan"],  # the frozen plan every stage reads
     ["ltcompress.teacher"],  # the stages, in pipeline order
     ["ltcompress.distill"],
-    ["ltcompress.onnx_export", "ltcompress.repair", "ltcompress.export_stage"],
+    ["ltcompress.onnx_export", "ltcompress.evidence", "ltcompress.repair", "ltcompress.export_stage"],
     ["ltcompress.verify"],
     ["ltcompress.report_plots", "ltcompress.report_html", "ltcompress.report", "ltcompress.bundle"],
     ["ltcompress.recipe", "ltcompress.estimate", "ltcompress.prepare"],  # the steps that make a plan
