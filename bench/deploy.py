@@ -61,7 +61,7 @@ def measure(path: Path, data: data_stage.LTData, groups: dict, threads: int, bud
         "pred": pred,
         "metrics": m,
         "mb": path.stat().st_size / 1e6,
-        **{c: m[c] for c in COLUMNS},
+        **{c: m.value(c) for c in COLUMNS},
         "b1": latency_ms(path, np.zeros((1, *shape), np.float32), budget, threads),
         "b32": latency_ms(path, np.zeros((32, *shape), np.float32), budget, threads),
     }
@@ -225,12 +225,12 @@ def calibration_sweep(
                     )
                 runs.append((accuracy(path, data, groups), info))
                 path.unlink()
-            few = statistics.median(m["few"] for m, _ in runs)
+            few = statistics.median(m.few for m, _ in runs)
             tail = min(i["calibration_per_class"][rarest] for _, i in runs)
             print(
                 f"| {how} | {size} (rarest class: {tail}) | {100 * few:.1f} | {100 * (reference['few'] - few):.2f} "
-                f"| {100 * statistics.median(m['balanced'] for m, _ in runs):.1f} | "
-                f"{100 * statistics.median(m['worst'] for m, _ in runs):.1f} |",
+                f"| {100 * statistics.median(m.balanced for m, _ in runs):.1f} | "
+                f"{100 * statistics.median(m.worst for m, _ in runs):.1f} |",
                 flush=True,
             )
 

@@ -115,7 +115,7 @@ def collect(
         assert model is not None, f"a gate on {stage} is checked against the run's stages (plan)"
         fixed[stage] = torch_run(model, inputs, device)
     if held_out:
-        source = f"held-out images ({data.val_source}): {len(order)} of the gated classes'"
+        source = f"{len(order)} held-out images of the gated classes ({data.val_source})"
     else:
         source = (
             f"training images of the {len(classes)} gated class(es), {len(order)} augmented views of "

@@ -37,8 +37,9 @@ def preprocess(data: LTData) -> dict[str, Any]:
 
 
 def held_out(data: LTData) -> dict[str, Any] | None:
-    """The held-out images (INT8 repair): where from, how many, and the (share, seed) of a training slice, which
-    `ltcompress verify` repeats so its shot groups count the same training images."""
+    """data.val_list's held-out images (INT8 repair): where from, how many, and the (share, seed) of a training
+    slice an earlier version set aside, which `ltcompress verify` repeats so its shot groups count the same
+    training images."""
     if data.val is None:
         return None
     share, seed = data.held_out or (None, None)

@@ -142,8 +142,9 @@ OPTIONS: tuple[RunOption, ...] = (
     RunOption(
         "int8_repair",
         "export.int8_repair",
-        "--int8, and when an int8 gate fails on held-out images, return the quantized nodes that hurt "
-        "the gated classes most to FP32 until it passes (export.repair_budget nodes at most).",
+        "--int8, and when an int8 gate fails with confidence on views of the gated classes' training "
+        "images, return the quantized nodes that hurt them most to FP32 until it holds (export.repair_budget "
+        "nodes, export.repair_seconds at most). Training is unchanged.",
         type=bool,
         implies={"export.int8": True},  # a repair of an INT8 model that is not built would be a surprise
     ),
