@@ -63,12 +63,12 @@ def load_data(cfg: CompressConfig, names: Names, student_init: str) -> tuple[LTD
     from ltcompress import data as data_stage
     from ltcompress import models, rundir
 
-    pre = models.pretrained_preprocessing(names.student_arch) if student_init == "pretrained" else None
-    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
-    if cfg.export.int8_repair:
+    if cfg.export.int8_repair:  # a repair with no int8 gate to work for is refused before any image loads
         from ltcompress.repair import check
 
         check(names.gates)
+    pre = models.pretrained_preprocessing(names.student_arch) if student_init == "pretrained" else None
+    data = data_stage.load(cfg.data, rundir.cache_root(cfg.run.cache_dir), pre)
     groups = data_stage.shot_groups(data.class_counts, cfg.data.many_threshold, cfg.data.few_threshold)
     return data, groups
 

@@ -29,7 +29,7 @@ from ltcompress.gates import Gate
 from ltcompress.inference import latency_ms
 from ltcompress.metrics import Groups
 from ltcompress.onnx_export import Quantizer
-from ltcompress.results import RepairGate, RepairRecord, RepairStep
+from ltcompress.results import ClassEvidence, RepairGate, RepairRecord, RepairStep
 
 log = logging.getLogger("ltcompress")
 UNREPAIRED = "student.int8.unrepaired.onnx"
@@ -95,22 +95,7 @@ def repair(
     gates = int8_gates(gates)
     int8_logits = ort_run(int8_path, ev.inputs)
     before = judge(gates, ev, int8_logits, groups, names, cfg.repair_confidence)
-    record = RepairRecord(
-        evidence=ev.source,
-        held_out=ev.held_out,
-        images=int(len(np.unique(ev.images))),
-        views=int(len(ev.labels)),
-        confidence=cfg.repair_confidence,
-        gates_before=tuple(before),
-        budget_nodes=cfg.repair_budget,
-        budget_max_size=cfg.repair_max_size,
-        budget_seconds=cfg.repair_seconds,
-        ranked_by=RANKED_BY,
-        needed=False,
-        met=True,
-        classes=per_class(ev, int8_logits, None, names),
-        gates_after=tuple(before),
-    )
+    record = _unrepaired(ev, before, cfg, per_class(ev, int8_logits, None, names))
     _log_undecided(before)
     failing = [r.judged for r in before if r.failing]
     if not failing:
@@ -146,6 +131,28 @@ def repair(
         seconds=clock.elapsed,
         ranking=tuple((n, quantizer.op_types[n], d) for n, d in ranked[:20]),
         unrepaired_model=UNREPAIRED if steps else None,
+    )
+
+
+def _unrepaired(
+    ev: Evidence, before: list[RepairGate], cfg: ExportConfig, classes: tuple[ClassEvidence, ...]
+) -> RepairRecord:
+    """The record of a repair that returned no node (yet): the evidence, the gates on it, the budgets."""
+    return RepairRecord(
+        evidence=ev.source,
+        held_out=ev.held_out,
+        images=int(len(np.unique(ev.images))),
+        views=int(len(ev.labels)),
+        confidence=cfg.repair_confidence,
+        gates_before=tuple(before),
+        budget_nodes=cfg.repair_budget,
+        budget_max_size=cfg.repair_max_size,
+        budget_seconds=cfg.repair_seconds,
+        ranked_by=RANKED_BY,
+        needed=False,
+        met=True,
+        classes=classes,
+        gates_after=tuple(before),
     )
 
 
