@@ -46,8 +46,9 @@ def main() -> None:
             seed, fp32 = report["config"]["run"]["seed"], run / "student.onnx"
             pred_fp32 = predict(fp32, data)
             for method in args.methods:
-                path = Path(tmp) / "int8.onnx"
-                int8(fp32, data, variant(method), seed, path, Path(tmp))
+                work = Path(tempfile.mkdtemp(dir=tmp))  # each calibration its own cache
+                path = work / "int8.onnx"
+                int8(fp32, data, variant(method), seed, path, work)
                 pred = predict(path, data)
                 stages = {
                     k: summarize(p, data.test.labels, groups, data.class_names)

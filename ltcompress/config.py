@@ -149,7 +149,7 @@ class ExportConfig:
     # classes' training images, or data.val_list's), the nodes that hurt the gated classes most go back to FP32
     # until the gates hold there, within a budget (node count, file size, seconds)
     int8_repair: bool = False
-    repair_views: int = 64  # evidence views per gated class (training images through the training augmentation)
+    repair_views: int = 256  # evidence views per gated class (training images through the training augmentation)
     repair_max_views: int = 4096  # evidence views in all (fewer per class when many classes are gated)
     repair_confidence: float = 0.95  # one-sided bootstrap confidence a gate must fail with to be acted on
     repair_budget: int = 8  # nodes the repair may return to FP32

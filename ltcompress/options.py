@@ -143,7 +143,7 @@ OPTIONS: tuple[RunOption, ...] = (
         "int8_repair",
         "export.int8_repair",
         "--int8, and when an int8 gate fails with confidence on views of the gated classes' training "
-        "images, return the quantized nodes that hurt them most to FP32 until it holds (export.repair_budget "
+        "images, return the quantized nodes that hurt them most to FP32 until it passes there (export.repair_budget "
         "nodes, export.repair_seconds at most). Training is unchanged.",
         type=bool,
         implies={"export.int8": True},  # a repair of an INT8 model that is not built would be a surprise

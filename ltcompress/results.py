@@ -68,13 +68,6 @@ class RepairGate:
         """Fails with confidence: the only case the repair acts on."""
         return self.decision == "fails"
 
-    @property
-    def holds(self) -> bool:
-        """The judged gate holds on the evidence as it is (its point value)."""
-        from ltcompress.gates import OPS
-
-        return self.value is not None and OPS[self.judged.op](self.value, self.judged.threshold)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "gate": self.gate.expr,

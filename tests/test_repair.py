@@ -229,9 +229,9 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair_trained_as_withou
         and report["stages"]["fp32"] == plain["stages"]["fp32"]
     )
     r = report["int8_repair"]
-    ev = r["evidence"]  # the Few classes' 8 training images each, 64 augmented views per class
-    assert not ev["held_out"] and "training images" in ev["source"] and (ev["images"], ev["views"]) == (16, 128)
-    assert [(c["name"], c["images"], c["views"]) for c in ev["classes"]] == [("c_tail", 8, 64), ("d_tail", 8, 64)]
+    ev = r["evidence"]  # the Few classes' 8 training images each, 256 augmented views per class
+    assert not ev["held_out"] and "training images" in ev["source"] and (ev["images"], ev["views"]) == (16, 512)
+    assert [(c["name"], c["images"], c["views"]) for c in ev["classes"]] == [("c_tail", 8, 256), ("d_tail", 8, 256)]
     assert all(c["int8_after"] is not None and c["fp32"] >= 0 for c in ev["classes"])
     before, after = r["gates_before"][0], r["gates_after"][0]
     assert before["decision"] == "fails" and before["low"] > 0.1 and before["images"] == 16
