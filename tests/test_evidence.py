@@ -120,3 +120,74 @@ def test_views_per_class_share_the_total_budget():
 
     cfg = ExportConfig(repair_views=64, repair_max_views=4096)
     assert views_per_class(2, cfg) == 64 and views_per_class(1000, cfg) == 4 and views_per_class(10**5, cfg) == 1
+
+
+def _arrays(counts, size=8):
+    """In-memory data: each image filled with its own index, so a view can be traced back to its image."""
+    from ltcompress.data import InputSpec, LTData, Split
+
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+    images = (np.arange(len(labels)) % 250 + 1).astype(np.uint8).reshape(-1, 1, 1, 1).repeat(size, 2).repeat(size, 3)
+    spec = InputSpec(size, 1, (0.0,), (1 / 255,), "L", size)  # normalised value = pixel value
+    names = tuple(f"c{i}" for i in range(len(counts)))
+    return LTData(Split(images, labels), Split(images[:4], labels[:4]), np.asarray(counts), names, spec, "fp")
+
+
+@pytest.fixture(scope="module")
+def linear_onnx(tmp_path_factory):
+    import torch
+
+    from ltcompress.data import InputSpec
+    from ltcompress.onnx_export import export
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    return export(model, InputSpec(8, 1, (0.0,), (1.0,), "L", 8), tmp_path_factory.mktemp("m") / "m.onnx", 18)
+
+
+def test_training_views_cover_the_gated_classes_images_evenly_through_the_augmentation(linear_onnx):
+    import dataclasses
+
+    import torch
+
+    from ltcompress.config import ExportConfig
+    from ltcompress.evidence import collect
+
+    data = _arrays([40, 12, 5])
+    groups = {"many": [], "medium": [0], "few": [1, 2]}
+    cfg = dataclasses.replace(ExportConfig(), repair_views=24)
+    gates = [gate_mod.parse("drop(fp32, int8).few <= 0.01")]
+    ev = collect(data, gates, groups, cfg, 0, linear_onnx, {}, torch.device("cpu"))
+    assert not ev.held_out and "training images of the 2 gated class(es)" in ev.source
+    assert np.bincount(ev.labels).tolist() == [0, 24, 24] and ev.inputs.shape == (48, 1, 8, 8)
+    assert np.array_equal(ev.labels, data.train.labels[ev.images])  # each view knows its image
+    per_image = np.bincount(ev.images, minlength=57)[40:]
+    assert set(per_image[:12]) == {2} and set(per_image[12:]) == {4, 5}  # every image, about equally often
+    # augmented: crop with zero padding moves pixels, so some views differ from their image
+    originals = data.train.images[ev.images].astype(np.float32)
+    assert not np.array_equal(ev.inputs, originals)
+    own = np.isclose(ev.inputs, originals, atol=1e-3) | (ev.inputs == 0)
+    assert own.all()  # each view holds only its own image's pixels (and padding)
+    assert ev.fp32_logits.shape == (48, 3) and ev.weights.shape[1] == 48
+    again = collect(data, gates, groups, cfg, 0, linear_onnx, {}, torch.device("cpu"))
+    assert np.array_equal(again.inputs, ev.inputs)  # seeded: the same evidence every time
+
+
+def test_held_out_images_are_the_evidence_when_there_are_any(linear_onnx):
+    import dataclasses
+
+    import torch
+
+    from ltcompress.config import ExportConfig
+    from ltcompress.data import Split
+    from ltcompress.evidence import collect
+
+    data = _arrays([40, 12, 5])
+    val = Split(data.train.images[:6], np.array([0, 1, 1, 2, 2, 2]))
+    data = dataclasses.replace(data, val=val, val_source="data.val_list v.txt, 6 images")
+    gates = [gate_mod.parse("int8.few >= 0.5")]
+    groups = {"many": [], "medium": [0], "few": [1, 2]}
+    ev = collect(data, gates, groups, ExportConfig(), 0, linear_onnx, {}, torch.device("cpu"))
+    assert ev.held_out and ev.labels.tolist() == [1, 1, 2, 2, 2] and sorted(ev.images.tolist()) == [1, 2, 3, 4, 5]
+    assert np.array_equal(ev.inputs, data.val.images[ev.images].astype(np.float32))  # as they are, unaugmented
+    assert judged_as(gates[0], ev.held_out).expr == "int8.few >= 0.5"  # an accuracy claim, judged as written
