@@ -21,6 +21,7 @@ import yaml
 
 from ltcompress import environment
 from ltcompress.config_checks import CALIBRATION_METHODS as CALIBRATION_METHODS
+from ltcompress.config_checks import REBALANCE as REBALANCE
 from ltcompress.config_checks import CALIBRATIONS as CALIBRATIONS
 from ltcompress.config_checks import INITS as INITS
 from ltcompress.config_checks import check_values
@@ -113,6 +114,9 @@ class TeacherConfig:
     init: str  # where a teacher trained here starts: auto | pretrained | scratch | a weights file
     loss: str = "auto"  # auto: the method's own choice (dive: bsce, others: ce); or a teacher-free method's name
     seed: int | None = None  # the teacher's training seed; None: run.seed (fix it to share one teacher)
+    rebalance: str = "none"  # a teacher trained here, after training: none | tau-norm | crt (README: Teacher)
+    rebalance_args: Mapping[str, Any] = field(default_factory=dict)  # its parameters (tau-norm: tau; crt: epochs, lr)
+    rebalance_given: bool = False  # re-balance a teacher given by teacher.weights too (an explicit opt-in)
     train: TrainConfig  # from scratch
     finetune: TrainConfig  # from pretrained weights or a weights file (lower rate, short warm-up)
 

@@ -14,6 +14,7 @@ from ltcompress.errors import UsageError
 INITS = ("auto", "pretrained", "scratch")  # where a model's training starts (or a weights file's path)
 CALIBRATIONS = ("stratified", "random", "head")  # how INT8 calibration images are drawn from the training set
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # how ONNX Runtime turns activations into ranges
+REBALANCE = ("none", "tau-norm", "crt")  # classifier re-balancing of a teacher after its training
 
 
 def recipes(cfg: Any) -> tuple[tuple[str, Any], ...]:
@@ -45,6 +46,7 @@ def check_values(cfg: Any) -> None:
             cfg.student.weights is None or Path(cfg.student.weights).expanduser().is_file(),
             f"student.weights (--student-weights) {cfg.student.weights} does not exist",
         ),
+        (cfg.teacher.rebalance in REBALANCE, f"teacher.rebalance must be one of {', '.join(REBALANCE)}"),
         (cfg.data.profile in ("exp", "step"), "data.profile must be exp or step"),
         (cfg.data.n_max is None or cfg.data.n_max >= 1, "data.n_max must be at least 1"),
         (cfg.data.imbalance is None or cfg.data.imbalance >= 1, "data.imbalance must be at least 1"),

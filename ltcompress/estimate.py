@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ltcompress.config import TrainConfig
 from ltcompress.plan import Plan
+from ltcompress.rebalance import CRT
 
 log = logging.getLogger("ltcompress")
 TIMED_STEPS = 4  # after one warm-up step (worker start-up, allocator, first-call overheads)
@@ -113,7 +114,15 @@ def _teacher_cost(plan: Plan, teacher: nn.Module | None) -> StageCost | None:
         return StageCost("teacher", 0.0, f"cached (key {p.key[:12]}): nothing to train")
     name, recipe = teacher_stage.recipe_for(plan.cfg, p.init)
     step = _step_s(plan, teacher, recipe, None)
-    return _training_cost("teacher", plan, recipe, step, f"{name} recipe")
+    cost = _training_cost("teacher", plan, recipe, step, f"{name} recipe")
+    if isinstance(p.rebalance, CRT):  # the classifier alone on frozen features: about a forward pass a step
+        crt_s = p.rebalance.epochs * (cost.epoch_s or 0.0) / 3
+        if teacher_stage.cached(plan.cfg, p.base_key):
+            return StageCost("teacher", crt_s, f"cached before re-balancing (key {p.base_key[:12]}): crt only")
+        return replace(cost, seconds=cost.seconds + crt_s, how=cost.how + f", then crt {crt_s:.0f} s")
+    if p.rebalance is not None and teacher_stage.cached(plan.cfg, p.base_key):
+        return StageCost("teacher", 0.0, f"cached before re-balancing (key {p.base_key[:12]}): nothing to train")
+    return cost
 
 
 def _student_cost(plan: Plan, student: nn.Module, teacher: nn.Module | None) -> StageCost:

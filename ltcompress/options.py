@@ -163,6 +163,14 @@ OPTIONS: tuple[RunOption, ...] = (
         metavar=_INIT,
     ),
     RunOption(
+        "teacher_rebalance",
+        "teacher.rebalance",
+        "Re-balance the classifier of a teacher trained here after its training: none, tau-norm (weight "
+        "norms equalised) or crt (classifier re-trained with class-balanced sampling). A --teacher-weights "
+        "teacher is re-balanced only with --set teacher.rebalance_given=true.",
+        choices=config_mod.REBALANCE,
+    ),
+    RunOption(
         "student_init",
         "student.init",
         "Where the student starts (as --teacher-init; default: the recipe's, scratch for fmnist-lt and "

@@ -20,6 +20,7 @@ from ltcompress.errors import UsageError
 from ltcompress.gates import Gate
 from ltcompress.methods.base import Method
 from ltcompress.metrics import Groups
+from ltcompress.rebalance import CRT, TauNorm
 
 log = logging.getLogger("ltcompress")
 
@@ -27,7 +28,8 @@ log = logging.getLogger("ltcompress")
 @dataclass(frozen=True)
 class TeacherPlan:
     """The teacher's source, decided before the run directory exists, so a bad weights file leaves nothing on
-    disk: a loaded file (with its provenance), or training here from `init` with `loss`, cached under `key`."""
+    disk: a loaded file (with its provenance), or training here from `init` with `loss`, cached under `key`;
+    then, with `rebalance`, its classifier re-balanced."""
 
     arch: str
     loss: str
@@ -36,6 +38,8 @@ class TeacherPlan:
     key: str = ""
     loaded: nn.Module | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    rebalance: TauNorm | CRT | None = None  # the classifier re-balancing after training (teacher.rebalance)
+    base_key: str = ""  # with a re-balancing: the cache key of the teacher before it (shared with runs without)
 
 
 @dataclass(frozen=True)

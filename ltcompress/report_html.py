@@ -316,6 +316,15 @@ def _flip_table(report: dict[str, Any]) -> str:
     )
 
 
+def _rebalanced(teacher: dict[str, Any]) -> str:
+    """How the teacher's classifier was re-balanced after training, when it was."""
+    r = teacher.get("rebalance")
+    if not r:
+        return ""
+    params = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in r["params"].items())
+    return f", classifier re-balanced: {r['method']} ({params}; {r['source']})"
+
+
 def _provenance(report: dict[str, Any]) -> str:
     teacher = report.get("teacher") or {}
     env = report["environment"]
@@ -324,7 +333,7 @@ def _provenance(report: dict[str, Any]) -> str:
         ("finished", report["run"]["finished"]),
         ("recipe", f"{report['recipe']['name']} ({report['recipe']['why']})" if report.get("recipe") else "n/a"),
         *[("fitted", line) for line in (report.get("recipe") or {}).get("fitted", [])],
-        ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}"),
+        ("teacher", f"{teacher.get('arch', 'none')} from {teacher.get('source', 'n/a')}{_rebalanced(teacher)}"),
         ("teacher sha256", teacher.get("weights_sha256", "n/a")),
         ("student ONNX sha256", report["artifacts"].get("onnx_sha256", "n/a")),
         ("INT8 ONNX sha256", report["artifacts"].get("int8_sha256", "not built")),

@@ -4,6 +4,8 @@ Sources: a local weights file (safetensors, or torch files loaded with ``weights
 on the long-tailed data with the method's teacher loss, from scratch (recipe teacher.train) or fine-tuned from
 pretrained weights or a weights file (recipe teacher.finetune). Trained teachers are cached by a hash of the resolved
 teacher-stage config (including the recipe that ran) and the data fingerprint, so the next run reuses them.
+With teacher.rebalance, the trained teacher's classifier is then re-balanced (rebalance.py): the teacher before
+it keeps its own entry, and the re-balanced one is cached under a key of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ltcompress import checkpoint, dist, models
+from ltcompress import checkpoint, dist, models, rebalance
 from ltcompress.config import CompressConfig, TrainConfig, training_recipe
 from ltcompress.data import LTData
 from ltcompress.loop import LoopOptions, freeze, save_weights, train, used_batch
@@ -30,7 +32,7 @@ from ltcompress.methods import METHODS
 from ltcompress.methods.base import MethodContext
 from ltcompress.plan import TeacherPlan
 from ltcompress.role import Leader, Role
-from ltcompress.rundir import atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
+from ltcompress.rundir import RunDir, atomic_torch_save, cache_root, entry_lock, link_or_copy, sha256_file, write_json
 
 log = logging.getLogger("ltcompress")
 CACHE_FORMAT = 1
@@ -115,6 +117,7 @@ def _build_untrained(p: TeacherPlan, cfg: CompressConfig, data: LTData) -> tuple
 
 def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
     arch = models.resolve_name(cfg.teacher.arch)
+    params = rebalance.make_params(cfg.teacher.rebalance, cfg.teacher.rebalance_args)
     if cfg.teacher.weights:
         path = Path(cfg.teacher.weights).expanduser()
         model = load_weights_file(arch, path, data.num_classes, data.spec.channels)
@@ -125,10 +128,21 @@ def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
             "weights_sha256": sha256_file(path),
             "trained_here": False,
         }
-        return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance)
+        given = params if cfg.teacher.rebalance_given else None  # the user's teacher stays as it is, unless asked
+        return TeacherPlan(arch, teacher_loss, loaded=model, provenance=provenance, rebalance=given)
     init, reason = models.resolve_init(cfg.teacher.init, arch, "teacher")
     start_sha = sha256_file(Path(cfg.teacher.init).expanduser()) if init == "file" else ""
-    return TeacherPlan(arch, teacher_loss, init, reason, cache_key(cfg, arch, init, teacher_loss, data, start_sha))
+    base = cache_key(cfg, arch, init, teacher_loss, data, start_sha)
+    return TeacherPlan(arch, teacher_loss, init, reason, rebalanced_key(base, params), rebalance=params, base_key=base)
+
+
+def rebalanced_key(base: str, params: rebalance.TauNorm | rebalance.CRT | None) -> str:
+    """The cache key of a teacher re-balanced after training: its base key and the re-balancing (the base key
+    itself without one, so keys from before re-balancing existed stay valid)."""
+    if params is None:
+        return base
+    spec = {"base": base, "rebalance": rebalance.describe(params)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, role: Role) -> Teacher:
@@ -138,28 +152,9 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
     weights, the followers train alongside it or receive them."""
     run = role.run if isinstance(role, Leader) else None
     if p.loaded is not None:
-        if run is not None:
-            log.info(
-                "teacher: %s from %s (sha256 %s)", p.arch, p.provenance["path"], p.provenance["weights_sha256"][:12]
-            )
-            write_json(run.file("teacher.json"), p.provenance)
-        return Teacher(freeze(p.loaded), dict(p.provenance))
+        return _given(p, cfg, data, device, run)
     log.info("teacher init: %s (%s, --teacher-init %s)", p.init, p.reason, cfg.teacher.init)
-    hit = _from_cache(p, cfg, data, leads=run is not None)
-    if hit is None:
-        torch.manual_seed(cfg.teacher_seed)  # before building: the head's initial weights depend on it
-        model, info = _build_untrained(p, cfg, data)
-        info = dist.broadcast_object(info)  # rank 0's start decides (DDP syncs the weights from it)
-        if info["init"] != p.init:  # online auto fell back to scratch: the scratch recipe, the scratch key
-            p = dataclasses.replace(
-                p, init=info["init"], reason=info["reason"], key=cache_key(cfg, p.arch, info["init"], p.loss, data)
-            )
-            hit = _from_cache(p, cfg, data, leads=run is not None)
-    if hit is not None:
-        (model, meta), source = hit, "cache"
-    else:
-        meta = _train_here(p, model, info, cfg, data, device, role)
-        source = "trained"
+    model, meta, source, p = _trained(p, cfg, data, device, role)
     if run is None:
         return Teacher(freeze(model), {**meta, "source": source})
     entry = _entry(cfg, p.key)
@@ -174,6 +169,71 @@ def obtain(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.devi
     }
     write_json(run.file("teacher.json"), provenance)
     return Teacher(freeze(model), provenance)
+
+
+def _given(p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, run: RunDir | None) -> Teacher:
+    """The user's own teacher, as it is; re-balanced only on request (teacher.rebalance_given), and then kept in
+    the run as teacher.safetensors, since it is no longer the file's."""
+    assert p.loaded is not None
+    provenance = dict(p.provenance)
+    if p.rebalance is not None:
+        recipe = recipe_for(cfg, "file")[1]
+        provenance["rebalance"] = rebalance.apply(
+            p.loaded, p.rebalance, data, recipe.batch_size, device, cfg.teacher_seed
+        )
+    if run is not None:
+        log.info("teacher: %s from %s (sha256 %s)", p.arch, provenance["path"], provenance["weights_sha256"][:12])
+        if p.rebalance is not None:
+            save_weights(p.loaded, run.file("teacher.safetensors"))
+            provenance["rebalanced_sha256"] = sha256_file(run.file("teacher.safetensors"))
+        write_json(run.file("teacher.json"), provenance)
+    return Teacher(freeze(p.loaded), provenance)
+
+
+def _trained(
+    p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, role: Role
+) -> tuple[nn.Module, dict[str, Any], str, TeacherPlan]:
+    """A teacher trained here: from the cache, or trained (and re-balanced) and stored there. Returns the model,
+    its metadata, where it came from (cache | trained) and the plan as it turned out (an online auto init that
+    fell back to scratch has the scratch recipe and key)."""
+    leads = isinstance(role, Leader)
+    hit = _from_cache(p, cfg, data, leads=leads)
+    if hit is None and p.rebalance is not None:
+        return _rebalanced(p, cfg, data, device, role)
+    if hit is None:
+        torch.manual_seed(cfg.teacher_seed)  # before building: the head's initial weights depend on it
+        model, info = _build_untrained(p, cfg, data)
+        info = dist.broadcast_object(info)  # rank 0's start decides (DDP syncs the weights from it)
+        if info["init"] != p.init:  # online auto fell back to scratch: the scratch recipe, the scratch key
+            p = dataclasses.replace(
+                p, init=info["init"], reason=info["reason"], key=cache_key(cfg, p.arch, info["init"], p.loss, data)
+            )
+            hit = _from_cache(p, cfg, data, leads=leads)
+    if hit is not None:
+        return hit[0], hit[1], "cache", p
+    return model, _train_here(p, model, info, cfg, data, device, role), "trained", p
+
+
+def _rebalanced(
+    p: TeacherPlan, cfg: CompressConfig, data: LTData, device: torch.device, role: Role
+) -> tuple[nn.Module, dict[str, Any], str, TeacherPlan]:
+    """The teacher before re-balancing (cached under its own key, which runs without a re-balancing share),
+    its classifier re-balanced, stored under the re-balanced key."""
+    params = p.rebalance
+    assert params is not None
+    model, meta, source, base = _trained(
+        dataclasses.replace(p, key=p.base_key, rebalance=None), cfg, data, device, role
+    )
+    p = dataclasses.replace(
+        p, init=base.init, reason=base.reason, base_key=base.key, key=rebalanced_key(base.key, params)
+    )
+    batch = recipe_for(cfg, base.init)[1].batch_size
+    record = rebalance.apply(model, params, data, batch, device, cfg.teacher_seed)
+    meta = {k: v for k, v in meta.items() if k != "weights_sha256"}
+    meta.update(cache_key=p.key, base_cache_key=base.key, base_source=source, rebalance=record)
+    if isinstance(role, Leader):
+        meta["weights_sha256"] = _store(_entry(cfg, p.key), model, meta)
+    return model, meta, source if source == "trained" else "cache, re-balanced here", p
 
 
 def _entry(cfg: CompressConfig, key: str) -> Path:

@@ -251,10 +251,10 @@ def lazy_cli_args(root: Path, runs: Path, name: str, *extra: str) -> list[str]:
 
 
 def flat_keys(tree: dict, prefix: str = "") -> dict:
-    """A nested config dict as dotted keys (method args stay one value)."""
+    """A nested config dict as dotted keys (argument mappings stay one value)."""
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key != "args":
+        if isinstance(value, dict) and not key.endswith("args"):  # method.args, teacher.rebalance_args
             out.update(flat_keys(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["ltcompress.data.*"],
     ["ltcompress.models", "ltcompress.methods.*"],
     ["ltcompress.inference", "ltcompress.metadata"],  # running a model over the data; what exports say
-    ["ltcompress.train_state", "ltcompress.logit_cache", "ltcompress.loop"],  # the training loop both models use
+    ["ltcompress.train_state", "ltcompress.logit_cache", "ltcompress.loop", "ltcompress.rebalance"],  # training
     ["ltcompress.plan"],  # the frozen plan every stage reads
     ["ltcompress.teacher"],  # the stages, in pipeline order
     ["ltcompress.distill"],
