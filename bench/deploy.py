@@ -101,7 +101,7 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
         models = {f"teacher ({arch}) FP32": export(teacher, data.spec, work / "teacher.onnx", 18), **models}
     repairs: dict[str, dict[str, Any]] = {}
     for method in args.methods:
-        export_cfg = variant(method)
+        export_cfg = dataclasses.replace(variant(method), **dict(args.repair_set))
         path = work / f"{run.name}-{method.replace(':', '-')}.onnx"
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             quantizer, _ = int8(run / "student.onnx", data, export_cfg, seed, path, Path(tmp))
@@ -127,6 +127,15 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
     if args.sizes:
         calibration_sweep(models["student FP32"], data, groups, args, work, measured["student FP32"])
     return measured
+
+
+def export_setting(text: str) -> tuple[str, Any]:
+    """`repair_budget=16` -> ("repair_budget", 16), typed as ExportConfig's field."""
+    key, _, value = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(ExportConfig)}
+    if key not in fields:
+        raise argparse.ArgumentTypeError(f"{key!r} is not an export setting")
+    return key, type(getattr(ExportConfig(), key))(value)
 
 
 def variant(spec: str) -> ExportConfig:
@@ -306,10 +315,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="calibration seeds of the sweep")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of repeated runs per latency")
+    parser.add_argument(
+        "--set",
+        dest="repair_set",
+        nargs="*",
+        default=[],
+        type=export_setting,
+        metavar="KEY=VALUE",
+        help="export settings other than the defaults, e.g. repair_budget=16 repair_confidence=0.9",
+    )
     args = parser.parse_args()
     print(
         f"{os.cpu_count()} cores, onnxruntime {ort.__version__}, torch {torch.__version__}; CPU flags: "
-        f"{' '.join(json.loads((args.runs[0] / 'report.json').read_text())['environment'].get('cpu_flags', []))}\n"
+        f"{' '.join(json.loads((args.runs[0] / 'report.json').read_text())['environment'].get('cpu_flags', []))}"
+        + (f"; export settings: {', '.join(f'{k}={v}' for k, v in args.repair_set)}" if args.repair_set else "")
+        + "\n"
     )
     work = Path(tempfile.mkdtemp(prefix="ltcompress-deploy-"))
     results = {run.name: bench_run(run, args, work) for run in args.runs}

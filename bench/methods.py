@@ -58,7 +58,18 @@ def run_one(
 ) -> tuple[dict | str | None, float | None]:
     """The run's report, or the error line of a run that diverged (exit 6), and its wall time (None: reused).
     With `report_only`, a run that has not finished is skipped (None) instead of started."""
-    name = f"{slug(label)}-seed{seed}"
+    options = ["--preset", preset, "--method", method]
+    for key, value in args.items():
+        options += ["--method-arg", f"{key}={json.dumps(value)}"]
+    return launch(f"{slug(label)}-seed{seed}", [*options, "--seed", str(seed)], out, report_only)
+
+
+def launch(
+    name: str, options: list[str], out: Path, report_only: bool = False
+) -> tuple[dict | str | None, float | None]:
+    """`ltcompress run OPTIONS` as run `name` in `out` with one shared teacher (seed 0) and the teacher-logit
+    cache: its report, or the error line of a run that diverged (exit 6), and its wall time (None: reused). A
+    finished run is reused; an interrupted one is kept aside and run again."""
     report, diverged = out / name / "report.json", out / name / "DIVERGED"
     if report.is_file():
         return json.loads(report.read_text()), None
@@ -71,12 +82,7 @@ def run_one(
     cmd = [
         str(Path(sys.executable).parent / "ltcompress"),
         "run",
-        "--preset",
-        preset,
-        "--method",
-        method,
-        "--seed",
-        str(seed),
+        *options,
         "--set",
         "teacher.seed=0",
         "--set",
@@ -87,12 +93,10 @@ def run_one(
         name,
         "--no-progress",
     ]
-    for key, value in args.items():
-        cmd += ["--method-arg", f"{key}={json.dumps(value)}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    print(f"{label} seed {seed}: {wall:.0f} s, exit {proc.returncode}", file=sys.stderr, flush=True)
+    print(f"{name}: {wall:.0f} s, exit {proc.returncode}", file=sys.stderr, flush=True)
     if proc.returncode == 6:
         line = proc.stderr.strip().splitlines()[-1].removeprefix("ltcompress: error: ")
         diverged.write_text(line + "\n")

@@ -8,7 +8,8 @@ int8).few <= 0` the tail; any INT8 change breaks them, so the repair ranks and t
 it. Printed: the evidence (images, views, seconds to build), the quantized nodes, the trials (models quantized
 and run on the evidence) against one per node, seconds per trial, and the repair's total time.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/repair_scale.py [--images 5000] [--classes 100] [--work bench-runs/scale]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/repair_scale.py [--images 5000] [--classes 100]
+        [--work bench-runs/scale] [--seconds S]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000, help="training images of the tree")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("bench-runs/scale"))
+    parser.add_argument("--seconds", type=float, help="export.repair_seconds (default: the config's)")
     args = parser.parse_args()
     tree = build_trees(args.work, [args.images], TreeSpec(args.classes, 10.0, 2, 0))[args.images]
     cfg = build_config(
@@ -48,6 +50,7 @@ def main() -> None:
         gates=GATES,
         int8_repair=True,
         runs_dir=str(args.work / "runs"),
+        overrides={} if args.seconds is None else {"export.repair_seconds": args.seconds},
     )
     plan, _ = prepare(cfg, progress=False)
     data, e = plan.data, plan.cfg.export

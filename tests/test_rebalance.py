@@ -197,6 +197,7 @@ def test_a_rebalanced_teacher_is_trained_once_and_shares_its_base_with_the_run_w
     assert rebalanced["source"] == "cache, re-balanced here" and rebalanced["rebalance"]["method"] == "crt"
     report = json.loads((runs / "crt" / "report.json").read_text())
     assert report["teacher"]["rebalance"]["params"] == {"epochs": 10, "lr": 0.2, "weight_decay": 5e-4, "momentum": 0.9}
+    assert "classifier re-balanced: crt (epochs 10, lr 0.2" in (runs / "crt" / "report.html").read_text()
     w0, w1 = (load_file(str(runs / n / "teacher.safetensors")) for n in ("ok", "crt"))
     assert all(torch.equal(w0[k], w1[k]) for k in w0 if not k.startswith("fc."))
     assert not torch.equal(w0["fc.weight"], w1["fc.weight"])
