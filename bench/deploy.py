@@ -23,12 +23,14 @@ import os
 import statistics
 import sys
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
+import yaml
 
 from ltcompress import config as config_mod
 from ltcompress import data as data_stage
@@ -40,6 +42,7 @@ from ltcompress.metrics import summarize
 from ltcompress.onnx_export import export, int8
 from ltcompress.rundir import cache_root
 from ltcompress.teacher import load_weights_file
+from ltcompress.values import coerce
 from ltcompress.inference import latency_ms, ort_logits
 
 COLUMNS = ("overall", "balanced", "few", "worst")
@@ -132,10 +135,10 @@ def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict
 def export_setting(text: str) -> tuple[str, Any]:
     """`repair_budget=16` -> ("repair_budget", 16), typed as ExportConfig's field."""
     key, _, value = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(ExportConfig)}
-    if key not in fields:
+    hints = typing.get_type_hints(ExportConfig)
+    if key not in hints:
         raise argparse.ArgumentTypeError(f"{key!r} is not an export setting")
-    return key, type(getattr(ExportConfig(), key))(value)
+    return key, coerce(yaml.safe_load(value), hints[key], f"export.{key}")
 
 
 def variant(spec: str) -> ExportConfig:

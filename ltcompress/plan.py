@@ -20,7 +20,7 @@ from ltcompress.errors import UsageError
 from ltcompress.gates import Gate
 from ltcompress.methods.base import Method
 from ltcompress.metrics import Groups
-from ltcompress.rebalance import CRT, TauNorm
+from ltcompress.rebalance import CRT, TauNorm, make_params
 
 log = logging.getLogger("ltcompress")
 
@@ -53,6 +53,7 @@ class Names:
     teacher_arch: str | None
     teacher_loss: str | None
     gates: tuple[Gate, ...]
+    rebalance: TauNorm | CRT | None = None  # the teacher's classifier re-balancing (teacher.rebalance)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def resolved(cfg: CompressConfig, names: Names) -> dict[str, Any]:
 
 
 def resolve_names(cfg: CompressConfig) -> Names:
-    """The method and its arguments, both architectures, the teacher's loss and the gates."""
+    """The method and its arguments, both architectures, the teacher's loss and re-balancing, and the gates."""
     from ltcompress import gates as gate_mod
     from ltcompress import models
     from ltcompress.methods import METHODS
@@ -114,7 +115,8 @@ def resolve_names(cfg: CompressConfig) -> Names:
     teacher_arch = models.resolve_name(cfg.teacher.arch) if method_cls.uses_teacher else None
     teacher_loss = teacher_loss_for(cfg.teacher.loss, method_cls) if teacher_arch else None
     gates = tuple(gate_mod.parse(g) for g in cfg.gates)
-    return Names(method_cls, params, student_arch, teacher_arch, teacher_loss, gates)
+    rebalanced = make_params(cfg.teacher.rebalance, cfg.teacher.rebalance_args) if teacher_arch else None
+    return Names(method_cls, params, student_arch, teacher_arch, teacher_loss, gates, rebalanced)
 
 
 def teacher_loss_for(requested: str, method_cls: type[Method]) -> str:

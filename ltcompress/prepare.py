@@ -37,7 +37,7 @@ def prepare(cfg: CompressConfig, progress: bool) -> tuple[Plan, Method]:
     student_init = plan_mod.student_init(cfg, names.student_arch)
     start = time.perf_counter()
     data, groups = load_data(cfg, names, student_init[0])  # step: the data
-    teacher = teacher_stage.plan(cfg, data, names.teacher_loss) if names.teacher_loss else None
+    teacher = teacher_stage.plan(cfg, data, names.teacher_loss, names.rebalance) if names.teacher_loss else None
     resolved = plan_mod.resolved(cfg, names)
     plan = Plan(cfg, names, student_init, device, progress, data, groups, teacher, resolved, since(start))
     plan_mod.check_gates(plan)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -31,7 +30,7 @@ from ltcompress.data import LTData, train_batches
 from ltcompress.data.samplers import epoch_stream
 from ltcompress.errors import UsageError
 from ltcompress.registry import did_you_mean
-from ltcompress.values import coerce
+from ltcompress.values import build_params
 
 log = logging.getLogger("ltcompress")
 SOURCE = "Kang et al., Decoupling Representation and Classifier for Long-Tailed Recognition, ICLR 2020"
@@ -80,19 +79,14 @@ def make_params(kind: str, args: Mapping[str, Any]) -> TauNorm | CRT | None:
         if args:
             raise UsageError(f"teacher.rebalance_args {dict(args)} given, but teacher.rebalance is none")
         return None
-    fields, hints = {f.name for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
-    unknown = [k for k in args if k not in fields]
-    if unknown:
-        raise UsageError(
-            f"teacher.rebalance_args {unknown[0]!r} is not an argument of {kind}."
-            f"{did_you_mean(unknown[0], sorted(fields))} Valid: {', '.join(sorted(fields))}."
-        )
-    params = cls(**{k: coerce(v, hints[k], f"teacher.rebalance_args.{k}") for k, v in args.items()})
-    try:
-        params.validate()
-    except ValueError as exc:
-        raise UsageError(f"teacher.rebalance {kind}: {exc}") from None
-    return typing.cast("TauNorm | CRT", params)
+    params: TauNorm | CRT = build_params(
+        cls,
+        args,
+        "teacher.rebalance_args",
+        lambda key: f"teacher.rebalance_args {key!r} is not an argument of {kind}",
+        f"teacher.rebalance {kind}",
+    )
+    return params
 
 
 def describe(params: TauNorm | CRT | None) -> dict[str, Any] | None:

@@ -115,9 +115,11 @@ def _build_untrained(p: TeacherPlan, cfg: CompressConfig, data: LTData) -> tuple
     return model, info
 
 
-def plan(cfg: CompressConfig, data: LTData, teacher_loss: str) -> TeacherPlan:
+def plan(
+    cfg: CompressConfig, data: LTData, teacher_loss: str, params: rebalance.TauNorm | rebalance.CRT | None = None
+) -> TeacherPlan:
+    """Where the teacher comes from; `params`, the re-balancing after its training (resolve_names checked it)."""
     arch = models.resolve_name(cfg.teacher.arch)
-    params = rebalance.make_params(cfg.teacher.rebalance, cfg.teacher.rebalance_args)
     if cfg.teacher.weights:
         path = Path(cfg.teacher.weights).expanduser()
         model = load_weights_file(arch, path, data.num_classes, data.spec.channels)

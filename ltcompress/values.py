@@ -6,15 +6,35 @@ from __future__ import annotations
 
 import codecs
 import collections.abc
+import dataclasses
 import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from ltcompress.errors import LTCompressError, UsageError
+from ltcompress.registry import did_you_mean
+
+
+def build_params(cls: type, args: Mapping[str, Any], where: str, unknown: Callable[[str], str], invalid: str) -> Any:
+    """A frozen hyper-parameter dataclass from a user's arguments (a method's, a teacher re-balancing's): a
+    name it lacks (`unknown(name)`, with did-you-mean and the valid names), a wrong type (`where.name`) or a value
+    its `validate()` refuses (`invalid: why`) is exit 2."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in args:
+        if key not in fields:
+            raise UsageError(f"{unknown(key)}.{did_you_mean(key, fields)} Valid: {', '.join(fields) or 'none'}.")
+    hints = typing.get_type_hints(cls)
+    params = cls(**{key: coerce(value, hints[key], f"{where}.{key}") for key, value in args.items()})
+    if hasattr(params, "validate"):
+        try:
+            params.validate()
+        except ValueError as exc:
+            raise UsageError(f"{invalid}: {exc}") from None
+    return params
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_COUNTS, cli_exit, tiny_cli_args, tiny_data
 from ltcompress import models, rebalance
 from ltcompress.errors import UsageError
+from ltcompress.plan import resolve_names
 
 
 def _pnorm(weights, p):
@@ -43,6 +44,20 @@ def test_parameters_are_checked_by_name():
         with pytest.raises(UsageError, match=match) as info:
             rebalance.make_params(kind, args)
         assert info.value.exit_code == 2
+
+
+def test_a_bad_rebalancing_argument_is_exit_2_before_any_data_loads(tmp_path, capsys, monkeypatch):
+    from ltcompress import data as data_stage
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded before the re-balancing's arguments were checked")
+
+    monkeypatch.setattr(data_stage, "load", never)
+    args = tiny_cli_args(method="bkd", runs_dir=str(tmp_path / "runs"), teacher_rebalance="tau-norm")
+    code = cli_exit(["run", *args, "--set", "teacher.rebalance_args.tua=0.7", "--name", "bad"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'tua' is not an argument of tau-norm. Did you mean: tau?" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def _trained_teacher():
@@ -150,7 +165,10 @@ def test_a_given_teacher_is_rebalanced_only_when_asked(tmp_path):
     from safetensors.torch import save_file
 
     from ltcompress.config import resolve
-    from ltcompress.teacher import plan
+    from ltcompress.teacher import plan as teacher_plan
+
+    def plan(cfg, data, loss):  # as the plan step calls it: with the re-balancing resolve_names checked
+        return teacher_plan(cfg, data, loss, resolve_names(cfg).rebalance)
 
     data = tiny_data()
     path = tmp_path / "t.safetensors"
@@ -168,7 +186,8 @@ def test_rebalancing_keys_the_cache_apart_and_keeps_the_base_key():
     data = tiny_data()
 
     def planned(**overrides):
-        return plan(resolve(None, {"teacher.arch": "test_resnet", "teacher.init": "scratch", **overrides}), data, "ce")
+        cfg = resolve(None, {"teacher.arch": "test_resnet", "teacher.init": "scratch", **overrides})
+        return plan(cfg, data, "ce", resolve_names(cfg).rebalance)
 
     plain, tau, crt = planned(), planned(**{"teacher.rebalance": "tau-norm"}), planned(**{"teacher.rebalance": "crt"})
     assert plain.rebalance is None and plain.key == plain.base_key  # keys from before re-balancing stay valid

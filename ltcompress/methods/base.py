@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -11,9 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltcompress.values import coerce
-from ltcompress.errors import UsageError
-from ltcompress.registry import did_you_mean
+from ltcompress.values import build_params
 
 if TYPE_CHECKING:
     from ltcompress.config import DataConfig
@@ -123,23 +119,13 @@ class Method(nn.Module):
     @classmethod
     def make_params(cls, args: Mapping[str, Any]) -> Any:
         """Build the hyper-parameters from user args; unknown names and wrong types are exit 2."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-        hints = typing.get_type_hints(cls.Params)
-        values = {}
-        for key, value in args.items():
-            if key not in fields:
-                raise UsageError(
-                    f"method argument {key!r} does not exist.{did_you_mean(key, list(fields))} "
-                    f"Valid: {', '.join(fields) or 'none'}."
-                )
-            values[key] = coerce(value, hints[key], f"method.args.{key}")
-        params = cls.Params(**values)
-        if hasattr(params, "validate"):
-            try:
-                params.validate()
-            except ValueError as exc:
-                raise UsageError(f"bad arguments for {cls.__name__}: {exc}") from None
-        return params
+        return build_params(
+            cls.Params,
+            args,
+            "method.args",
+            lambda key: f"method argument {key!r} does not exist",
+            f"bad arguments for {cls.__name__}",
+        )
 
 
 def tempered_kl(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, T: float) -> torch.Tensor:
