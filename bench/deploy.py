@@ -87,9 +87,36 @@ def load_run(run: Path) -> tuple[dict, config_mod.CompressConfig, data_stage.LTD
     return report, cfg, data, groups, gates
 
 
+def fmnist_held_out(data: data_stage.LTData, cfg: config_mod.DataConfig, per_class: int) -> data_stage.LTData:
+    """`data` with `per_class` Fashion-MNIST training images of each class that the long-tailed subset left
+    out as its held-out images (data.val): what a user's data.val_list gives the repair, never trained on and
+    not the test set."""
+    from ltcompress.data import core, fmnist
+
+    files = fmnist.locate_fmnist(cfg.data_dir, cache_root(None), False)
+    images, labels = (
+        fmnist._read_idx(files["train_images"], "images"),
+        fmnist._read_idx(files["train_labels"], "labels"),
+    )
+    counts = core.longtail_counts(cfg.n_max, len(data.class_names), cfg.imbalance, cfg.profile)
+    used = core.longtail_indices(labels, counts, cfg.seed)
+    unused = np.setdiff1d(np.arange(len(labels)), used)
+    rng = np.random.default_rng(12345)
+    pick = np.concatenate([rng.permutation(unused[labels[unused] == c])[:per_class] for c in range(len(counts))])
+    mode, size = core.source_mode(1, cfg.channels), cfg.size if cfg.resize else 28
+    again = core.from_arrays(images[used[:8]], mode, size, cfg.size, cfg.channels)
+    if data.train.images is None or not np.array_equal(again, data.train.images[:8]):
+        raise SystemExit("--held-out: the run's training images are not the ones rebuilt here")
+    val = core.Split(core.from_arrays(images[pick], mode, size, cfg.size, cfg.channels), labels[pick].astype(np.int64))
+    source = f"{per_class} Fashion-MNIST training images per class that the long-tailed subset left out"
+    return dataclasses.replace(data, val=val, val_source=source)
+
+
 def bench_run(run: Path, args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
     """Every model of one run, measured; returns label -> measurements."""
     report, cfg, data, groups, gates = load_run(run)
+    if args.held_out:
+        data = fmnist_held_out(data, cfg.data, args.held_out)
     saved, seed = report["config"], report["config"]["run"]["seed"]
     print(
         f"run {run.name}: {saved['method']['name']} on {cfg.data.dataset}, {len(data.train)} train / "
@@ -195,7 +222,8 @@ def print_table(measured: dict[str, dict[str, Any]], repairs: dict[str, dict[str
         print(
             f"\nrepair of INT8 {method} ({rep['seconds']:.0f} s, {rep['trials']} trials; evidence {ev['images']} "
             f"images, {ev['views']} views): before {fmt_gates(rep['gates_before'])}; after "
-            f"{fmt_gates(rep['gates_after'])}; back to FP32: {', '.join(n['node'] for n in rep['nodes']) or 'none'}"
+            f"{fmt_gates(rep['gates_after'])}; {fmt_bias(rep['logit_bias'])}back to FP32: "
+            f"{', '.join(n['node'] for n in rep['nodes']) or 'none'}"
             + (f"; stopped: {rep['stopped']}" if rep["stopped"] else "")
         )
         print(
@@ -207,6 +235,13 @@ def print_table(measured: dict[str, dict[str, Any]], repairs: dict[str, dict[str
             )
         )
     print(flush=True)
+
+
+def fmt_bias(bias: dict[str, Any] | None) -> str:
+    if bias is None:
+        return ""
+    kept = "kept" if bias["kept"] else "not kept"
+    return f"logit bias {kept} (KL {bias['kl_before']:.4f} -> {bias['kl_after']:.4f}); "
 
 
 def fmt_gates(gates: list[dict[str, Any]]) -> str:
@@ -312,6 +347,14 @@ def main() -> None:
         "--repair",
         action="store_true",
         help="also repair each INT8 model toward the run's int8 gates on the run's evidence",
+    )
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="(fmnist-lt runs) the repair decides on N unused Fashion-MNIST training images per class, as it "
+        "would on a user's data.val_list, instead of training views",
     )
     parser.add_argument("--teacher", action="store_true", help="also measure the teacher, exported to ONNX")
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="calibration sample sizes to sweep")

@@ -32,13 +32,25 @@ TEACHERS = {
     "bsce": ["--set", "teacher.loss=bsce"],
     "tau-norm": ["--set", "teacher.loss=ce", "--teacher-rebalance", "tau-norm"],
     "crt": ["--set", "teacher.loss=ce", "--teacher-rebalance", "crt"],
+    # probes beyond the grid (not run by default): a partial tau-norm
+    "tau-norm-0.5": [
+        "--set",
+        "teacher.loss=ce",
+        "--teacher-rebalance",
+        "tau-norm",
+        "--set",
+        "teacher.rebalance_args.tau=0.5",
+    ],
 }
 METHODS = {
     "kd": ["--method", "kd"],
     "bkd": ["--method", "bkd"],
     "krdistill": ["--method", "krdistill"],
     "ltkd-tau0.5": ["--method", "ltkd", "--method-arg", "tau=0.5"],
+    # a probe (not run by default): krdistill with its prior correction off, for a teacher balanced already
+    "krdistill-tau0": ["--method", "krdistill", "--method-arg", "tau=0"],
 }
+GRID = (["ce", "bsce", "tau-norm", "crt"], ["kd", "bkd", "krdistill", "ltkd-tau0.5"])
 
 
 def run_one(teacher: str, method: str, seed: int, out: Path) -> dict:
@@ -54,8 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("bench-runs/teacher-recipes"))
-    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--teachers", nargs="+", default=GRID[0], choices=list(TEACHERS))
+    parser.add_argument("--methods", nargs="+", default=GRID[1], choices=list(METHODS))
     args = parser.parse_args()
     rows: dict[tuple[str, str], list[dict]] = {(t, m): [] for t in args.teachers for m in args.methods}
     for seed in args.seeds:

@@ -80,6 +80,7 @@ def model_card(report: Mapping[str, Any], body: str) -> str:
             "evidence": repair["evidence"]["source"],
             "met": repair["met"],
             "fp32_nodes": [n["node"] for n in repair["nodes"]],
+            "logit_bias": bool(repair.get("logit_bias") and repair["logit_bias"]["kept"]),
         }
         if repair
         else None,

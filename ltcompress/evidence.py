@@ -37,6 +37,17 @@ MIN_IMAGES = 5  # distinct images below which a gate's evidence is too thin to a
 REPLICATES = 1000  # bootstrap resamples
 FIDELITY = frozenset({"student", "fp32", "int8"})  # the student's own versions: their distance is fidelity
 _VIEWS_KEY = 7919  # keys the evidence's augmentation apart from any training epoch's
+BIAS_IMAGES = 1024  # training images (every class alike, as evaluated) the logit bias correction is measured on
+
+
+@dataclass(frozen=True)
+class BiasSample:
+    """Training images of every class, as evaluated, with the FP32 model's logits: where the INT8 model's mean
+    shift of each output from FP32's is measured (the repair's logit bias correction)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    fp32: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class Evidence:
     weights: np.ndarray  # [1 + REPLICATES, N]: row 0 the evidence itself, then the bootstrap's resamples
     source: str
     held_out: bool  # held-out images (accuracy claims hold) rather than training views (fidelity only)
+    bias: BiasSample | None = None  # for the logit bias correction (export.repair_logit_bias)
 
     @property
     def fp32_logits(self) -> np.ndarray:
@@ -122,7 +134,17 @@ def collect(
             f"{len(np.unique(order))} images (export.repair_views {cfg.repair_views} per class)"
         )
     weights = np.vstack([np.ones((1, len(order)), np.float32), bootstrap(labels, order, REPLICATES, rng)])
-    return Evidence(inputs, labels, order, fixed, weights, source, held_out)
+    bias = bias_sample(data, fp32_path, rng) if cfg.repair_logit_bias else None
+    return Evidence(inputs, labels, order, fixed, weights, source, held_out, bias)
+
+
+def bias_sample(data: LTData, fp32_path: Path, rng: np.random.Generator) -> BiasSample:
+    """Up to BIAS_IMAGES training images, as many of each class as that allows (at least one), as evaluated:
+    a shift of one output is measured over every class's images alike, so the head does not set it."""
+    per_class = max(1, BIAS_IMAGES // data.num_classes)
+    order = _order(data, data.train, list(range(data.num_classes)), per_class, rng, repeat=False)
+    inputs, labels = _views(data, data.train, order, 0, augment=False)
+    return BiasSample(inputs, labels, ort_run(fp32_path, inputs))
 
 
 def _order(

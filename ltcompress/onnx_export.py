@@ -358,3 +358,28 @@ def _check_excluded(exclude: tuple[str, ...], nodes: list[str]) -> None:
             f"nodes are listed in report.json under artifacts.int8.quantized_nodes "
             f"({len(nodes)}, e.g. {', '.join(nodes[:3])})"
         )
+
+
+def add_logit_bias(path: Path, bias: np.ndarray) -> None:
+    """Add a constant per-class offset to the model's output (the INT8 repair's logit bias correction): an Add
+    after the node that produced the output, which keeps its name, so the model is called as before. A model
+    that has one already gets the offsets summed into it."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    out = graph.output[0].name
+    inner, constant = f"{out}_before_bias", f"{out}_bias"
+    existing = next((i for i in graph.initializer if i.name == constant), None)
+    if existing is not None:
+        total = numpy_helper.to_array(existing) + bias.astype(np.float32).reshape(1, -1)
+        existing.CopyFrom(numpy_helper.from_array(total, constant))
+        onnx.save(model, str(path))
+        return
+    for node in graph.node:
+        node.output[:] = [inner if o == out else o for o in node.output]
+        node.input[:] = [inner if i == out else i for i in node.input]
+    graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32).reshape(1, -1), constant))
+    graph.node.append(helper.make_node("Add", [inner, constant], [out], name="ltcompress_logit_bias"))
+    onnx.save(model, str(path))

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,8 +29,8 @@ from ltcompress.evidence import Evidence, gated_classes, int8_gates, judge, ort_
 from ltcompress.gates import Gate
 from ltcompress.inference import latency_ms
 from ltcompress.metrics import Groups
-from ltcompress.onnx_export import Quantizer
-from ltcompress.results import ClassEvidence, RepairGate, RepairRecord, RepairStep
+from ltcompress.onnx_export import Quantizer, add_logit_bias
+from ltcompress.results import BiasStep, ClassEvidence, RepairGate, RepairRecord, RepairStep
 
 log = logging.getLogger("ltcompress")
 UNREPAIRED = "student.int8.unrepaired.onnx"
@@ -55,6 +56,14 @@ def damage(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, classe
     kl = (np.exp(ref) * (ref - out)).sum(1)
     per_class = [float(kl[labels == c].mean()) for c in classes if (labels == c).any()]
     return float(np.mean(per_class)) if per_class else 0.0
+
+
+def logit_shift(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per output, the mean of FP32's minus INT8's logit over each class's images, averaged over the classes
+    (so the head's images do not set the tail's offset): what the logit bias correction adds."""
+    diff = fp32.astype(np.float64) - int8.astype(np.float64)
+    out: np.ndarray = np.mean([diff[labels == c].mean(0) for c in np.unique(labels)], axis=0)
+    return out
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -104,22 +113,26 @@ def repair(
     classes = gated_classes(failing, groups, names)
     size, latency = int8_path.stat().st_size, _latency(int8_path, data, cfg.speed_budget_s)
     search = _Search(quantizer, ev, data, groups, cfg, workdir, int8_path, int8_logits, before, clock)
-    ranked = _rank(search, classes, progress)
+    bias = search.correct_bias(int8_path) if ev.bias is not None and not clock.spent() else None
+    ranked = [] if search.settled() else _rank(search, classes, progress)
     steps, stopped, after = _fall_back(search, ranked, progress)
-    if steps:
+    changed = bool(steps) or search.bias is not None
+    if changed:
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
         os.replace(workdir / "candidate.onnx", int8_path)
     met = not any(r.failing for r in after)
     log.info(
-        "INT8 repair: %d node(s) back to FP32 (%s) in %.0f s; %s%s",
-        *(len(steps), ", ".join(s.node for s in steps) or "none", clock.elapsed),
+        "INT8 repair: %s%d node(s) back to FP32 (%s) in %.0f s; %s%s",
+        *("logit bias correction kept, " if search.bias is not None else "", len(steps)),
+        *(", ".join(s.node for s in steps) or "none", clock.elapsed),
         "no int8 gate fails with confidence on the evidence" if met else "an int8 gate still fails on the evidence",
         f" ({stopped})" if stopped else "",
     )
     return dataclasses.replace(
         record,
         needed=True,
-        classes=per_class(ev, int8_logits, search.logits if steps else None, names),
+        logit_bias=bias,
+        classes=per_class(ev, int8_logits, search.logits if changed else None, names),
         gated_classes=tuple(names[c] for c in classes),
         int8_size_bytes=size,
         int8_latency_ms=latency,
@@ -130,7 +143,7 @@ def repair(
         trials=search.trials,
         seconds=clock.elapsed,
         ranking=tuple((n, quantizer.op_types[n], d) for n, d in ranked[:20]),
-        unrepaired_model=UNREPAIRED if steps else None,
+        unrepaired_model=UNREPAIRED if changed else None,
     )
 
 
@@ -270,6 +283,7 @@ class _Search:
         self.steps: list[RepairStep] = []
         self.after: list[RepairGate] = before
         self.too_big: set[str] = set()
+        self.bias: np.ndarray | None = None  # the logit bias correction, once kept
         self.trials = 0
 
     def probe(self, only: list[str], classes: list[int]) -> float:
@@ -288,11 +302,32 @@ class _Search:
     def done(self) -> bool:
         return self.settled() or len(self.fallen) == self.cfg.repair_budget
 
+    def correct_bias(self, int8_path: Path) -> BiasStep:
+        """The logit bias correction: add to each output the class-balanced mean of FP32's minus INT8's over
+        training images of every class (a shift quantization put into the tail's logits, undone without a
+        node in float), kept when it lowers the loss on the evidence, as a node would be."""
+        sample = self.ev.bias
+        assert sample is not None, "repair() calls this only with a bias sample"
+        bias = logit_shift(sample.fp32, ort_run(int8_path, sample.inputs), sample.labels)
+        shutil.copyfile(int8_path, self.trial)
+        add_logit_bias(self.trial, bias)
+        self.trials += 1
+        logits = ort_run(self.trial, self.ev.inputs)
+        loss, before = damage(self.ev.fp32_logits, logits, self.ev.labels, self.every), self.loss
+        kept = loss < self.loss
+        if kept:
+            self.bias = bias
+            self._accept(logits, loss)
+        names = self.data.class_names
+        return BiasStep(kept, tuple(zip(names, map(float, bias))), before, loss, self.clock.elapsed)
+
     def take(self, node: str, score: float, force: bool) -> bool:
         """Try `node` back in float; keep it when forced or when it lowers the loss. True when kept."""
         self.q.write(
             self.trial, exclude=(*self.cfg.exclude_nodes, *self.fallen, node), int8_weights=(*self.fallen, node)
         )
+        if self.bias is not None:
+            add_logit_bias(self.trial, self.bias)
         size = self.trial.stat().st_size
         if size > self.cfg.repair_max_size * self.base:
             self.too_big.add(node)
@@ -302,11 +337,8 @@ class _Search:
         loss = damage(self.ev.fp32_logits, logits, self.ev.labels, self.every)
         if not force and loss >= self.loss:
             return False
-        os.replace(self.trial, self.candidate)
         self.fallen.append(node)
-        names = self.data.class_names
-        self.loss, self.logits = loss, logits
-        self.after = judge(self.gates, self.ev, logits, self.groups, names, self.cfg.repair_confidence)
+        self._accept(logits, loss)
         previous = self.steps[-1].size_bytes if self.steps else self.base
         self.steps.append(
             RepairStep(
@@ -324,3 +356,10 @@ class _Search:
             )
         )
         return True
+
+    def _accept(self, logits: np.ndarray, loss: float) -> None:
+        """The trial model becomes the candidate; the gates are judged again on its logits."""
+        os.replace(self.trial, self.candidate)
+        self.loss, self.logits = loss, logits
+        names = self.data.class_names
+        self.after = judge(self.gates, self.ev, logits, self.groups, names, self.cfg.repair_confidence)

@@ -224,7 +224,7 @@ def _repair_section(report: dict[str, Any]) -> str:
         f"{_evidence_classes(ev['classes'])}"
     )
     if not r["needed"]:
-        return head + "<p>No int8 gate failed with confidence on the evidence: no node went back to FP32.</p>"
+        return head + "<p>No int8 gate failed with confidence on the evidence: the model was left as it is.</p>"
     rows = [
         f"<tr><td class='l'>INT8 as calibrated</td><td></td><td></td><td>{r['int8_size_bytes'] / 1e6:.3f}</td>"
         f"<td></td><td>{_ms(r['int8_latency_ms'])}</td><td></td></tr>"
@@ -244,7 +244,19 @@ def _repair_section(report: dict[str, Any]) -> str:
         f"<p>Nodes ranked by {_e(r['ranked_by'])}; {r['trials']} trial model(s) in {r['seconds']:.0f} s "
         f"(budget {r['budget']['seconds']:g} s).{stopped}</p>"
     )
-    return head + table + _repair_classes(report)
+    return head + _repair_bias(r["logit_bias"]) + table + _repair_classes(report)
+
+
+def _repair_bias(bias: dict[str, Any] | None) -> str:
+    """The logit bias correction, tried before any node: the offset per class and whether it was kept."""
+    if bias is None:
+        return ""
+    offsets = ", ".join(f"{_e(name)} {value:+.3f}" for name, value in bias["per_class"].items())
+    verdict = "kept" if bias["kept"] else "not kept (it did not lower the divergence)"
+    return (
+        f"<p id='repair-bias'>Logit bias correction, {verdict}: class-balanced divergence from FP32 on the evidence "
+        f"{bias['kl_before']:.4f} &rarr; {bias['kl_after']:.4f}; offset added to each class's logit: {offsets}.</p>"
+    )
 
 
 def _repair_gates(gates: list[dict[str, Any]]) -> str:

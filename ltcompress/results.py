@@ -89,7 +89,7 @@ class ClassEvidence:
     views: int
     fp32: float
     int8_before: float
-    int8_after: float | None  # None when no node went back to FP32
+    int8_after: float | None  # None when the repair left the model as it was
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -117,6 +117,21 @@ class RepairStep:
 
 
 @dataclass(frozen=True)
+class BiasStep:
+    """The repair's logit bias correction: the per-class output offset measured, and whether it was kept (it
+    lowered the class-balanced divergence from FP32 on the evidence)."""
+
+    kept: bool
+    per_class: tuple[tuple[str, float], ...]  # (class, offset added to its logit)
+    kl_before: float
+    kl_after: float  # with the offset (kept or not)
+    seconds: float  # since the repair started
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "per_class": dict(self.per_class)}
+
+
+@dataclass(frozen=True)
 class RepairRecord:
     """What the INT8 repair did (report.json's `int8_repair`). `met`: no int8 gate fails with confidence on the
     evidence afterwards. It is reported, not a verdict: the test-set gates decide the run."""
@@ -134,6 +149,7 @@ class RepairRecord:
     needed: bool
     met: bool
     classes: tuple[ClassEvidence, ...] = ()
+    logit_bias: BiasStep | None = None  # None: not tried (export.repair_logit_bias off, or nothing to repair)
     nodes: tuple[RepairStep, ...] = ()
     gates_after: tuple[RepairGate, ...] = ()
     gated_classes: tuple[str, ...] = ()
@@ -164,6 +180,7 @@ class RepairRecord:
             "int8_size_bytes": self.int8_size_bytes,
             "int8_latency_ms": self.int8_latency_ms,
             "met": self.met,
+            "logit_bias": self.logit_bias.to_dict() if self.logit_bias else None,
             "nodes": [n.to_dict() for n in self.nodes],
             "gates_after": _shown(self.gates_after),
             "stopped": self.stopped,

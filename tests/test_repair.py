@@ -17,9 +17,9 @@ from PIL import Image
 from conftest import run_cli
 from ltcompress import gates as gate_mod, models
 from ltcompress.data import InputSpec, LTData, Split, hold_out
-from ltcompress.onnx_export import Quantizer, calibration_indices, export
-from ltcompress.evidence import gated_classes
-from ltcompress.repair import damage
+from ltcompress.onnx_export import Quantizer, add_logit_bias, calibration_indices, export
+from ltcompress.evidence import gated_classes, ort_run
+from ltcompress.repair import damage, logit_shift
 
 GROUPS = {"many": [0], "medium": [1], "few": [2, 3]}
 NAMES = ("a_head", "b_mid", "c_tail", "d_tail")
@@ -132,6 +132,38 @@ def test_a_repaired_node_computes_in_float_with_its_weights_stored_int8(tmp_path
     assert np.abs(run["float.onnx"] - run["stored.onnx"]).max() < 0.05 * scale  # int8 weights, float compute
 
 
+def test_logit_shift_is_the_class_balanced_mean_difference_of_a_naive_loop():
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 30 + [1] * 5 + [2] * 2)  # long-tailed: the head must not outweigh the tail
+    fp32, int8 = rng.normal(size=(37, 3)), rng.normal(size=(37, 3))
+    expected = np.zeros(3)
+    for c in (0, 1, 2):
+        rows = [i for i in range(37) if labels[i] == c]
+        expected += sum(fp32[i] - int8[i] for i in rows) / len(rows) / 3
+    np.testing.assert_allclose(logit_shift(fp32, int8, labels), expected, rtol=1e-12)
+
+
+def test_the_logit_bias_undoes_a_per_class_shift_of_the_output_and_keeps_its_name(tmp_path):
+    fp32 = _tiny_onnx(tmp_path)
+    shifted = tmp_path / "shifted.onnx"
+    shifted.write_bytes(fp32.read_bytes())
+    delta = np.array([0.5, -1.0, 2.0, 0.0])
+    add_logit_bias(shifted, -delta)  # an "INT8 model" whose class logits quantization moved as a whole
+    x = np.random.default_rng(0).normal(size=(12, 3, 32, 32)).astype(np.float32)
+    labels = np.arange(12) % 4
+    reference, moved = ort_run(fp32, x), ort_run(shifted, x)
+    bias = logit_shift(reference, moved, labels)
+    np.testing.assert_allclose(bias, delta, atol=1e-5)
+    add_logit_bias(shifted, bias)
+    np.testing.assert_allclose(ort_run(shifted, x), reference, atol=1e-5)
+    model = onnx.load(str(shifted))
+    onnx.checker.check_model(model)
+    original = onnx.load(str(fp32))
+    assert [o.name for o in model.graph.output] == [o.name for o in original.graph.output]
+    names = [n.name for n in model.graph.node]
+    assert names[-1] == "ltcompress_logit_bias" and names.count("ltcompress_logit_bias") == 1  # offsets summed
+
+
 # A long-tailed folder where per-tensor ranges calibrated on the head class alone clip the tail: the head is dark,
 # the tail classes bright, each class its own stripes.
 SYNTH = {
@@ -216,6 +248,8 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair_trained_as_withou
             "export.repair_max_size=8",
             "--set",
             "export.speed_budget_s=0.05",  # each step's latency is measured within it
+            "--set",
+            "export.repair_logit_bias=false",  # the nodes' search alone (the bias correction: the next test)
         ),
         capsys,
     )
@@ -264,6 +298,29 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair_trained_as_withou
     )
     assert short["passed"] is all(g["passed"] for g in short["gates"]) is (code == 0)
     assert code == 5 and err.strip().splitlines()[-1].startswith("ltcompress: 1 gate(s) failed: 'drop(fp32, int8)")
+
+
+@pytest.mark.slow
+def test_the_logit_bias_correction_is_tried_first_and_recorded(synth, tmp_path, capsys):
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "biased", "--int8-repair"), capsys)
+    run, report = tmp_path / "biased", _report(tmp_path, "biased")
+    r = report["int8_repair"]
+    assert r["needed"] and report["passed"] is (code == 0), err
+    bias = r["logit_bias"]
+    assert set(bias["per_class"]) == set(NAMES) and bias["kl_before"] > 0
+    assert bias["kept"] is (bias["kl_after"] < bias["kl_before"])  # kept only when it lowered the divergence
+    nodes = [n.name for n in onnx.load(str(run / "student.int8.onnx")).graph.node]
+    assert ("ltcompress_logit_bias" in nodes) is bias["kept"]
+    assert (run / "student.int8.unrepaired.onnx").is_file() is (bias["kept"] or bool(r["nodes"]))
+    if bias["kept"]:  # the offsets in the model are the ones reported
+        model = onnx.load(str(run / "student.int8.onnx"))
+        stored = next(i for i in model.graph.initializer if i.name.endswith("_bias") and i.dims == [1, len(NAMES)])
+        np.testing.assert_allclose(
+            onnx.numpy_helper.to_array(stored)[0], list(bias["per_class"].values()), rtol=1e-6, atol=1e-6
+        )
+    assert "id='repair-bias'" in (run / "report.html").read_text()
+    card = (run / "bundle" / "README.md").read_text() if (run / "bundle").is_dir() else ""
+    assert not card or f"logit_bias: {str(bias['kept']).lower()}" in card
 
 
 def test_the_repair_leaves_the_data_and_the_teachers_cache_key_as_they_are(synth, tmp_path):
