@@ -4,6 +4,9 @@ distillation does.
     python bench/teacher_recipes.py [--seeds 0 1 2] [--out bench-runs/teacher-recipes]
                                     [--teachers ce bsce tau-norm crt] [--methods kd bkd krdistill ltkd-tau0.5]
 
+Two probes beyond the grid run only when named: the teacher `tau-norm-0.5` (a partial tau-normalisation) and the
+method `krdistill-tau0` (krdistill with its prior correction off, for a teacher that is balanced already).
+
 Teacher recipes (all resnet50 trained here with the preset's recipe, seed `teacher.seed` = 0, shared by the
 student seeds): `ce` (cross-entropy, the default), `bsce` (`teacher.loss=bsce`, Balanced Softmax), `tau-norm`
 and `crt` (the cross-entropy teacher with its classifier re-balanced after training, `teacher.rebalance`; they

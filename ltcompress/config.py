@@ -159,7 +159,7 @@ class ExportConfig:
     repair_budget: int = 8  # nodes the repair may return to FP32
     repair_max_size: float = 1.5  # the repaired file may be at most this many times the INT8 file's size
     repair_seconds: float = 1800.0  # the repair stops trying nodes after this long (ranking included)
-    repair_logit_bias: bool = True  # first try a per-class output offset (mean FP32 - INT8 logits), kept if it helps
+    repair_logit_bias: bool = True  # then a per-class output offset (mean FP32 - INT8 logit), kept if it helps
     speed_budget_s: float = 0.25  # seconds per model and batch size (1, 32) to measure ORT latency; 0: skip
 
 

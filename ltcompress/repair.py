@@ -7,6 +7,11 @@ gated classes, of each class's mean KL divergence from the FP32 model, so a rare
 frequent one. The order is fixed once (as Intel Neural Compressor's op-wise fallback does). With many nodes,
 blocks of consecutive nodes are ranked first and only the most damaging blocks node by node, which bounds the
 trials (each one quantizes the model and runs the evidence) near twice the square root of the node count.
+
+When the budget is spent with a gate still failing, a logit bias correction is tried last (export.repair_logit_bias):
+each output gets the class-balanced mean shift between FP32's logits and the model's, measured on training images
+of every class, kept when it lowers the divergence on the evidence (the bias correction of Nagel et al.,
+"Data-Free Quantization", ICCV 2019, applied to the output alone).
 """
 
 from __future__ import annotations
@@ -113,9 +118,12 @@ def repair(
     classes = gated_classes(failing, groups, names)
     size, latency = int8_path.stat().st_size, _latency(int8_path, data, cfg.speed_budget_s)
     search = _Search(quantizer, ev, data, groups, cfg, workdir, int8_path, int8_logits, before, clock)
-    bias = search.correct_bias(int8_path) if ev.bias is not None and not clock.spent() else None
-    ranked = [] if search.settled() else _rank(search, classes, progress)
+    ranked = _rank(search, classes, progress)
     steps, stopped, after = _fall_back(search, ranked, progress)
+    bias = None
+    if not search.settled() and ev.bias is not None and not clock.spent():
+        bias = search.correct_bias(workdir / "candidate.onnx" if steps else int8_path)
+        after, stopped = search.after, "" if search.settled() else stopped
     changed = bool(steps) or search.bias is not None
     if changed:
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
@@ -302,14 +310,16 @@ class _Search:
     def done(self) -> bool:
         return self.settled() or len(self.fallen) == self.cfg.repair_budget
 
-    def correct_bias(self, int8_path: Path) -> BiasStep:
-        """The logit bias correction: add to each output the class-balanced mean of FP32's minus INT8's over
-        training images of every class (a shift quantization put into the tail's logits, undone without a
-        node in float), kept when it lowers the loss on the evidence, as a node would be."""
+    def correct_bias(self, current: Path) -> BiasStep:
+        """The logit bias correction, when the nodes within the budget leave a gate failing: add to each output
+        of the model at `current` the class-balanced mean of FP32's minus its logits over training images of
+        every class (a shift quantization put into the tail's logits, undone without a node in float), kept
+        when it lowers the loss on the evidence, as a node would be. It comes last because it is fitted on
+        training images the evidence shares: on its own it can look better there than on unseen images."""
         sample = self.ev.bias
         assert sample is not None, "repair() calls this only with a bias sample"
-        bias = logit_shift(sample.fp32, ort_run(int8_path, sample.inputs), sample.labels)
-        shutil.copyfile(int8_path, self.trial)
+        bias = logit_shift(sample.fp32, ort_run(current, sample.inputs), sample.labels)
+        shutil.copyfile(current, self.trial)
         add_logit_bias(self.trial, bias)
         self.trials += 1
         logits = ort_run(self.trial, self.ev.inputs)
@@ -326,8 +336,6 @@ class _Search:
         self.q.write(
             self.trial, exclude=(*self.cfg.exclude_nodes, *self.fallen, node), int8_weights=(*self.fallen, node)
         )
-        if self.bias is not None:
-            add_logit_bias(self.trial, self.bias)
         size = self.trial.stat().st_size
         if size > self.cfg.repair_max_size * self.base:
             self.too_big.add(node)

@@ -248,7 +248,7 @@ def _repair_section(report: dict[str, Any]) -> str:
 
 
 def _repair_bias(bias: dict[str, Any] | None) -> str:
-    """The logit bias correction, tried before any node: the offset per class and whether it was kept."""
+    """The logit bias correction, tried after the nodes: the offset per class and whether it was kept."""
     if bias is None:
         return ""
     offsets = ", ".join(f"{_e(name)} {value:+.3f}" for name, value in bias["per_class"].items())

@@ -248,8 +248,6 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair_trained_as_withou
             "export.repair_max_size=8",
             "--set",
             "export.speed_budget_s=0.05",  # each step's latency is measured within it
-            "--set",
-            "export.repair_logit_bias=false",  # the nodes' search alone (the bias correction: the next test)
         ),
         capsys,
     )
@@ -301,11 +299,13 @@ def test_a_run_that_fails_its_int8_gate_passes_with_the_repair_trained_as_withou
 
 
 @pytest.mark.slow
-def test_the_logit_bias_correction_is_tried_first_and_recorded(synth, tmp_path, capsys):
-    code, _, err = run_cli(_synth_args(synth, tmp_path, "biased", "--int8-repair"), capsys)
+def test_the_logit_bias_correction_is_tried_when_the_node_budget_is_spent_and_recorded(synth, tmp_path, capsys):
+    args = ["--int8-repair", "--set", "export.repair_budget=1"]  # one node cannot mend this calibration
+    code, _, err = run_cli(_synth_args(synth, tmp_path, "biased", *args), capsys)
     run, report = tmp_path / "biased", _report(tmp_path, "biased")
     r = report["int8_repair"]
     assert r["needed"] and report["passed"] is (code == 0), err
+    assert len(r["nodes"]) == 1 and r["gates_after"] and r["logit_bias"] is not None
     bias = r["logit_bias"]
     assert set(bias["per_class"]) == set(NAMES) and bias["kl_before"] > 0
     assert bias["kept"] is (bias["kl_after"] < bias["kl_before"])  # kept only when it lowered the divergence
