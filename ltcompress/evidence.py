@@ -37,6 +37,7 @@ MIN_IMAGES = 5  # distinct images below which a gate's evidence is too thin to a
 REPLICATES = 1000  # bootstrap resamples
 FIDELITY = frozenset({"student", "fp32", "int8"})  # the student's own versions: their distance is fidelity
 _VIEWS_KEY = 7919  # keys the evidence's augmentation apart from any training epoch's
+_BIAS_KEY = 7927  # keys the bias correction's images apart from the evidence's
 BIAS_IMAGES = 1024  # training images (every class alike, as evaluated) the logit bias correction is measured on
 
 
@@ -61,7 +62,8 @@ class Evidence:
     weights: np.ndarray  # [1 + REPLICATES, N]: row 0 the evidence itself, then the bootstrap's resamples
     source: str
     held_out: bool  # held-out images (accuracy claims hold) rather than training views (fidelity only)
-    bias: BiasSample | None = None  # for the logit bias correction (export.repair_logit_bias)
+    fp32_path: Path | None = None  # the FP32 model, for the logit bias correction (None: export.repair_logit_bias off)
+    seed: int = 0
 
     @property
     def fp32_logits(self) -> np.ndarray:
@@ -134,13 +136,15 @@ def collect(
             f"{len(np.unique(order))} images (export.repair_views {cfg.repair_views} per class)"
         )
     weights = np.vstack([np.ones((1, len(order)), np.float32), bootstrap(labels, order, REPLICATES, rng)])
-    bias = bias_sample(data, fp32_path, rng) if cfg.repair_logit_bias else None
-    return Evidence(inputs, labels, order, fixed, weights, source, held_out, bias)
+    bias_from = fp32_path if cfg.repair_logit_bias else None
+    return Evidence(inputs, labels, order, fixed, weights, source, held_out, bias_from, seed)
 
 
-def bias_sample(data: LTData, fp32_path: Path, rng: np.random.Generator) -> BiasSample:
+def bias_sample(data: LTData, fp32_path: Path, seed: int) -> BiasSample:
     """Up to BIAS_IMAGES training images, as many of each class as that allows (at least one), as evaluated:
-    a shift of one output is measured over every class's images alike, so the head does not set it."""
+    a shift of one output is measured over every class's images alike, so the head does not set it. Drawn
+    only when the repair gets to the bias correction."""
+    rng = np.random.default_rng([seed, _BIAS_KEY])
     per_class = max(1, BIAS_IMAGES // data.num_classes)
     order = _order(data, data.train, list(range(data.num_classes)), per_class, rng, repeat=False)
     inputs, labels = _views(data, data.train, order, 0, augment=False)

@@ -30,7 +30,7 @@ import numpy as np
 from ltcompress.config import ExportConfig
 from ltcompress.data import LTData
 from ltcompress.errors import UsageError
-from ltcompress.evidence import Evidence, gated_classes, int8_gates, judge, ort_run, per_class
+from ltcompress.evidence import Evidence, bias_sample, gated_classes, int8_gates, judge, ort_run, per_class
 from ltcompress.gates import Gate
 from ltcompress.inference import latency_ms
 from ltcompress.metrics import Groups
@@ -121,7 +121,7 @@ def repair(
     ranked = _rank(search, classes, progress)
     steps, stopped, after = _fall_back(search, ranked, progress)
     bias = None
-    if not search.settled() and ev.bias is not None and not clock.spent():
+    if not search.settled() and ev.fp32_path is not None and not clock.spent():
         bias = search.correct_bias(workdir / "candidate.onnx" if steps else int8_path)
         after, stopped = search.after, "" if search.settled() else stopped
     changed = bool(steps) or search.bias is not None
@@ -316,8 +316,8 @@ class _Search:
         every class (a shift quantization put into the tail's logits, undone without a node in float), kept
         when it lowers the loss on the evidence, as a node would be. It comes last because it is fitted on
         training images the evidence shares: on its own it can look better there than on unseen images."""
-        sample = self.ev.bias
-        assert sample is not None, "repair() calls this only with a bias sample"
+        assert self.ev.fp32_path is not None, "repair() calls this only with the FP32 model to measure against"
+        sample = bias_sample(self.data, self.ev.fp32_path, self.ev.seed)
         bias = logit_shift(sample.fp32, ort_run(current, sample.inputs), sample.labels)
         shutil.copyfile(current, self.trial)
         add_logit_bias(self.trial, bias)
