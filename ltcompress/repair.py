@@ -129,13 +129,7 @@ def repair(
         os.replace(int8_path, int8_path.with_name(UNREPAIRED))
         os.replace(workdir / "candidate.onnx", int8_path)
     met = not any(r.failing for r in after)
-    log.info(
-        "INT8 repair: %s%d node(s) back to FP32 (%s) in %.0f s; %s%s",
-        *("logit bias correction kept, " if search.bias is not None else "", len(steps)),
-        *(", ".join(s.node for s in steps) or "none", clock.elapsed),
-        "no int8 gate fails with confidence on the evidence" if met else "an int8 gate still fails on the evidence",
-        f" ({stopped})" if stopped else "",
-    )
+    _log_done(search, met, stopped)
     return dataclasses.replace(
         record,
         needed=True,
@@ -174,6 +168,16 @@ def _unrepaired(
         met=True,
         classes=classes,
         gates_after=tuple(before),
+    )
+
+
+def _log_done(search: _Search, met: bool, stopped: str) -> None:
+    log.info(
+        "INT8 repair: %d node(s) back to FP32 (%s)%s in %.0f s; %s%s",
+        *(len(search.steps), ", ".join(s.node for s in search.steps) or "none"),
+        *(", logit bias correction kept" if search.bias is not None else "", search.clock.elapsed),
+        "no int8 gate fails with confidence on the evidence" if met else "an int8 gate still fails on the evidence",
+        f" ({stopped})" if stopped else "",
     )
 
 
