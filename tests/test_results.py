@@ -9,7 +9,7 @@ import pytest
 
 from ltcompress.gates import evaluate, parse
 from ltcompress.metrics import StageMetrics
-from ltcompress.results import Int8Parity, Parity, RepairGate, RepairRecord, RepairStep, verdict
+from ltcompress.results import BiasStep, Int8Parity, Parity, RepairGate, RepairRecord, RepairStep, verdict
 
 STAGE = StageMetrics(0.8, 0.7, 0.9, 0.6, 0.4, 0.2, "c", {"a": 0.9, "b": 0.6, "c": 0.2}, agreement_with_student=1.0)
 
@@ -76,9 +76,14 @@ def test_records_are_frozen_and_convert_to_the_documented_keys():
     documented = {
         "evidence", "needed", "met", "gates_before", "gates_after", "nodes", "stopped", "ranking", "budget",
         "int8_size_bytes", "int8_latency_ms", "gated_classes", "unrepaired_model", "test_before", "ranked_by",
-        "trials", "seconds",
+        "trials", "seconds", "logit_bias",
     }  # fmt: skip
     assert set(doc) == documented and doc["budget"] == {"nodes": 4, "max_size": 1.5, "seconds": 60.0}
+    assert doc["logit_bias"] is None  # not tried
+    bias = BiasStep(True, (("a", 0.5), ("b", -0.25)), 0.2, 0.1, 3.0)
+    assert dataclasses.replace(record, logit_bias=bias).to_dict()["logit_bias"] == {
+        "kept": True, "per_class": {"a": 0.5, "b": -0.25}, "kl_before": 0.2, "kl_after": 0.1, "seconds": 3.0,
+    }  # fmt: skip
     assert set(doc["evidence"]) == {"source", "held_out", "images", "views", "confidence", "classes"}
     assert doc["nodes"][0]["pass"] == "first" and doc["nodes"][0]["gates"] == doc["gates_after"]
     assert doc["gates_after"] == [
