@@ -82,6 +82,11 @@ def main() -> None:
                             + " |",
                             flush=True,
                         )
+    print_agreement(agree)
+
+
+def print_agreement(agree: dict[tuple[int, float], list[int]]) -> None:
+    """How often each setting's decision matched the test set's verdict."""
     print(
         "\n| views/class | confidence | 'fails' where the test set fails | 'fails' where it passes | "
         "test-set failures not decided |"
