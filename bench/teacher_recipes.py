@@ -5,7 +5,9 @@ distillation does.
                                     [--teachers ce bsce tau-norm crt] [--methods kd bkd krdistill ltkd-tau0.5]
 
 Two probes beyond the grid run only when named: the teacher `tau-norm-0.5` (a partial tau-normalisation) and the
-method `krdistill-tau0` (krdistill with its prior correction off, for a teacher that is balanced already).
+method `krdistill-tau0` (krdistill with its prior correction off, for a teacher that is balanced already), and
+the methods `bkd-80ep` and `krdistill-80ep` (the student's 40 epochs doubled, still within 10 minutes with the
+teacher).
 
 Teacher recipes (all resnet50 trained here with the preset's recipe, seed `teacher.seed` = 0, shared by the
 student seeds): `ce` (cross-entropy, the default), `bsce` (`teacher.loss=bsce`, Balanced Softmax), `tau-norm`
@@ -52,6 +54,9 @@ METHODS = {
     "ltkd-tau0.5": ["--method", "ltkd", "--method-arg", "tau=0.5"],
     # a probe (not run by default): krdistill with its prior correction off, for a teacher balanced already
     "krdistill-tau0": ["--method", "krdistill", "--method-arg", "tau=0"],
+    # probes: the student's schedule doubled, what the 10 minutes left after the teacher's 5 allow
+    "bkd-80ep": ["--method", "bkd", "--set", "student.train.epochs=80"],
+    "krdistill-80ep": ["--method", "krdistill", "--set", "student.train.epochs=80"],
 }
 GRID = (["ce", "bsce", "tau-norm", "crt"], ["kd", "bkd", "krdistill", "ltkd-tau0.5"])
 
