@@ -4,7 +4,7 @@ distillation does.
     python bench/teacher_recipes.py [--seeds 0 1 2] [--out bench-runs/teacher-recipes]
                                     [--teachers ce bsce tau-norm crt] [--methods kd bkd krdistill ltkd-tau0.5]
 
-Two probes beyond the grid run only when named: the teacher `tau-norm-0.5` (a partial tau-normalisation) and the
+Probes beyond the grid run only when named: the teacher `tau-norm-0.5` (a partial tau-normalisation) and the
 method `krdistill-tau0` (krdistill with its prior correction off, for a teacher that is balanced already), and
 the methods `bkd-80ep` and `krdistill-80ep` (the student's 40 epochs doubled, still within 10 minutes with the
 teacher).
