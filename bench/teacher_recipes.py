@@ -6,8 +6,8 @@ distillation does.
 
 Probes beyond the grid run only when named: the teacher `tau-norm-0.5` (a partial tau-normalisation) and the
 method `krdistill-tau0` (krdistill with its prior correction off, for a teacher that is balanced already), and
-the methods `bkd-80ep` and `krdistill-80ep` (the student's 40 epochs doubled, still within 10 minutes with the
-teacher).
+the methods `bkd-80ep` and `krdistill-80ep` (the student's 40 epochs doubled: about 12 minutes with the teacher
+for a first-time user, whose run computes the teacher on every batch).
 
 Teacher recipes (all resnet50 trained here with the preset's recipe, seed `teacher.seed` = 0, shared by the
 student seeds): `ce` (cross-entropy, the default), `bsce` (`teacher.loss=bsce`, Balanced Softmax), `tau-norm`

@@ -26,6 +26,20 @@ def test_builtin_presets_resolve():
     )
 
 
+def test_tail_preset_is_the_default_with_the_measured_changes_only():
+    """fmnist-lt-tail's numbers come from the default preset run with three --set changes
+    (bench/teacher_recipes.py, tau-norm-0.5 x bkd-80ep): anything else that differs would void them."""
+    default = flat_keys(resolve("fmnist-lt", {}).to_dict())
+    tail = flat_keys(resolve("fmnist-lt-tail", {}).to_dict())
+    labels = ("preset", "description", "recipe_reason")
+    changed = {k: tail[k] for k in default if tail[k] != default[k] and k not in labels}
+    assert tail["preset"] == "fmnist-lt-tail" and changed == {
+        "teacher.rebalance": "tau-norm",
+        "teacher.rebalance_args": {"tau": 0.5},
+        "student.train.epochs": 80,
+    }
+
+
 def test_precedence_preset_then_overrides_then_keywords():
     cfg = build_config("fmnist-lt", {"student.train.epochs": 3, "method.name": "kd"}, method="ce", gates=["few >= 0.5"])
     assert cfg.student.train.epochs == 3 and cfg.method.name == "ce" and cfg.gates == ("few >= 0.5",)
