@@ -21,6 +21,9 @@ import timm
 import torch
 
 from ltcompress.report import environment
+from ltcompress.train_state import amp_dtype, autocast
+
+CPU = torch.device("cpu")
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -34,13 +37,9 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def precision(dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
-
-
 def forward(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:
     def call() -> object:
-        with torch.no_grad(), precision(dtype):
+        with torch.no_grad(), autocast(CPU, dtype):
             return model(x)
 
     return call
@@ -52,7 +51,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | Non
 
     def call() -> object:
         opt.zero_grad(set_to_none=True)
-        with precision(dtype):
+        with autocast(CPU, dtype):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
@@ -88,7 +87,8 @@ def main() -> None:
     )
     print("\n| call | fp32 ms | bf16 autocast ms | bf16 speed-up |\n|---|---:|---:|---:|")
     for label, make in cases:
-        fp32, bf16 = median_ms(make(None), args.repeats), median_ms(make(torch.bfloat16), args.repeats)
+        # the dtypes run.precision fp32 and bf16 select, through the loop's own autocast
+        fp32, bf16 = (median_ms(make(amp_dtype(CPU, p)), args.repeats) for p in ("fp32", "bf16"))
         print(f"| {label} | {fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |")
 
 
